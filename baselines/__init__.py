@@ -1,0 +1,1 @@
+"""Baseline TTT methods, registered in tempo_bench.methods."""

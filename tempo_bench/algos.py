@@ -1,0 +1,110 @@
+"""Policy-gradient maths as pure tensor functions (tested against naive loops in tests/).
+
+Shapes: B sequences (rows), T response tokens, V vocabulary; G prompt groups of n samples each
+(B = G * n). ``mask`` [B, T] is 1.0 on real response tokens and 0.0 on padding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over positions where ``mask`` is 1 (over ``dim``, or all). Empty -> 0."""
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked positions (population std); padding stays 0."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def group_normalized_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO advantages: (r - mean_group) / (std_group + eps).
+
+    rewards: [G, n] -> [G, n]. The std is the sample std (as verl / TTRL); with n == 1 there is no
+    group to compare against and the advantage is 0."""
+    if rewards.shape[1] == 1:
+        return torch.zeros_like(rewards)
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True)
+    return (rewards - mean) / (std + eps)
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target_t) under ``logits``: [B, T, V], [B, T] -> [B, T]."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of each next-token distribution: [B, T, V] -> [B, T]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def _broadcast_advantages(advantages: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return advantages.unsqueeze(-1).expand_as(like) if advantages.dim() == 1 else advantages
+
+
+def ppo_clipped_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Token-level PPO clipped surrogate, averaged over all response tokens of the batch.
+
+    logp, old_logp, mask: [B, T]; advantages: [B] (one per sequence) or [B, T].
+    loss_t = -min(r_t A_t, clip(r_t, 1 - clip_low, 1 + clip_high) A_t), r_t = exp(logp - old_logp).
+    Returns (loss, stats) with stats clipfrac and approx_kl (k3 estimator), detached."""
+    adv = _broadcast_advantages(advantages, logp)
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
+    loss = masked_mean(-torch.minimum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((clipped < unclipped).float(), mask),
+            "approx_kl": masked_mean(ratio - 1 - log_ratio, mask),
+        }
+    return loss, stats
+
+
+def gspo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GSPO (Zheng et al. 2025), token form: the ratio of a sequence is the geometric mean of its
+    token ratios, s_i = exp(mean_t(logp - old_logp)); each token carries
+    s_i,t = sg[s_i] * p_t / sg[p_t] so the gradient is the sequence ratio's, spread over tokens.
+    loss = mean_i mean_t -min(s_i,t A_i,t, clip(s_i,t, 1 - clip_low, 1 + clip_high) A_i,t).
+
+    Shapes as :func:`ppo_clipped_loss`. The paper's defaults are clip_low 3e-4, clip_high 5e-4."""
+    adv = _broadcast_advantages(advantages, logp)
+    seq_log_ratio = masked_mean(logp - old_logp, mask, dim=1)  # [B]
+    token_log_ratio = seq_log_ratio.detach().unsqueeze(-1) + logp - logp.detach()
+    ratio = torch.exp(token_log_ratio)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
+    per_token = -torch.minimum(unclipped, clipped)
+    loss = masked_mean(per_token, mask, dim=1).mean()
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((clipped < unclipped).float(), mask),
+            "approx_kl": (torch.exp(seq_log_ratio) - 1 - seq_log_ratio).mean(),
+        }
+    return loss, stats
+
+
+POLICY_LOSSES = {"ppo": ppo_clipped_loss, "gspo": gspo_loss}

@@ -1,0 +1,127 @@
+"""Answer extraction, equivalence and clustering, shared by every task, method and metric.
+
+Equivalence is math-verify's ``parse`` + ``verify`` (LaTeX, fractions, tuples, units...). Plain
+numbers, by far the most common answers, are compared on a canonical decimal form first, which is
+exact and saves a sympy round trip per pair.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+
+_HASH_ANSWER = re.compile(r"####\s*([^\n]+)")
+_ANSWER_IS = re.compile(r"answer is[:\s]*\$?([^\n$]+?)\$?\s*(?:\.\s*)?$", re.IGNORECASE | re.MULTILINE)
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` with balanced braces, or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    i, depth = start + len("\\boxed{"), 1
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None  # unbalanced: no answer rather than a truncated one
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a response: the last ``\\boxed{}``, else the last ``#### N`` (GSM8K),
+    else the last "the answer is X". None when there is none (an unparseable response)."""
+    boxed = _last_boxed(text)
+    if boxed is not None and boxed.strip():
+        return boxed.strip()
+    for pattern in (_HASH_ANSWER, _ANSWER_IS):
+        found = pattern.findall(text)
+        if found:
+            answer = found[-1].strip().rstrip(".")
+            return answer or None
+    return None
+
+
+def canonical_number(answer: str) -> str | None:
+    """A canonical string for a plain number (``"025"``, ``"25.0"``, ``"1,000"`` -> ``"25"``,
+    ``"25"``, ``"1000"``), None if ``answer`` is not one."""
+    s = answer.strip().replace(",", "").replace(" ", "")
+    if not _NUMBER.match(s):
+        return None
+    try:
+        value = Decimal(s)
+    except InvalidOperation:
+        return None
+    normal = value.normalize()
+    if normal == normal.to_integral():
+        return str(normal.quantize(Decimal(1)))
+    return format(normal, "f")
+
+
+@lru_cache(maxsize=65536)
+def _parsed(answer: str):
+    from math_verify import parse
+
+    text = answer if "$" in answer or "\\(" in answer else f"${answer}$"
+    return parse(text, parsing_timeout=None)
+
+
+@lru_cache(maxsize=65536)
+def answers_equivalent(a: str, b: str) -> bool:
+    """Whether two extracted answers denote the same value (symmetric)."""
+    if a.strip() == b.strip():
+        return True
+    na, nb = canonical_number(a), canonical_number(b)
+    if na is not None and nb is not None:
+        return na == nb
+    from math_verify import verify
+
+    pa, pb = _parsed(a), _parsed(b)
+    if not pa or not pb:
+        return False
+    return bool(verify(pa, pb, timeout_seconds=None) or verify(pb, pa, timeout_seconds=None))
+
+
+def is_correct(response: str, gold: str) -> bool:
+    answer = extract_answer(response)
+    return answer is not None and answers_equivalent(gold, answer)
+
+
+def cluster_answers(answers: list[str | None]) -> list[int | None]:
+    """Cluster id per answer (None for an unparseable response), ids numbered in order of first
+    appearance. Answers join the first cluster whose representative is equivalent; number-like
+    answers are keyed canonically so the pairwise checks run only between distinct forms."""
+    ids: list[int | None] = []
+    representatives: list[str] = []
+    by_key: dict[str, int] = {}
+    for answer in answers:
+        if answer is None:
+            ids.append(None)
+            continue
+        key = canonical_number(answer) or answer.strip()
+        if key not in by_key:
+            match = next(
+                (c for c, rep in enumerate(representatives) if answers_equivalent(rep, answer)),
+                None,
+            )
+            if match is None:
+                match = len(representatives)
+                representatives.append(answer)
+            by_key[key] = match
+        ids.append(by_key[key])
+    return ids
+
+
+def majority_cluster(cluster_ids: list[int | None]) -> int | None:
+    """The most frequent cluster; ties go to the cluster seen first in sampling order (samples are
+    drawn i.i.d., so this is a uniformly random tie-break that stays reproducible). None when no
+    response has a parseable answer."""
+    counts: dict[int, int] = {}
+    for c in cluster_ids:
+        if c is not None:
+            counts[c] = counts.get(c, 0) + 1
+    if not counts:
+        return None
+    best = max(counts.values())
+    return next(c for c in cluster_ids if c is not None and counts[c] == best)

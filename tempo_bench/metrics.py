@@ -1,0 +1,120 @@
+"""Metrics (DESIGN section 4) as pure functions of arrays; MLflow keys are in the loop.
+
+Shapes: Q questions, n samples per question. ``correct`` is a bool array [Q, n]; ``rewards`` a
+float array [Q, n]; ``clusters`` a list of Q lists of n answer-cluster ids (None: no parseable
+answer). A metric that is undefined on its input (one class only, no group with both) is NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from tempo_bench.grading import majority_cluster
+
+Clusters = Sequence[Sequence[int | None]]
+
+
+def mean_at_k(correct: np.ndarray) -> float:
+    """Average correctness over all samples (the paper's mean@k with k = n)."""
+    return float(np.asarray(correct, dtype=float).mean())
+
+
+def pass_at_k(correct: np.ndarray, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): mean over questions of 1 - C(n-c, k) / C(n, k)."""
+    correct = np.asarray(correct, dtype=bool)
+    n = correct.shape[1]
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 1 <= k <= n={n}, got k={k}")
+    values = [1.0 - math.comb(n - int(c), k) / math.comb(n, k) for c in correct.sum(axis=1)]
+    return float(np.mean(values))
+
+
+def majority_correct(clusters: Clusters, correct: np.ndarray) -> np.ndarray:
+    """Per question, whether the majority answer cluster is correct [Q] (False if none parses)."""
+    out = np.zeros(len(clusters), dtype=bool)
+    for q, ids in enumerate(clusters):
+        winner = majority_cluster(list(ids))
+        if winner is not None:
+            out[q] = bool(correct[q][list(ids).index(winner)])
+    return out
+
+
+def maj_at_k(clusters: Clusters, correct: np.ndarray) -> float:
+    """Share of questions whose majority-vote answer over the n samples is correct."""
+    return float(majority_correct(clusters, correct).mean())
+
+
+def majority_ratio(clusters: Clusters) -> float:
+    """Mean share of a question's samples that fall in its majority cluster."""
+    ratios = []
+    for ids in clusters:
+        counts = Counter(c for c in ids if c is not None)
+        ratios.append(max(counts.values()) / len(ids) if counts else 0.0)
+    return float(np.mean(ratios))
+
+
+def distinct_answers(clusters: Clusters) -> float:
+    """Mean number of distinct answer clusters per question (unparseable responses excluded)."""
+    return float(np.mean([len({c for c in ids if c is not None}) for ids in clusters]))
+
+
+def answer_entropy(clusters: Clusters) -> float:
+    """Mean entropy (nats) of each question's distribution over answer clusters, over its
+    parseable responses; 0 for a question with at most one parseable response."""
+    values = []
+    for ids in clusters:
+        counts = np.array(list(Counter(c for c in ids if c is not None).values()), dtype=float)
+        if counts.sum() == 0:
+            values.append(0.0)
+            continue
+        p = counts / counts.sum()
+        values.append(float(-(p * np.log(p)).sum()))
+    return float(np.mean(values))
+
+
+def distinct_2(texts: Sequence[Sequence[str]]) -> float:
+    """Mean over questions of distinct / total whitespace-token bigrams across its samples."""
+    values = []
+    for group in texts:
+        bigrams = [b for t in group for b in zip(t.split(), t.split()[1:])]
+        if bigrams:
+            values.append(len(set(bigrams)) / len(bigrams))
+    return float(np.mean(values)) if values else float("nan")
+
+
+def pointbiserial(rewards: np.ndarray, correct: np.ndarray) -> float:
+    """Point-biserial correlation between reward and true correctness over all samples (the
+    paper's "reward quality"); NaN when either is constant."""
+    r, y = np.ravel(rewards).astype(float), np.ravel(correct).astype(float)
+    if r.std() == 0 or y.std() == 0:
+        return float("nan")
+    from scipy.stats import pointbiserialr
+
+    return float(pointbiserialr(y, r).statistic)
+
+
+def auroc(rewards: np.ndarray, correct: np.ndarray) -> float:
+    """Pooled AUROC of reward as a detector of correct samples; NaN with one class only."""
+    y = np.ravel(correct).astype(int)
+    if y.min() == y.max():
+        return float("nan")
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, np.ravel(rewards)))
+
+
+def auroc_within(rewards: np.ndarray, correct: np.ndarray) -> float:
+    """AUROC within each question's group, averaged over questions that have both right and
+    wrong samples: the only ranking a group-relative update uses."""
+    values = [auroc(r, y) for r, y in zip(rewards, correct) if 0 < np.sum(y) < len(y)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def reward_accuracy(rewards: np.ndarray, correct: np.ndarray, threshold: float) -> float:
+    """Share of samples where ``reward > threshold`` agrees with the truth."""
+    predicted = np.ravel(rewards) > threshold
+    return float((predicted == np.ravel(correct).astype(bool)).mean())

@@ -1,0 +1,164 @@
+"""The policy: a base causal LM plus a LoRA adapter (peft), and its clipped policy-gradient update.
+
+The adapter is saved with ``save_pretrained``: a standard peft adapter that vLLM and lm-eval load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tempo_bench.algos import POLICY_LOSSES, masked_mean, token_entropy, token_logprobs
+
+TOY_MODEL = "toy"
+
+
+def resolve_model_path(path: str) -> str:
+    """'toy' -> the checkpoint shipped in the package; anything else is a hub id or local dir."""
+    if path == TOY_MODEL:
+        from tempo_bench.toy.model import SHIPPED_DIR
+
+        if not (SHIPPED_DIR / "config.json").is_file():
+            raise FileNotFoundError(
+                f"the shipped toy model is missing from {SHIPPED_DIR}; rebuild it with "
+                "`tempo-bench toy-model build`"
+            )
+        return str(SHIPPED_DIR)
+    return path
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(model_cfg, lora_cfg, device: str = "cpu"):
+    """Base model with a fresh LoRA adapter (initialised so the policy starts equal to the base)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(model_cfg.path), dtype=getattr(torch, model_cfg.dtype)
+    ).to(device)
+    adapter = LoraConfig(
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=list(lora_cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, adapter)
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+@dataclass
+class TrainBatch:
+    """Sequences to train on, response-aligned. B rows, T = longest response.
+
+    input_ids/attention [B, L]: prompt + response, right-padded; response_index [B, T]: the
+    position whose logits predict response token t; response_ids, mask, old_logp [B, T]."""
+
+    input_ids: torch.Tensor
+    attention: torch.Tensor
+    response_index: torch.Tensor
+    response_ids: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention.sum())
+
+
+def make_train_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> TrainBatch:
+    rows = len(prompt_ids)
+    width = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids))
+    resp_width = max(1, max(len(r) for r in response_ids))
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((rows, width), dtype=torch.long)
+    index = torch.zeros((rows, resp_width), dtype=torch.long)
+    targets = torch.full((rows, resp_width), pad_id, dtype=torch.long)
+    mask = torch.zeros((rows, resp_width))
+    for row, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        seq = p + r
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        attention[row, : len(seq)] = 1
+        if r:
+            index[row, : len(r)] = torch.arange(len(p) - 1, len(p) + len(r) - 1)
+            targets[row, : len(r)] = torch.tensor(r)
+            mask[row, : len(r)] = 1.0
+    return TrainBatch(input_ids, attention, index, targets, mask)
+
+
+def response_logits(model, batch: TrainBatch) -> torch.Tensor:
+    """Logits predicting each response token: [B, T, V]."""
+    device = next(model.parameters()).device
+    logits = model(
+        input_ids=batch.input_ids.to(device), attention_mask=batch.attention.to(device)
+    ).logits
+    index = batch.response_index.to(device).unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+    return logits.gather(1, index)
+
+
+def policy_update(
+    model,
+    optimizer,
+    batch: TrainBatch,
+    advantages: torch.Tensor,
+    train_cfg,
+    temperature: float,
+) -> dict[str, float]:
+    """One M-step on a rollout batch: ``ppo_epochs`` passes of ``minibatches`` optimiser steps of
+    the clipped objective (train_cfg.loss). advantages: [B] or [B, T]. Returns mean statistics."""
+    loss_fn = POLICY_LOSSES[train_cfg.loss]
+    params = trainable_parameters(model)
+    device = next(model.parameters()).device
+    rows = batch.input_ids.shape[0]
+    one_update = train_cfg.ppo_epochs == 1 and train_cfg.minibatches == 1
+    old_logp = None
+    if not one_update:  # several updates on one batch: the ratio needs the pre-update policy
+        with torch.no_grad():
+            old_logp = token_logprobs(response_logits(model, batch) / temperature, batch.response_ids.to(device))
+    stats: dict[str, list[float]] = {}
+    model.train()
+    for _ in range(train_cfg.ppo_epochs):
+        for rows_idx in torch.arange(rows).chunk(train_cfg.minibatches):
+            mb = _select(batch, rows_idx)
+            logits = response_logits(model, mb) / temperature
+            logp = token_logprobs(logits, mb.response_ids.to(device))
+            mb_old = logp.detach() if old_logp is None else old_logp[rows_idx]
+            mask = mb.mask.to(device)
+            loss, loss_stats = loss_fn(
+                logp, mb_old, advantages[rows_idx].to(device), mask,
+                train_cfg.clip_low, train_cfg.clip_high,
+            )
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"policy loss is {loss.item()}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
+            optimizer.step()
+            with torch.no_grad():
+                entropy = masked_mean(token_entropy(logits.detach()), mask)
+            for key, value in {"loss": loss, "grad_norm": grad_norm, "entropy": entropy, **loss_stats}.items():
+                stats.setdefault(key, []).append(float(value))
+    return {key: sum(v) / len(v) for key, v in stats.items()}
+
+
+def _select(batch: TrainBatch, rows: torch.Tensor) -> TrainBatch:
+    return TrainBatch(*(getattr(batch, f)[rows] for f in TrainBatch.__dataclass_fields__))
+
+
+def save_adapter(model, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    return out_dir

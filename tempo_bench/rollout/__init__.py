@@ -1,0 +1,16 @@
+"""Rollout backends behind one interface: ``get_backend("hf")`` returns the class."""
+
+from tempo_bench.registry import Registry
+from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
+
+BACKENDS = Registry(
+    "rollout backend",
+    {"hf": "tempo_bench.rollout.hf:HFBackend"},
+)
+
+
+def get_backend(name: str) -> type[RolloutBackend]:
+    return BACKENDS.get(name)
+
+
+__all__ = ["BACKENDS", "Generation", "RolloutBackend", "SamplingParams", "get_backend"]

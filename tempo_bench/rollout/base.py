@@ -1,0 +1,56 @@
+"""The rollout interface shared by every backend."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 96
+    greedy: bool = False  # argmax decoding; temperature and top_p are then ignored
+
+
+@dataclass
+class Generation:
+    """Samples for P prompts, n each, prompt-major: sample j of prompt i is row i * n + j.
+
+    ``token_ids`` are the response tokens (the EOS included when the response ended, so training
+    learns to stop); ``logprobs`` their log-probabilities under the sampling distribution
+    (logits / temperature) of the policy that generated them; ``texts`` decoded without specials."""
+
+    n: int
+    prompt_ids: list[list[int]]
+    token_ids: list[list[int]]
+    logprobs: list[list[float]]
+    texts: list[str]
+    finished: list[bool]
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.prompt_ids)
+
+    def group(self, i: int) -> range:
+        return range(i * self.n, (i + 1) * self.n)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(t) for t in self.token_ids)
+
+
+class RolloutBackend(ABC):
+    """Generates from the current policy. ``sync_weights`` is called after every policy update
+    (a no-op where the backend shares the training model's weights)."""
+
+    @abstractmethod
+    def generate(self, prompts: list[str], sampling: SamplingParams) -> Generation: ...
+
+    def sync_weights(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,85 @@
+"""Question types, the hidden answer key, and the task registry."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from tempo_bench.grading import extract_answer, is_correct
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question as a method sees it: no answer."""
+
+    id: str
+    prompt: str
+
+
+@dataclass(frozen=True)
+class LabeledQuestion(Question):
+    """A question from the labeled pool D_L; methods that use labels may read ``answer``."""
+
+    answer: str
+
+
+class AnswerKey:
+    """The hidden answers of unlabeled test questions. Only metrics code receives one; its repr
+    shows no answers so that it cannot leak into logs by accident."""
+
+    def __init__(self, answers: dict[str, str]):
+        self._answers = dict(answers)
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def __repr__(self) -> str:
+        return f"AnswerKey({len(self)} hidden answers)"
+
+    def answer(self, question_id: str) -> str:
+        return self._answers[question_id]
+
+    def is_correct(self, question_id: str, response: str) -> bool:
+        return is_correct(response, self._answers[question_id])
+
+    def is_correct_answer(self, question_id: str, extracted: str | None) -> bool:
+        from tempo_bench.grading import answers_equivalent
+
+        return extracted is not None and answers_equivalent(self._answers[question_id], extracted)
+
+    def shuffled(self, seed: int) -> "AnswerKey":
+        """The same questions with their answers permuted (for the leakage test)."""
+        ids, values = list(self._answers), list(self._answers.values())
+        random.Random(seed).shuffle(values)
+        return AnswerKey(dict(zip(ids, values)))
+
+
+@dataclass
+class TaskData:
+    """What a run trains and evaluates on."""
+
+    name: str
+    test: list[Question]
+    answer_key: AnswerKey
+    labeled: list[LabeledQuestion]
+
+    def __post_init__(self):
+        if not self.test:
+            raise ValueError(f"task {self.name!r} has no test questions")
+        missing = [q.id for q in self.test if q.id not in self.answer_key._answers]
+        if missing:
+            raise ValueError(f"task {self.name!r}: no gold answer for test questions {missing[:5]}")
+        ids = [q.id for q in self.test]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"task {self.name!r}: duplicate question ids in the test set")
+
+    extract_answer = staticmethod(extract_answer)
+
+
+def get_task(config) -> TaskData:
+    """Build the task a config names (config: tempo_bench.config.ToyTaskConfig)."""
+    if config.name == "toy_addition":
+        from tempo_bench.tasks.toy import load_toy_task
+
+        return load_toy_task(config)
+    raise ValueError(f"unknown task {config.name!r}; available: toy_addition")

@@ -1,0 +1,62 @@
+"""Config loading: presets, dotted overrides, and errors that name the field and the fix."""
+
+import pytest
+
+from tempo_bench.config import ConfigError, apply_override, flatten, load_config, preset_names
+
+
+def test_presets_load_and_overrides_apply():
+    assert {"toy", "toy-smoke"} <= set(preset_names())
+    cfg = load_config("toy-smoke", ["train.lr=3e-4", "rollout.n=2", "methods.standard_ttt.n_vote=6"])
+    assert cfg.train.lr == 3e-4 and cfg.rollout.n == 2
+    assert cfg.method_options().n_vote == 6
+    assert cfg.preset == "toy-smoke"
+
+
+def test_unknown_key_names_field_and_suggests():
+    with pytest.raises(ConfigError, match=r"unknown key 'train.lrr' \(did you mean 'lr'\?\)"):
+        load_config("toy-smoke", ["train.lrr=1"])
+
+
+def test_invalid_value_names_field_and_value():
+    with pytest.raises(ConfigError, match=r"train.lr: .*greater than 0.*-1"):
+        load_config("toy-smoke", ["train.lr=-1"])
+    with pytest.raises(ConfigError, match=r"train.loss: Input should be 'ppo' or 'gspo'"):
+        load_config("toy-smoke", ["train.loss=sgd"])
+    with pytest.raises(ConfigError, match="test_digits must list digit counts between 1 and 6"):
+        load_config("toy-smoke", ["task.test_digits=[9]"])
+
+
+def test_unknown_preset_and_method():
+    with pytest.raises(ConfigError, match=r"unknown preset 'toy-smok' \(did you mean 'toy-smoke'\?\)"):
+        load_config("toy-smok")
+    with pytest.raises(ConfigError, match=r"unknown method 'standard'.*available: .*standard_ttt"):
+        load_config("toy-smoke", ["method=standard"])
+
+
+def test_method_options_are_validated():
+    with pytest.raises(ConfigError, match=r"unknown key 'methods.standard_ttt.n_votes'"):
+        load_config("toy-smoke", ["methods.standard_ttt.n_votes=4"])
+    with pytest.raises(ConfigError, match=r"methods.standard_ttt.n_vote: .*greater than or equal to 1"):
+        load_config("toy-smoke", ["methods.standard_ttt.n_vote=0"])
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="must look like key.path=value"):
+        load_config("toy-smoke", ["train.lr"])
+    data = {"train": 3}
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        apply_override(data, "train.lr=1")
+
+
+def test_preset_file_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("train: {steps: 2}\n")
+    cfg = load_config(str(path))
+    assert cfg.train.steps == 2 and cfg.preset == "mine"
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}

@@ -1,0 +1,61 @@
+"""Answer extraction, equivalence and majority clustering."""
+
+import pytest
+
+from tempo_bench.grading import (
+    answers_equivalent,
+    canonical_number,
+    cluster_answers,
+    extract_answer,
+    is_correct,
+    majority_cluster,
+)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("7+5=12 |2\n#### 632\n", "632"),
+    ("so \\boxed{\\frac{1}{2}} done", "\\frac{1}{2}"),
+    ("first \\boxed{3} then \\boxed{4}", "4"),
+    ("nested \\boxed{\\sqrt{\\frac{a}{b}}}", "\\sqrt{\\frac{a}{b}}"),
+    ("The answer is 42.", "42"),
+    ("#### 1,000", "1,000"),
+    ("no answer here", None),
+    ("unbalanced \\boxed{12", None),
+    ("#### \n", None),
+])
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_canonical_number():
+    assert canonical_number("025") == "25"
+    assert canonical_number("142.0") == "142"
+    assert canonical_number("1,000") == "1000"
+    assert canonical_number("0.50") == "0.5"
+    assert canonical_number("\\frac{1}{2}") is None
+
+
+@pytest.mark.parametrize("a,b,same", [
+    ("025", "25", True), ("142.0", "142", True), ("\\frac{1}{2}", "0.5", True),
+    ("\\frac{1}{2}", "1/2", True), ("3", "4", False), ("(1, 2)", "(1,2)", True), ("x", "y", False),
+])
+def test_answers_equivalent(a, b, same):
+    assert answers_equivalent(a, b) is same
+    assert answers_equivalent(b, a) is same
+
+
+def test_is_correct():
+    assert is_correct("7+5=12 |2\n#### 632\n", "632")
+    assert not is_correct("#### 631", "632")
+    assert not is_correct("garbage", "632")
+
+
+def test_cluster_answers_merges_equivalent_forms_in_first_seen_order():
+    ids = cluster_answers(["0.5", None, "\\frac{1}{2}", "3", "03", "1/2"])
+    assert ids == [0, None, 0, 1, 1, 0]
+
+
+def test_majority_cluster_ties_and_empty():
+    assert majority_cluster([1, 0, 0, 1]) == 1  # tie: first seen wins
+    assert majority_cluster([None, 2, 2, 1]) == 2
+    assert majority_cluster([None, None]) is None
