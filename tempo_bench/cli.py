@@ -122,8 +122,24 @@ def cmd_toy_build(args) -> int:
     return 0
 
 
+def _quiet_libraries() -> None:
+    """Keep the terminal for our progress bar and summary: MLflow's schema-migration INFO lines
+    and a deprecation warning peft triggers inside transformers say nothing to the user."""
+    import logging
+    import warnings
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _quiet_libraries()
     from tempo_bench.config import ConfigError
 
     try:

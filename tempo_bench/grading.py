@@ -7,13 +7,23 @@ exact and saves a sympy round trip per pair.
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 
 _HASH_ANSWER = re.compile(r"####\s*([^\n]+)")
 _ANSWER_IS = re.compile(r"answer is[:\s]*\$?([^\n$]+?)\$?\s*(?:\.\s*)?$", re.IGNORECASE | re.MULTILINE)
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+# math-verify's timeouts use SIGALRM, which only the main thread may set; elsewhere they are off
+# (and math-verify warns on every call); a worker pool with per-item timeouts is issue 7.
+_TIMEOUT_SECONDS = 5
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+def _timeout() -> int | None:
+    return _TIMEOUT_SECONDS if threading.current_thread() is threading.main_thread() else None
 
 
 def _last_boxed(text: str) -> str | None:
@@ -64,7 +74,7 @@ def _parsed(answer: str):
     from math_verify import parse
 
     text = answer if "$" in answer or "\\(" in answer else f"${answer}$"
-    return parse(text, parsing_timeout=None)
+    return parse(text, parsing_timeout=_timeout())
 
 
 @lru_cache(maxsize=65536)
@@ -80,7 +90,8 @@ def answers_equivalent(a: str, b: str) -> bool:
     pa, pb = _parsed(a), _parsed(b)
     if not pa or not pb:
         return False
-    return bool(verify(pa, pb, timeout_seconds=None) or verify(pb, pa, timeout_seconds=None))
+    timeout = _timeout()
+    return bool(verify(pa, pb, timeout_seconds=timeout) or verify(pb, pa, timeout_seconds=timeout))
 
 
 def is_correct(response: str, gold: str) -> bool:

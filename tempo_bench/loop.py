@@ -141,7 +141,7 @@ def run_ttt(
             )
         tokens["tokens/eval"] += eval_tokens
         result.evals[step] = values
-        logger.log_metrics({**values, **tokens}, step)
+        logger.log_metrics({**values, "tokens/eval": tokens["tokens/eval"]}, step)
         if config.log.rollouts_jsonl:
             logger.log_text("\n".join(json.dumps(r) for r in rows) + "\n", f"rollouts/eval_step_{step:05d}.jsonl")
 
@@ -186,7 +186,8 @@ def run_ttt(
             **train_batch_metrics(batch, reward_out, truth, method.n_train),
             **{f"policy/{k}": v for k, v in policy_stats.items()},
             **timer.metrics(),
-            **tokens,
+            "tokens/rollout": tokens["tokens/rollout"],
+            "tokens/policy": tokens["tokens/policy"],
         }
         result.steps[step] = values
         logger.log_metrics(values, step)

@@ -150,7 +150,7 @@ def policy_update(
             with torch.no_grad():
                 entropy = masked_mean(token_entropy(logits.detach()), mask)
             for key, value in {"loss": loss, "grad_norm": grad_norm, "entropy": entropy, **loss_stats}.items():
-                stats.setdefault(key, []).append(float(value))
+                stats.setdefault(key, []).append(float(value.detach()) if torch.is_tensor(value) else float(value))
     return {key: sum(v) / len(v) for key, v in stats.items()}
 
 

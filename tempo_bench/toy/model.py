@@ -58,7 +58,7 @@ class ToyModelSpec:
     max_position_embeddings: int = 192
     corpus_size: int = 40_000
     corpus_digits: tuple[int, ...] = (1, 2, 3, 4)
-    misconception_rate: float = 0.6
+    misconception_rate: float = 0.95
     corpus_chain_fraction: float = 0.3
     steps: int = 800
     batch_size: int = 64
@@ -153,7 +153,8 @@ def weights_hash(model) -> str:
 def build(out_dir: Path, spec: ToyModelSpec, score_fn=None, show_progress: bool = True) -> dict:
     """Pretrain the toy model deterministically and write checkpoint + manifest to ``out_dir``.
 
-    ``score_fn(model_dir) -> dict`` scores the saved checkpoint (the manifest's ``scores``)."""
+    ``score_fn(model_dir, **spec.eval) -> dict`` scores the saved checkpoint (the manifest's
+    ``scores``)."""
     from tqdm.auto import tqdm
 
     torch.set_num_threads(1)  # bitwise determinism: the reduction order must not depend on cores
@@ -183,7 +184,7 @@ def build(out_dir: Path, spec: ToyModelSpec, score_fn=None, show_progress: bool 
         "rebuild": "tempo-bench toy-model build",
     }
     if score_fn is not None:
-        manifest["scores"] = score_fn(out_dir)
+        manifest["scores"] = score_fn(out_dir, **spec.eval)
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
