@@ -157,17 +157,22 @@ def build(out_dir: Path, spec: ToyModelSpec, score_fn=None, show_progress: bool 
     ``scores``)."""
     from tqdm.auto import tqdm
 
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)  # bitwise determinism: the reduction order must not depend on cores
     torch.use_deterministic_algorithms(True)
-    start = time.perf_counter()
-    tokenizer = build_tokenizer()
-    texts = pretraining_corpus(
-        spec.corpus_size, spec.seed, spec.corpus_digits, spec.misconception_rate,
-        spec.corpus_chain_fraction,
-    )
-    model = build_model(spec, tokenizer)
-    with tqdm(total=spec.steps, desc="pretrain toy model", disable=not show_progress) as bar:
-        losses = pretrain(model, encode_corpus(texts, tokenizer), spec, bar)
+    try:
+        start = time.perf_counter()
+        tokenizer = build_tokenizer()
+        texts = pretraining_corpus(
+            spec.corpus_size, spec.seed, spec.corpus_digits, spec.misconception_rate,
+            spec.corpus_chain_fraction,
+        )
+        model = build_model(spec, tokenizer)
+        with tqdm(total=spec.steps, desc="pretrain toy model", disable=not show_progress) as bar:
+            losses = pretrain(model, encode_corpus(texts, tokenizer), spec, bar)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

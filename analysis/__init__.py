@@ -1,0 +1,1 @@
+"""Analysis of logged runs: MLflow runs into tidy pandas DataFrames."""
