@@ -65,6 +65,9 @@ def cmd_run(args) -> int:
         if flag is not None:
             overrides.append(f"{key}={flag}")
     config = load_config(args.preset, overrides)
+    from tempo_bench.policy import check_model
+
+    check_model(config.model.path)
 
     from tempo_bench.loggers import MLflowLogger, default_tracking_uri
     from tempo_bench.loop import run_ttt
@@ -141,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
     from tempo_bench.config import ConfigError
+    from tempo_bench.policy import ModelLoadError
 
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, ModelLoadError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -42,7 +42,10 @@ class Logger(ABC):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self.close("FAILED" if exc_type else "FINISHED")
+        if exc_type is None:
+            self.close("FINISHED")
+        else:
+            self.close("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
         return False
 
 

@@ -29,6 +29,26 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
+class ModelLoadError(ValueError):
+    """The model a config names cannot be loaded."""
+
+
+def check_model(path: str) -> None:
+    """Fail fast, before any run is created, when the model's config cannot be read (a typo in a
+    local path, or a hub id on a machine without hub access)."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(resolve_model_path(path))
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(
+            f"could not load model {path!r}: {first_line}\n"
+            "  model.path takes 'toy' (the shipped tiny model), a local checkpoint folder, or a "
+            "hub id reachable from this machine"
+        ) from None
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 

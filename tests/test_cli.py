@@ -1,0 +1,56 @@
+"""The command line: a toy-smoke run logged to a local MLflow sqlite store, and clear errors."""
+
+import pytest
+
+from tempo_bench.cli import main
+from tempo_bench.config import preset_names
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli")
+    code = main(["run", "--preset", "toy-smoke", "--out", str(out), "--quiet",
+                 "--set", f"train.steps={STEPS}", "--set", "eval.size=4", "--set", "threads=1"])
+    return code, out
+
+
+def test_run_logs_every_metric_at_every_step_to_sqlite(smoke_run, capsys):
+    code, out = smoke_run
+    assert code == 0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tempo-bench")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "standard_ttt-s0"
+    assert run.data.tags["method"] == "standard_ttt" and run.data.tags["task"] == "toy_addition"
+    assert run.data.params["train.steps"] == str(STEPS)
+    for key in ("reward/pointbiserial", "ttt/label_accuracy", "div/distinct_answers", "time/rollout"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, STEPS + 1))
+    for key in ("eval/mean_at_k", "eval/maj_at_k", "eval/pass_at_k", "eval/greedy_acc"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(STEPS + 1))
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "rollouts", "adapter"} <= artifacts
+    adapter = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= adapter
+
+
+def test_bad_inputs_fail_before_work_with_named_problem(capsys, tmp_path):
+    assert main(["run", "--preset", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+    assert main(["run", "--preset", "toy-smoke", "--method", "tempoo", "--out", str(tmp_path)]) == 2
+    assert "unknown method 'tempoo'" in capsys.readouterr().err
+    assert main(["run", "--preset", "toy-smoke", "--set", "model.path=/no/such/model", "--out", str(tmp_path)]) == 2
+    assert "could not load model '/no/such/model'" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists(), "a bad config must not create a run"
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "run" in text and "toy-model" in text
+    assert "toy-smoke" in preset_names()
