@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, ModelLoadError, FileNotFoundError) as err:
+    except (ConfigError, ModelLoadError, FileNotFoundError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -35,6 +35,10 @@ class Logger(ABC):
     def log_text(self, text: str, artifact_file: str) -> None:
         """Store ``text`` as an artifact at the relative path ``artifact_file``."""
 
+    @abstractmethod
+    def log_artifacts(self, local_dir: Path, artifact_path: str) -> None:
+        """Store the files of ``local_dir`` under ``artifact_path``."""
+
     def close(self, status: str = "FINISHED") -> None:
         return None
 
@@ -50,7 +54,8 @@ class Logger(ABC):
 
 
 class MemoryLogger(Logger):
-    """Keeps params, tags, metric histories and artifacts in dicts."""
+    """Keeps params, tags, metric histories and artifacts in dicts (text artifacts by content,
+    file artifacts by their local path)."""
 
     def __init__(self):
         self.params: dict[str, Any] = {}
@@ -71,6 +76,11 @@ class MemoryLogger(Logger):
 
     def log_text(self, text, artifact_file):
         self.artifacts[artifact_file] = text
+
+    def log_artifacts(self, local_dir, artifact_path):
+        for path in sorted(Path(local_dir).rglob("*")):
+            if path.is_file():
+                self.artifacts[f"{artifact_path}/{path.relative_to(local_dir)}"] = str(path)
 
     def close(self, status="FINISHED"):
         self.status = status
@@ -107,7 +117,11 @@ class MLflowLogger(Logger):
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-            experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            # MLflow 3's UI shows an untagged experiment as a GenAI one; ours are training runs.
+            experiment_id = self.client.create_experiment(
+                experiment, artifact_location=location,
+                tags={"mlflow.experimentKind": "custom_model_development"},
+            )
         else:
             experiment_id = found.experiment_id
         self.experiment_id = experiment_id
@@ -138,6 +152,9 @@ class MLflowLogger(Logger):
 
     def log_text(self, text, artifact_file):
         self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_artifacts(self, local_dir, artifact_path):
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
     def close(self, status="FINISHED"):
         self.client.set_terminated(self.run_id, status=status)

@@ -197,8 +197,7 @@ def run_ttt(
                         maj_ratio=f"{values['ttt/majority_ratio']:.2f}")
 
     adapter_dir = save_adapter(policy, out_dir / "adapter")
-    if hasattr(logger, "client"):
-        logger.client.log_artifacts(logger.run_id, str(adapter_dir), "adapter")
+    logger.log_artifacts(adapter_dir, "adapter")
     backend.close()
     return result
 

@@ -33,6 +33,9 @@ class AnswerKey:
     def __len__(self) -> int:
         return len(self._answers)
 
+    def __contains__(self, question_id: str) -> bool:
+        return question_id in self._answers
+
     def __repr__(self) -> str:
         return f"AnswerKey({len(self)} hidden answers)"
 
@@ -66,7 +69,7 @@ class TaskData:
     def __post_init__(self):
         if not self.test:
             raise ValueError(f"task {self.name!r} has no test questions")
-        missing = [q.id for q in self.test if q.id not in self.answer_key._answers]
+        missing = [q.id for q in self.test if q.id not in self.answer_key]
         if missing:
             raise ValueError(f"task {self.name!r}: no gold answer for test questions {missing[:5]}")
         ids = [q.id for q in self.test]
