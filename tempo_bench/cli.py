@@ -97,8 +97,9 @@ def _print_summary(result, uri: str) -> None:
         s0, s1 = result.steps[steps[0]], result.steps[steps[-1]]
         print(f"Reward quality (point-biserial), step {steps[0]} -> {steps[-1]}: "
               f"{s0['reward/pointbiserial']:.3f} -> {s1['reward/pointbiserial']:.3f}")
-        seconds = sum(v for k, v in s1.items() if k.startswith("time/"))
-        print(f"Last step took {seconds:.2f} s; tokens generated for training: {s1['tokens/rollout']:,}")
+        mean_step = sum(result.steps[s]["time/step"] for s in steps) / len(steps)
+        print(f"Mean step time {mean_step:.2f} s (without evaluation); tokens generated for "
+              f"training: {s1['tokens/rollout']:,}")
     print(f"\nRun {result.run_id}; adapter in {result.out_dir / 'adapter'}")
     if uri.startswith("sqlite:///"):
         print(f"Browse it: mlflow ui --backend-store-uri {uri}")

@@ -134,6 +134,7 @@ def run_ttt(
     tokens = {"tokens/rollout": 0, "tokens/policy": 0, "tokens/eval": 0}
 
     def run_eval(step: int) -> None:
+        start = time.perf_counter()
         with torch.random.fork_rng():
             torch.manual_seed(step_seed(config.seed, step, stream=2))
             values, rows, eval_tokens = evaluate(
@@ -141,7 +142,8 @@ def run_ttt(
             )
         tokens["tokens/eval"] += eval_tokens
         result.evals[step] = values
-        logger.log_metrics({**values, "tokens/eval": tokens["tokens/eval"]}, step)
+        timing = {"tokens/eval": tokens["tokens/eval"], "time/eval": time.perf_counter() - start}
+        logger.log_metrics({**values, **timing}, step)
         if config.log.rollouts_jsonl:
             logger.log_text("\n".join(json.dumps(r) for r in rows) + "\n", f"rollouts/eval_step_{step:05d}.jsonl")
 
@@ -186,6 +188,7 @@ def run_ttt(
             **train_batch_metrics(batch, reward_out, truth, method.n_train),
             **{f"policy/{k}": v for k, v in policy_stats.items()},
             **timer.metrics(),
+            "time/step": sum(timer.seconds.values()),
             "tokens/rollout": tokens["tokens/rollout"],
             "tokens/policy": tokens["tokens/policy"],
         }
