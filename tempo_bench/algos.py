@@ -108,3 +108,39 @@ def gspo_loss(
 
 
 POLICY_LOSSES = {"ppo": ppo_clipped_loss, "gspo": gspo_loss}
+
+
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange_value: float,
+) -> torch.Tensor:
+    """PPO's clipped value loss, 0.5 * max((v - R)^2, (v_clip - R)^2) averaged over ``mask``,
+    with v_clip = old + clamp(v - old, -c, c). values, old_values, returns, mask: [B, S].
+
+    Rows whose mask is 0 everywhere (unlabeled rows, for TEMPO's E-step) contribute nothing."""
+    clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    loss = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    return masked_mean(loss, mask)
+
+
+def em_token_advantages(
+    state_values: torch.Tensor, terminal_rewards: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """TEMPO's ``em_token`` estimator: A_t = R - V(x, y_<t), whitened over the batch's tokens.
+
+    state_values: [B, T] with state_values[b, t] = V(x, y_<t) (the value before token t);
+    terminal_rewards: [B] (the critic's value of the full response for unlabeled rows, the true
+    +1/-1 for labeled rows); mask: [B, T]. Returns [B, T], zero on padding."""
+    raw = (terminal_rewards.unsqueeze(-1) - state_values) * mask
+    return masked_whiten(raw, mask)
+
+
+def em_group_advantages(
+    rewards: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
+    """TEMPO's ``em`` estimator: terminal rewards clamped to [-1, 1] (critic values may overshoot),
+    then normalised within each prompt group: [G, n] -> [G, n]."""
+    return group_normalized_advantages(rewards.clamp(-1.0, 1.0), eps)

@@ -70,12 +70,15 @@ def cmd_run(args) -> int:
     check_model(config.model.path)
 
     from tempo_bench.loggers import MLflowLogger, default_tracking_uri
-    from tempo_bench.loop import run_ttt
+    from tempo_bench.loop import run_name_of, run_ttt
+    from tempo_bench.methods import method_class
 
     out = Path(config.out)
     uri = config.log.tracking_uri or default_tracking_uri(out)
-    run_name = f"{config.method}-s{config.seed}"
+    run_name = run_name_of(config.method, config.seed)
     print(f"tempo-bench run: preset={config.preset} method={config.method} seed={config.seed}")
+    if method_class(config.method).uses_test_labels:
+        print(f"  NOTE: {config.method} trains on the TEST labels: an upper bound, not a TTT method")
     print(f"  MLflow: {uri}  experiment={config.log.experiment}")
     logger = MLflowLogger(uri, config.log.experiment, run_name, artifact_root=out / "mlartifacts")
     with logger:
@@ -95,8 +98,9 @@ def _print_summary(result, uri: str) -> None:
     steps = sorted(result.steps)
     if steps:
         s0, s1 = result.steps[steps[0]], result.steps[steps[-1]]
-        print(f"Reward quality (point-biserial), step {steps[0]} -> {steps[-1]}: "
-              f"{s0['reward/pointbiserial']:.3f} -> {s1['reward/pointbiserial']:.3f}")
+        if "reward/pointbiserial" in s1:
+            print(f"Reward quality (point-biserial), step {steps[0]} -> {steps[-1]}: "
+                  f"{s0['reward/pointbiserial']:.3f} -> {s1['reward/pointbiserial']:.3f}")
         mean_step = sum(result.steps[s]["time/step"] for s in steps) / len(steps)
         print(f"Mean step time {mean_step:.2f} s (without evaluation); tokens generated for "
               f"training: {s1['tokens/rollout']:,}")

@@ -78,6 +78,32 @@ class TrainConfig(_Strict):
     clip_high: float = Field(0.28, gt=0)
     ppo_epochs: int = Field(1, ge=1, description="passes over each rollout batch")
     minibatches: int = Field(1, ge=1, description="optimiser steps per pass")
+    budget_tokens: int | None = Field(
+        None, ge=1, description="stop once rollout + policy + critic tokens reach this (equal compute)"
+    )
+
+
+class CriticConfig(_Strict):
+    """The value model of the critic methods and its schedule-independent settings."""
+
+    path: str | None = Field(None, description="backbone checkpoint (None: model.path, a self-critic)")
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    cliprange_value: float = Field(0.1, gt=0, description="value clip around the pre-update values")
+    minibatch_rows: int = Field(256, ge=1)
+    estep_questions: int = Field(16, ge=1, description="labeled questions rolled out per E-step")
+    estep_samples: int = Field(8, ge=1)
+    estep_epochs: int = Field(1, ge=1, description="passes over an E-step's rollouts")
+    online_epochs: int = Field(1, ge=1, description="passes over the batch per online update")
+    probe_questions: int = Field(8, ge=1, description="labeled questions held out as the probe")
+    probe_samples: int = Field(8, ge=2)
+    probe_every: int = Field(1, ge=1, description="critic diagnostics every this many steps")
+    warmup_questions: int = Field(128, ge=1, description="starting critic: labeled questions")
+    warmup_samples: int = Field(8, ge=1)
+    warmup_epochs: int = Field(4, ge=1)
+    warmup_cliprange: float = Field(2.0, gt=0, description="value clip during warm-up (2: none)")
+    seed: int = Field(0, description="starting-critic seed: the same critic for every method and run")
 
 
 class EvalConfig(_Strict):
@@ -107,6 +133,7 @@ class RunConfig(_Strict):
     model: ModelConfig = ModelConfig()
     lora: LoraConfig = LoraConfig()
     rollout: RolloutConfig = RolloutConfig()
+    critic: CriticConfig = CriticConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()

@@ -2,9 +2,9 @@
 
     rollout -> grade -> reward -> advantage -> policy -> critic -> sync -> eval -> log
 
-Methods differ only in ``rewards``, ``advantages`` and (later) their critic schedule. The hidden
-answers of the test questions (``task.answer_key``) are used only by the metrics code below
-(``truth`` and :mod:`tempo_bench.evaluation`), never passed to the method.
+Methods differ only in ``rewards``, ``advantages`` and their critic schedule. The hidden answers
+of the test questions (``task.answer_key``) are used only by the metrics code below (``truth``,
+:mod:`tempo_bench.evaluation`) and by a method flagged ``uses_test_labels`` (the oracle).
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ from tempo_bench.methods import Method, RolloutBatch, method_class
 from tempo_bench.policy import (
     load_policy,
     load_tokenizer,
-    make_train_batch,
     policy_update,
     save_adapter,
     trainable_parameters,
 )
 from tempo_bench.rollout import SamplingParams, get_backend
-from tempo_bench.tasks import Question, TaskData, get_task
+from tempo_bench.critic_ops import CriticOps, critic_quality, generation_batch, starting_critic
+from tempo_bench.grading import answers_equivalent
+from tempo_bench.tasks import LabeledQuestion, Question, TaskData, get_task
 
 
 class PhaseTimer:
@@ -98,7 +99,8 @@ def run_ttt(
     out_dir: Path | None = None,
     progress: bool = True,
 ) -> RunResult:
-    """Run one method for ``config.train.steps`` steps, logging every step to ``logger``."""
+    """Run one method for ``config.train.steps`` steps (or until ``train.budget_tokens``),
+    logging every step to ``logger``."""
     from tqdm.auto import tqdm
 
     torch.set_num_threads(config.threads)
@@ -107,11 +109,14 @@ def run_ttt(
     out_dir = Path(out_dir or Path(config.out) / f"{config.method}-s{config.seed}")
     eval_questions = task.test[: config.eval.size] if config.eval.size else task.test
 
+    cls = method_class(config.method)
+    method: Method = cls(config.method_options(), n_train=config.rollout.n)
+    pool, probe_questions = split_labeled(task, config, method)
+    if cls.uses_test_labels:
+        method.answer_key = task.answer_key  # the oracle only; its runs are tagged below
     tokenizer = load_tokenizer(config.model.path)
     policy = load_policy(config.model, config.lora)
     backend = get_backend(config.rollout.backend)(policy, tokenizer)
-    cls = method_class(config.method)
-    method: Method = cls(config.method_options(), n_train=config.rollout.n)
     optimizer = torch.optim.AdamW(
         trainable_parameters(policy), lr=config.train.lr, weight_decay=config.train.weight_decay
     )
@@ -121,11 +126,18 @@ def run_ttt(
         top_p=config.rollout.top_p,
         max_new_tokens=config.rollout.max_new_tokens,
     )
+    ops = None
+    if cls.uses_critic:
+        critic = starting_critic(config, backend, tokenizer.pad_token_id, pool, sampling,
+                                 Path(config.out) / "critics")
+        ops = CriticOps(critic, backend, tokenizer.pad_token_id, pool, probe_questions, config.critic,
+                        sampling, config.seed, log_text=logger.log_text)
 
     logger.set_tags({
         "method": config.method, "task": task.name, "seed": str(config.seed),
         "preset": config.preset, "git_commit": git_commit(),
         "uses_test_labels": str(cls.uses_test_labels).lower(),
+        **({"oracle": "USES TEST LABELS"} if cls.uses_test_labels else {}),
     })
     logger.log_params(flatten(config.model_dump()))
     logger.log_text(json.dumps(config.model_dump(), indent=2), "config.json")
@@ -152,57 +164,125 @@ def run_ttt(
     for step in bar:
         timer = PhaseTimer()
         torch.manual_seed(step_seed(config.seed, step, stream=1))
-        questions = questions_for_step(task.test, step, config.train.prompts_per_step, config.seed)
+        questions = questions_for_step(
+            task.test, step, method.unlabeled_per_step(config.train.prompts_per_step), config.seed
+        ) + questions_for_step(pool, step, method.labeled_per_step(), config.seed + 1)
 
         with timer.phase("rollout"):
             generation = backend.generate([q.prompt for q in questions], sampling)
         with timer.phase("grade"):
             answers, clusters = grade(generation, task.extract_answer)
-            batch = RolloutBatch(questions, generation, answers, clusters)
-            # metrics only: true correctness from the hidden answer key
-            truth = np.array([[task.answer_key.is_correct_answer(q.id, a) for a in row]
-                              for q, row in zip(questions, answers)])
+            batch = RolloutBatch(questions, generation, answers, clusters, labeled_truth(questions, answers))
+            # metrics only: true correctness of the unlabeled rows, from the hidden answer key
+            truth = test_truth(questions, answers, batch.labeled_correct, task.answer_key)
+        if ops is not None:
+            with timer.phase("critic_score"):
+                batch.state_values, final = ops.critic.score(generation_batch(generation, tokenizer.pad_token_id))
+                batch.final_values = final.reshape(len(questions), generation.n)
         with timer.phase("reward"):
             reward_out = method.rewards(batch)
             _check_finite(reward_out.rewards, step, "reward")
         with timer.phase("advantage"):
-            advantages = method.advantages(reward_out.rewards)  # [G, n_train]
+            rows = method.train_rows(batch, reward_out.rewards)
+            train_batch = generation_batch(generation, tokenizer.pad_token_id, rows)
+            advantages = method.advantages(batch, reward_out.rewards, rows, train_batch.mask)
             _check_finite(advantages, step, "advantage")
         with timer.phase("policy"):
-            rows = [i * sampling.n + j for i in range(len(questions)) for j in range(method.n_train)]
-            train_batch = make_train_batch(
-                [generation.prompt_ids[r // sampling.n] for r in rows],
-                [generation.token_ids[r] for r in rows],
-                tokenizer.pad_token_id,
-            )
             policy_stats = policy_update(
-                policy, optimizer, train_batch, advantages.reshape(-1), config.train,
-                config.rollout.temperature,
+                policy, optimizer, train_batch, advantages, config.train, config.rollout.temperature
             )
+        critic_stats = {}
+        if ops is not None:
+            with timer.phase("critic"):
+                critic_stats = method.update_critic(step, batch, ops)
         with timer.phase("sync"):
             backend.sync_weights()
+        if ops is not None and step % config.critic.probe_every == 0:
+            with timer.phase("critic_probe"):
+                critic_stats.update(critic_diagnostics(ops, batch, truth, step))
 
         tokens["tokens/rollout"] += generation.num_tokens
         tokens["tokens/policy"] += train_batch.num_tokens
         values = {
             **train_batch_metrics(batch, reward_out, truth, method.n_train),
             **{f"policy/{k}": v for k, v in policy_stats.items()},
+            **critic_stats,
             **timer.metrics(),
             "time/step": sum(timer.seconds.values()),
-            "tokens/rollout": tokens["tokens/rollout"],
-            "tokens/policy": tokens["tokens/policy"],
+            **tokens,
+            **(ops.counters() if ops is not None else {}),
+            "train/labeled_groups": float(sum(batch.is_labeled(i) for i in range(len(questions)))),
+            "train/rows": float(len(rows)),
         }
         result.steps[step] = values
         logger.log_metrics(values, step)
-        if step % config.eval.every == 0 or step == config.train.steps:
+        spent = tokens["tokens/rollout"] + tokens["tokens/policy"] + (
+            ops.tokens["tokens/critic"] + ops.tokens["tokens/estep_rollout"] if ops is not None else 0)
+        over_budget = config.train.budget_tokens is not None and spent >= config.train.budget_tokens
+        if step % config.eval.every == 0 or step == config.train.steps or over_budget:
             run_eval(step)
-        bar.set_postfix(reward=f"{values['reward/mean']:.2f}", acc=f"{values['train/accuracy']:.2f}",
-                        maj_ratio=f"{values['ttt/majority_ratio']:.2f}")
+        bar.set_postfix(reward=f"{values['reward/mean']:.2f}", maj_ratio=f"{values['ttt/majority_ratio']:.2f}")
+        if over_budget:
+            print(f"token budget reached after step {step} ({spent:,} >= {config.train.budget_tokens:,})")
+            break
 
     adapter_dir = save_adapter(policy, out_dir / "adapter")
     logger.log_artifacts(adapter_dir, "adapter")
+    if ops is not None:
+        logger.log_artifacts(ops.critic.save(out_dir / "critic"), "critic")
     backend.close()
     return result
+
+
+def run_name_of(method: str, seed: int) -> str:
+    """MLflow run name: method and seed, and a marker on any method that uses test labels."""
+    marker = "-USES-TEST-LABELS" if method_class(method).uses_test_labels else ""
+    return f"{method}-s{seed}{marker}"
+
+
+def split_labeled(task: TaskData, config: RunConfig, method: Method):
+    """(pool, probe): the probe's labeled questions are held out of the pool that E-steps and
+    labeled M-step rows draw from."""
+    needs_labels = method.uses_critic or method.labeled_per_step() > 0
+    probe_size = config.critic.probe_questions if method.uses_critic else 0
+    pool, probe = task.labeled[probe_size:], task.labeled[:probe_size]
+    if needs_labels and not pool:
+        raise ValueError(
+            f"method {config.method!r} needs labeled questions, but the labeled pool has "
+            f"{len(task.labeled)} (probe: {probe_size}); raise task.labeled_size"
+        )
+    return pool, probe
+
+
+def labeled_truth(questions: list[Question], answers) -> list[list[bool] | None]:
+    """True correctness of labeled groups (their labels are visible); None for unlabeled ones."""
+    return [
+        [answers_equivalent(q.answer, a) if a is not None else False for a in row]
+        if isinstance(q, LabeledQuestion) else None
+        for q, row in zip(questions, answers)
+    ]
+
+
+def test_truth(questions: list[Question], answers, labeled: list[list[bool] | None], answer_key) -> np.ndarray:
+    """[G, N] true correctness of every row: labeled rows from their labels, unlabeled rows from
+    the hidden key (metrics code only)."""
+    return np.array([
+        known if known is not None else [answer_key.is_correct_answer(q.id, a) for a in row]
+        for q, row, known in zip(questions, answers, labeled)
+    ])
+
+
+def critic_diagnostics(ops, batch: RolloutBatch, truth: np.ndarray, step: int) -> dict[str, float]:
+    """critic/probe/* (held-out labeled probe), critic/test/* (this step's unlabeled rows, hidden
+    labels) and their gap: the critic's transfer gap."""
+    values = dict(ops.probe(step))
+    groups = batch.unlabeled_groups
+    if groups and batch.final_values is not None:
+        test = critic_quality(batch.final_values[groups].numpy(), truth[groups])
+        values.update({f"critic/test/{k}": v for k, v in test.items()})
+        for k in ("ece", "brier", "auroc_within"):
+            values[f"critic/gap/{k}"] = values[f"critic/test/{k}"] - values[f"critic/probe/{k}"]
+    return values
 
 
 def _check_finite(values: torch.Tensor, step: int, phase: str) -> None:
@@ -211,25 +291,27 @@ def _check_finite(values: torch.Tensor, step: int, phase: str) -> None:
 
 
 def train_batch_metrics(batch: RolloutBatch, reward_out, truth: np.ndarray, n_train: int) -> dict[str, float]:
-    """Reward quality on the rewards the method trains on (the first n_train samples of each
-    group), voting and diversity statistics on all samples."""
-    rewards = reward_out.rewards.numpy()
-    trained_r, trained_y = rewards[:, :n_train], truth[:, :n_train]
-    values = {
+    """Reward quality of the rewards the method trains on (the first n_train samples of each
+    unlabeled group), voting and diversity statistics on all samples of the unlabeled groups.
+    Empty for a method that trains on labeled questions only."""
+    groups = batch.unlabeled_groups
+    if not groups:
+        return {"reward/mean": float(reward_out.rewards.mean()), "ttt/majority_ratio": float("nan")}
+    rewards = reward_out.rewards.numpy()[groups]
+    trained_r, trained_y = rewards[:, :n_train], truth[groups, :n_train]
+    clusters = [batch.clusters[i] for i in groups]
+    return {
         "reward/mean": float(trained_r.mean()),
         "reward/pointbiserial": M.pointbiserial(trained_r, trained_y),
         "reward/auroc": M.auroc(trained_r, trained_y),
         "reward/auroc_within": M.auroc_within(trained_r, trained_y),
         "reward/accuracy": M.reward_accuracy(trained_r, trained_y, reward_out.threshold),
         "train/accuracy": float(trained_y.mean()),
-        "ttt/majority_ratio": M.majority_ratio(batch.clusters),
-        "ttt/label_accuracy": M.maj_at_k(batch.clusters, truth),
-        "div/distinct_answers": M.distinct_answers(batch.clusters),
-        "div/answer_entropy": M.answer_entropy(batch.clusters),
-        "div/distinct_2": M.distinct_2(
-            [[batch.generation.texts[r] for r in batch.generation.group(i)] for i in range(len(batch.questions))]
-        ),
-        "train/response_length": float(np.mean([len(t) for t in batch.generation.token_ids])),
+        "ttt/majority_ratio": M.majority_ratio(clusters),
+        "ttt/label_accuracy": M.maj_at_k(clusters, truth[groups]),
+        "div/distinct_answers": M.distinct_answers(clusters),
+        "div/answer_entropy": M.answer_entropy(clusters),
+        "div/distinct_2": M.distinct_2([[batch.generation.texts[r] for r in batch.generation.group(i)] for i in groups]),
+        "train/response_length": float(np.mean([len(batch.generation.token_ids[r]) for i in groups
+                                                for r in batch.generation.group(i)])),
     }
-    return values
-

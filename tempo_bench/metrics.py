@@ -118,3 +118,32 @@ def reward_accuracy(rewards: np.ndarray, correct: np.ndarray, threshold: float) 
     """Share of samples where ``reward > threshold`` agrees with the truth."""
     predicted = np.ravel(rewards) > threshold
     return float((predicted == np.ravel(correct).astype(bool)).mean())
+
+
+def calibration_bins(prob: np.ndarray, correct: np.ndarray, bins: int = 10) -> list[dict]:
+    """Reliability-diagram data: equal-width bins of predicted P(correct) with, per non-empty
+    bin, its range, count, mean prediction and observed accuracy."""
+    p, y = np.ravel(prob).astype(float), np.ravel(correct).astype(float)
+    index = np.minimum((p * bins).astype(int), bins - 1)
+    out = []
+    for b in range(bins):
+        sel = index == b
+        if sel.any():
+            out.append({"lo": b / bins, "hi": (b + 1) / bins, "count": int(sel.sum()),
+                        "confidence": float(p[sel].mean()), "accuracy": float(y[sel].mean())})
+    return out
+
+
+def ece(prob: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: sum over bins of (count / total) * |accuracy - confidence|."""
+    table = calibration_bins(prob, correct, bins)
+    total = sum(row["count"] for row in table)
+    if total == 0:
+        return float("nan")
+    return float(sum(row["count"] / total * abs(row["accuracy"] - row["confidence"]) for row in table))
+
+
+def brier(prob: np.ndarray, correct: np.ndarray) -> float:
+    """Mean squared error of predicted P(correct) against the 0/1 outcome."""
+    p, y = np.ravel(prob).astype(float), np.ravel(correct).astype(float)
+    return float(np.mean((p - y) ** 2)) if p.size else float("nan")

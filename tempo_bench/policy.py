@@ -152,13 +152,15 @@ def policy_update(
     model.train()
     for _ in range(train_cfg.ppo_epochs):
         for rows_idx in torch.arange(rows).chunk(train_cfg.minibatches):
-            mb = _select(batch, rows_idx)
+            mb = select_rows(batch, rows_idx)
             logits = response_logits(model, mb) / temperature
             logp = token_logprobs(logits, mb.response_ids.to(device))
-            mb_old = logp.detach() if old_logp is None else old_logp[rows_idx]
+            width = logp.shape[1]  # select_rows trims to the minibatch's longest response
+            mb_old = logp.detach() if old_logp is None else old_logp[rows_idx, :width]
+            mb_adv = advantages[rows_idx] if advantages.dim() == 1 else advantages[rows_idx, :width]
             mask = mb.mask.to(device)
             loss, loss_stats = loss_fn(
-                logp, mb_old, advantages[rows_idx].to(device), mask,
+                logp, mb_old, mb_adv.to(device), mask,
                 train_cfg.clip_low, train_cfg.clip_high,
             )
             if not torch.isfinite(loss):
@@ -174,8 +176,12 @@ def policy_update(
     return {key: sum(v) / len(v) for key, v in stats.items()}
 
 
-def _select(batch: TrainBatch, rows: torch.Tensor) -> TrainBatch:
-    return TrainBatch(*(getattr(batch, f)[rows] for f in TrainBatch.__dataclass_fields__))
+def select_rows(batch: TrainBatch, rows: torch.Tensor) -> TrainBatch:
+    """The sub-batch of ``rows``, trimmed to its own longest sequence and response."""
+    sub = TrainBatch(*(getattr(batch, f)[rows] for f in TrainBatch.__dataclass_fields__))
+    width, resp = int(sub.attention.sum(1).max()), max(1, int(sub.mask.sum(1).max()))
+    return TrainBatch(sub.input_ids[:, :width], sub.attention[:, :width], sub.response_index[:, :resp],
+                      sub.response_ids[:, :resp], sub.mask[:, :resp])
 
 
 def save_adapter(model, out_dir: Path) -> Path:

@@ -17,13 +17,14 @@ STEP_KEYS = [
     "div/distinct_2", "policy/entropy", "policy/loss", "tokens/rollout", "tokens/policy",
     "time/rollout", "time/grade", "time/reward", "time/advantage", "time/policy",
 ]
+OUT = __import__("tempfile").mkdtemp(prefix="tempo-e2e-")  # starting-critic cache of this module
 EVAL_KEYS = ["eval/mean_at_k", "eval/maj_at_k", "eval/pass_at_k", "eval/greedy_acc",
              "eval/pass_at_1", "eval/distinct_answers"]
 
 
 def two_step_config(**extra):
     overrides = ["train.steps=2", "train.prompts_per_step=4", "rollout.n=4", "eval.size=4",
-                 "eval.k=2", "eval.every=1", "threads=1", "train.lr=0.01"]
+                 "eval.k=2", "eval.every=1", "threads=1", "train.lr=0.01", f"out={OUT}"]
     return load_config("toy-smoke", overrides + [f"{k}={v}" for k, v in extra.items()])
 
 
@@ -63,19 +64,56 @@ def test_same_seed_same_run(first_run, tmp_path):
     assert logger.history("policy/loss") == again_logger.history("policy/loss")
 
 
-def test_leakage_rule_hidden_answers_change_no_update(first_run, tmp_path):
+NON_ORACLE = ["standard_ttt", "fixed_critic", "online_critic", "tempo", "labeled_rlvr", "empo"]
+
+
+@pytest.mark.parametrize("method", NON_ORACLE)
+def test_leakage_rule_hidden_answers_change_no_update(method, tmp_path):
     """Shuffling the hidden test answers changes the metrics but no reward, advantage (hence
-    loss) or parameter of standard_ttt."""
-    result, logger = first_run
-    config = two_step_config()
+    loss), critic update or parameter of any non-oracle method."""
+    config = two_step_config(method=method)
     task = get_task(config.task)
     shuffled = TaskData(task.name, task.test, task.answer_key.shuffled(seed=1), task.labeled)
-    other_logger = MemoryLogger()
-    other = run_ttt(config, other_logger, task=shuffled, out_dir=tmp_path, progress=False)
-    a, b = lora_tensors(result), lora_tensors(other)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    for key in ("reward/mean", "policy/loss", "policy/grad_norm"):
-        assert logger.history(key) == other_logger.history(key), key
+    runs = []
+    for i, data in enumerate((task, shuffled)):
+        logger = MemoryLogger()
+        runs.append((run_ttt(config, logger, task=data, out_dir=tmp_path / str(i), progress=False), logger))
+    (a, log_a), (b, log_b) = runs
+    ta, tb = lora_tensors(a), lora_tensors(b)
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    for key in ("reward/mean", "policy/loss", "policy/grad_norm", "critic/value_loss"):
+        if key in log_a.metrics:
+            assert log_a.history(key) == log_b.history(key), key
+    if (a.out_dir / "critic").is_dir():
+        ca = load_file(str(a.out_dir / "critic" / "model.safetensors"))
+        cb = load_file(str(b.out_dir / "critic" / "model.safetensors"))
+        assert all(torch.equal(ca[k], cb[k]) for k in ca)
     # the shuffle did reach the metrics: the truth-based numbers moved
-    truth_based = ["train/accuracy", "eval/mean_at_k", "eval/greedy_acc"]
-    assert any(not np.allclose(logger.history(k), other_logger.history(k)) for k in truth_based)
+    truth_based = ["eval/mean_at_k", "eval/greedy_acc", "eval/pass_at_k"]
+    assert any(not np.allclose(log_a.history(k), log_b.history(k)) for k in truth_based)
+
+
+def test_oracle_sees_the_answers_and_is_flagged(tmp_path):
+    config = two_step_config(method="oracle")
+    task = get_task(config.task)
+    shuffled = TaskData(task.name, task.test, task.answer_key.shuffled(seed=1), task.labeled)
+    logs = []
+    for i, data in enumerate((task, shuffled)):
+        logger = MemoryLogger()
+        run_ttt(config, logger, task=data, out_dir=tmp_path / str(i), progress=False)
+        logs.append(logger)
+    assert logs[0].history("reward/mean") != logs[1].history("reward/mean")
+    assert logs[0].tags["uses_test_labels"] == "true" and "oracle" in logs[0].tags
+
+
+def test_tempo_recalibrates_every_k_steps_in_the_loop(tmp_path):
+    config = two_step_config(method="tempo", **{"methods.tempo.recal_interval": 2, "train.steps": 4,
+                                                "eval.every": 4})
+    logger = MemoryLogger()
+    run_ttt(config, logger, out_dir=tmp_path, progress=False)
+    assert logger.history("critic/estep_count") == [0, 1, 1, 2]
+    assert [s for s, _ in logger.metrics["critic/value_loss"]] == [2, 4]
+    assert {"critic/reliability_step_00002.json", "critic/reliability_step_00004.json"} <= set(logger.artifacts)
+    for key in ("critic/probe/ece", "critic/test/ece", "critic/gap/ece", "critic/test/auroc_within"):
+        assert len(logger.metrics[key]) == 4, key
+    assert logger.history("train/labeled_groups")[0] > 0

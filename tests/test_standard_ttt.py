@@ -4,20 +4,7 @@ import pytest
 import torch
 
 from baselines.standard_ttt import StandardTTT
-from tempo_bench.grading import cluster_answers
-from tempo_bench.methods import RolloutBatch
-from tempo_bench.rollout import Generation
-from tempo_bench.tasks import Question
-
-
-def make_batch(answer_groups):
-    n = len(answer_groups[0])
-    texts = [f"#### {a}" if a is not None else "no idea" for g in answer_groups for a in g]
-    gen = Generation(n, [[1]] * len(answer_groups), [[2]] * len(texts), [[0.0]] * len(texts), texts, [True] * len(texts))
-    return RolloutBatch(
-        [Question(f"q{i}", "Q") for i in range(len(answer_groups))], gen,
-        [list(g) for g in answer_groups], [cluster_answers(list(g)) for g in answer_groups],
-    )
+from batches import make_batch
 
 
 def test_majority_gets_one_minority_zero_with_equivalent_forms():
@@ -30,17 +17,19 @@ def test_majority_gets_one_minority_zero_with_equivalent_forms():
     # group 1: tie 3 vs 4 -> first seen (3); unparseable gets 0
     assert rewards[1].tolist() == [1, 1, 0, 0, 0, 0]
     # advantages cover only the n_train=4 trained samples, group-normalised
-    adv = method.advantages(rewards)
-    assert adv.shape == (2, 4)
+    rows = method.train_rows(batch, rewards)
+    assert rows == [0, 1, 2, 3, 6, 7, 8, 9]
+    adv = method.advantages(batch, rewards, rows, torch.ones(8, 3)).reshape(2, 4)
     assert torch.allclose(adv.mean(dim=1), torch.zeros(2), atol=1e-6)
     assert adv[0, 1] > 0 > adv[0, 0]
 
 
 def test_no_parseable_answer_gives_no_signal():
     method = StandardTTT(StandardTTT.Options(), n_train=3)
-    rewards = method.rewards(make_batch([[None, None, None]])).rewards
+    batch = make_batch([[None, None, None]])
+    rewards = method.rewards(batch).rewards
     assert rewards.tolist() == [[0, 0, 0]]
-    assert torch.all(method.advantages(rewards) == 0)
+    assert torch.all(method.advantages(batch, rewards, [0, 1, 2], torch.ones(3, 3)) == 0)
 
 
 def test_n_vote_below_n_train_is_an_error():

@@ -10,6 +10,12 @@ METHODS = Registry(
     "method",
     {
         "standard_ttt": "baselines.standard_ttt:StandardTTT",
+        "fixed_critic": "baselines.critic_baselines:FixedCritic",
+        "online_critic": "baselines.critic_baselines:OnlineCritic",
+        "tempo": "tempo_bench.methods.tempo:Tempo",
+        "labeled_rlvr": "baselines.labeled_rlvr:LabeledRLVR",
+        "empo": "baselines.empo:EMPO",
+        "oracle": "baselines.oracle:Oracle",
     },
 )
 

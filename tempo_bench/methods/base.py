@@ -1,42 +1,73 @@
 """The Method interface: methods differ only in their reward, advantage and critic schedule.
 
-What a method sees of the unlabeled test questions is a :class:`RolloutBatch`: questions without
-answers, the sampled responses, their extracted answers and answer clusters. True correctness is
-not in it (the leakage rule); it is computed by the loop's metrics code from the AnswerKey.
+What a method sees is a :class:`RolloutBatch`: questions (unlabeled ones without answers), the
+sampled responses, their extracted answers and answer clusters, the true correctness of rows of
+LABELED questions (D_L, which methods may use), and the critic's values where the method has a
+critic. The true correctness of unlabeled rows is not in it (the leakage rule): the loop's metrics
+code computes it from the AnswerKey. Only a method with ``uses_test_labels = True`` (the oracle) is
+handed that key, and every run of such a method is tagged so.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from tempo_bench.algos import group_normalized_advantages
 from tempo_bench.rollout.base import Generation
-from tempo_bench.tasks.base import Question
+from tempo_bench.tasks.base import LabeledQuestion, Question
+
+if TYPE_CHECKING:
+    from tempo_bench.critic_ops import CriticOps
 
 
 @dataclass
 class RolloutBatch:
-    """G questions x N samples each (N = the method's samples_per_prompt). answers[i][j] is the
-    extracted answer of sample j of question i (None: unparseable); clusters[i][j] its
-    answer-equivalence cluster within the group."""
+    """G questions x N samples each, prompt-major (sample j of question i is row i * N + j).
+
+    answers[i][j]: extracted answer (None: unparseable); clusters[i][j]: answer-equivalence
+    cluster within the group; labeled_correct[i]: true correctness of the N samples if question
+    i is labeled, else None; state_values [G*N, T+1] and final_values [G, N]: the critic's values
+    of every state and of each complete response (None without a critic)."""
 
     questions: list[Question]
     generation: Generation
     answers: list[list[str | None]]
     clusters: list[list[int | None]]
+    labeled_correct: list[list[bool] | None]
+    state_values: torch.Tensor | None = None
+    final_values: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return self.generation.n
+
+    def is_labeled(self, i: int) -> bool:
+        return isinstance(self.questions[i], LabeledQuestion)
+
+    @property
+    def unlabeled_groups(self) -> list[int]:
+        return [i for i in range(len(self.questions)) if not self.is_labeled(i)]
+
+    def true_rewards(self, i: int) -> torch.Tensor:
+        """+1/-1 outcome rewards of labeled group i: [N]."""
+        correct = self.labeled_correct[i]
+        if correct is None:
+            raise ValueError(f"group {i} is unlabeled: its true rewards are hidden")
+        return torch.tensor([1.0 if c else -1.0 for c in correct])
 
 
 @dataclass
 class RewardOutput:
-    """rewards: [G, N] float, for every sample drawn (voting-only samples included)."""
+    """rewards: [G, N] float for every sample drawn (voting-only samples included); a sample
+    counts as "judged correct" in reward/accuracy when its reward > ``threshold``."""
 
     rewards: torch.Tensor
-    threshold: float = 0.5  # reward > threshold counts as "judged correct" in reward/accuracy
+    threshold: float = 0.5
 
 
 class Method(ABC):
@@ -45,6 +76,7 @@ class Method(ABC):
 
     name: ClassVar[str]
     uses_test_labels: ClassVar[bool] = False
+    uses_critic: ClassVar[bool] = False
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -53,14 +85,39 @@ class Method(ABC):
         self.options = options
         self.n_train = n_train
 
+    # -- what to sample ---------------------------------------------------------------------
     def samples_per_prompt(self) -> int:
         """How many responses to sample per question (>= n_train; extra ones only vote)."""
         return self.n_train
 
+    def unlabeled_per_step(self, configured: int) -> int:
+        """Unlabeled test questions per step (``train.prompts_per_step`` unless the method
+        trains on labeled data only)."""
+        return configured
+
+    def labeled_per_step(self) -> int:
+        """Labeled questions mixed into each step's M-step batch."""
+        return 0
+
+    # -- reward and advantage ---------------------------------------------------------------
     @abstractmethod
     def rewards(self, batch: RolloutBatch) -> RewardOutput:
         """Rewards for all N samples of every question: [G, N]."""
 
-    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
-        """Advantages of the n_train training samples: [G, N] rewards -> [G, n_train]."""
-        return group_normalized_advantages(rewards[:, : self.n_train])
+    def train_rows(self, batch: RolloutBatch, rewards: torch.Tensor) -> list[int]:
+        """Generation rows the policy trains on: the first n_train samples of each group."""
+        return [i * batch.n + j for i in range(len(batch.questions)) for j in range(self.n_train)]
+
+    def advantages(
+        self, batch: RolloutBatch, rewards: torch.Tensor, rows: list[int], mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Advantages of the training ``rows``: [R] (one per sequence) or [R, T] (per token, T
+        = mask.shape[1]). Default: group-normalised over each group's first n_train rewards."""
+        per_group = group_normalized_advantages(rewards[:, : self.n_train])
+        return torch.stack([per_group[r // batch.n, r % batch.n] for r in rows])
+
+    # -- critic schedule --------------------------------------------------------------------
+    def update_critic(self, step: int, batch: RolloutBatch, ops: "CriticOps") -> dict[str, float]:
+        """Called after each policy update; a method with a critic decides here whether and how
+        it learns (``ops`` holds the shared procedures). Returns metrics to log."""
+        return {}

@@ -1,0 +1,153 @@
+"""The critic: a value model V(x, y_<=t) with a scalar head at every token, its optimiser, and the
+two procedures every critic method shares: scoring rollouts and fitting outcome targets.
+
+Like the paper's code (verl), the value model is a token-classification model with one output
+(``AutoModelForTokenClassification``, num_labels=1) initialised from the policy's checkpoint: a
+"self-critic". Targets are +1/-1 outcomes, so V ~ 2 P(correct) - 1.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tempo_bench.algos import clipped_value_loss
+from tempo_bench.policy import TrainBatch, resolve_model_path, select_rows
+
+
+@dataclass
+class StateIndex:
+    """Where to read the value of each state: index [B, T+1] (sequence positions) and mask
+    [B, T+1]; state t of row b has seen t response tokens, t = 0..len(response_b)."""
+
+    index: torch.Tensor
+    mask: torch.Tensor
+    lengths: torch.Tensor  # [B] response lengths
+
+    @classmethod
+    def of(cls, batch: TrainBatch) -> "StateIndex":
+        lengths = batch.mask.sum(1).long()
+        prompt_lens = batch.attention.sum(1).long() - lengths
+        t = torch.arange(batch.mask.shape[1] + 1)
+        index = (prompt_lens.unsqueeze(1) - 1 + t).clamp(max=batch.input_ids.shape[1] - 1)
+        mask = (t.unsqueeze(0) <= lengths.unsqueeze(1)).float()
+        return cls(index, mask, lengths)
+
+
+class Critic:
+    """A value model and its optimiser."""
+
+    def __init__(self, model, lr: float, weight_decay: float, grad_clip: float):
+        self.model = model
+        self.lr, self.weight_decay, self.grad_clip = lr, weight_decay, grad_clip
+        self.optimizer = torch.optim.AdamW(self._params(), lr=lr, weight_decay=weight_decay)
+
+    @classmethod
+    def from_pretrained(cls, path: str, cfg) -> "Critic":
+        """A fresh value head on the backbone at ``path`` ('toy' = the shipped model)."""
+        from transformers import AutoConfig, AutoModelForTokenClassification
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the new head's "newly initialized weights" notice
+        try:
+            # no dropout before the head (transformers defaults it to 0.1): a regression target
+            # and reproducible updates
+            config = AutoConfig.from_pretrained(resolve_model_path(path), num_labels=1)
+            config.classifier_dropout = 0.0
+            model = AutoModelForTokenClassification.from_pretrained(resolve_model_path(path), config=config)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        return cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip)
+
+    def _params(self):
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def clone(self) -> "Critic":
+        """An independent copy (weights and optimiser state): each run starts from the same
+        starting critic without touching the shared one."""
+        other = Critic(copy.deepcopy(self.model), self.lr, self.weight_decay, self.grad_clip)
+        other.optimizer.load_state_dict(copy.deepcopy(self.optimizer.state_dict()))
+        return other
+
+    def state_values(self, batch: TrainBatch, states: StateIndex | None = None) -> torch.Tensor:
+        """V at every state: [B, T+1] (zero where ``states.mask`` is 0)."""
+        states = states or StateIndex.of(batch)
+        device = next(self.model.parameters()).device
+        out = self.model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention.to(device))
+        values = out.logits.squeeze(-1).float()  # [B, L]
+        return values.gather(1, states.index.to(device)) * states.mask.to(device)
+
+    @torch.no_grad()
+    def score(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(state values [B, T+1], value of the complete response [B]) without gradients."""
+        was_training = self.model.training
+        self.model.eval()
+        states = StateIndex.of(batch)
+        values = self.state_values(batch, states).cpu()
+        self.model.train(was_training)
+        return values, values.gather(1, states.lengths.unsqueeze(1)).squeeze(1)
+
+    def fit(
+        self,
+        batch: TrainBatch,
+        targets: torch.Tensor,
+        row_mask: torch.Tensor,
+        epochs: int,
+        cliprange_value: float,
+        minibatch_rows: int = 256,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, float]:
+        """``epochs`` passes of minibatch updates of the clipped value loss towards ``targets``
+        [B] (+1/-1) at every state of each row. Rows with ``row_mask`` [B] = 0 (unlabeled rows in
+        TEMPO's E-step) are dropped before any compute: they never affect the critic."""
+        keep = torch.nonzero(row_mask > 0).squeeze(1)
+        if keep.numel() == 0:
+            return {"critic/value_loss": float("nan"), "tokens/critic_step": 0}
+        batch, targets = select_rows(batch, keep), targets[keep].float()
+        old, _ = self.score(batch)  # the clip is around the values before this update
+        losses, tokens = [], int(batch.attention.sum())
+        self.model.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(keep), generator=generator)
+            for rows in order.split(minibatch_rows):
+                mb = select_rows(batch, rows)
+                states = StateIndex.of(mb)
+                values = self.state_values(mb, states).cpu()
+                returns = targets[rows].unsqueeze(1).expand_as(values)
+                loss = clipped_value_loss(values, old[rows, : values.shape[1]], returns, states.mask, cliprange_value)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"critic value loss is {loss.item()}")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self._params(), self.grad_clip)
+                self.optimizer.step()
+                losses.append(loss.item())
+                tokens += int(mb.attention.sum())
+        self.model.eval()
+        return {"critic/value_loss": sum(losses) / len(losses), "tokens/critic_step": tokens}
+
+    def save(self, out_dir: Path) -> Path:
+        """Backbone + head as safetensors (``save_pretrained``), plus the optimiser state."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out_dir, safe_serialization=True)
+        torch.save(self.optimizer.state_dict(), out_dir / "optimizer.pt")
+        return out_dir
+
+    @classmethod
+    def load(cls, out_dir: Path, cfg) -> "Critic":
+        from transformers import AutoModelForTokenClassification
+
+        critic = cls(AutoModelForTokenClassification.from_pretrained(out_dir), cfg.lr, cfg.weight_decay, cfg.grad_clip)
+        state = out_dir / "optimizer.pt"
+        if state.is_file():
+            critic.optimizer.load_state_dict(torch.load(state, weights_only=True))
+        return critic
+
+
+def values_to_prob(values: torch.Tensor) -> torch.Tensor:
+    """V in [-1, 1] (targets +1/-1) -> P(correct) = (V + 1) / 2, clipped to [0, 1]."""
+    return ((values + 1) / 2).clamp(0.0, 1.0)

@@ -1,0 +1,186 @@
+"""The critic procedures every critic method shares, bound to one run's policy and data:
+
+- ``estep``: TEMPO's E-step and the starting critic's warm-up: fresh rollouts of the CURRENT
+  policy on labeled questions, graded with their true answers, fitted with the clipped value loss;
+- ``fit_batch``: fit the critic on the current batch with targets the method makes itself (the
+  online critic's pseudo-labels);
+- ``probe``: the critic's calibration and within-question AUROC on a held-out labeled probe of
+  current-policy rollouts (diagnostics, and the drift trigger of adaptive recalibration).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tempo_bench import metrics as M
+from tempo_bench.critic import Critic, values_to_prob
+from tempo_bench.evaluation import grade
+from tempo_bench.grading import extract_answer
+from tempo_bench.policy import TrainBatch, make_train_batch
+from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
+from tempo_bench.tasks.base import AnswerKey, LabeledQuestion
+
+
+def generation_batch(generation: Generation, pad_id: int, rows: list[int] | None = None) -> TrainBatch:
+    """Prompt + response sequences of ``rows`` (default: all) of a generation."""
+    rows = list(range(len(generation.token_ids))) if rows is None else rows
+    return make_train_batch(
+        [generation.prompt_ids[r // generation.n] for r in rows],
+        [generation.token_ids[r] for r in rows],
+        pad_id,
+    )
+
+
+def labeled_correctness(questions: list[LabeledQuestion], answers: list[list[str | None]]) -> np.ndarray:
+    """[G, N] true correctness of labeled rollouts (labels of D_L are visible to methods)."""
+    key = AnswerKey({q.id: q.answer for q in questions})
+    return np.array([[key.is_correct_answer(q.id, a) for a in row] for q, row in zip(questions, answers)])
+
+
+def critic_quality(final_values: np.ndarray, correct: np.ndarray) -> dict[str, float]:
+    """Calibration and ranking of critic values [G, N] against truth [G, N]."""
+    prob = values_to_prob(torch.as_tensor(final_values)).numpy()
+    return {
+        "ece": M.ece(prob, correct),
+        "brier": M.brier(prob, correct),
+        "auroc": M.auroc(prob, correct),
+        "auroc_within": M.auroc_within(prob, correct),
+        "mean_value": float(np.mean(final_values)),
+        "accuracy": float(np.mean(correct)),
+    }
+
+
+def rollout_labeled(
+    backend: RolloutBackend, questions: list[LabeledQuestion], n: int, sampling: SamplingParams
+) -> tuple[Generation, np.ndarray]:
+    """n rollouts of the current policy per labeled question, and their true correctness [G, n]."""
+    generation = backend.generate([q.prompt for q in questions], SamplingParams(
+        n=n, temperature=sampling.temperature, top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens))
+    answers, _ = grade(generation, extract_answer)
+    return generation, labeled_correctness(questions, answers)
+
+
+@dataclass
+class CriticOps:
+    critic: Critic
+    backend: RolloutBackend
+    pad_id: int
+    pool: list[LabeledQuestion]  # D_L for E-steps (and labeled M-step rows)
+    probe_questions: list[LabeledQuestion]  # held out from the pool
+    cfg: object  # tempo_bench.config.CriticConfig
+    sampling: SamplingParams
+    seed: int
+    log_text: object = None  # callable(text, artifact_file) for reliability-diagram data
+    estep_count: int = 0
+    tokens: dict[str, int] = field(default_factory=lambda: {"tokens/critic": 0, "tokens/estep_rollout": 0})
+    _probe_cache: tuple[int, dict] | None = None
+
+    def _rollout_labeled(self, questions: list[LabeledQuestion], n: int) -> tuple[Generation, np.ndarray]:
+        return rollout_labeled(self.backend, questions, n, self.sampling)
+
+    def counters(self) -> dict[str, float]:
+        """Cumulative critic compute, logged every step for accuracy-against-compute plots."""
+        return {**self.tokens, "critic/estep_count": self.estep_count}
+
+    def estep(self, step: int) -> dict[str, float]:
+        """Recalibrate on fresh current-policy rollouts of ``cfg.estep_questions`` labeled
+        questions drawn from the pool (seeded by step)."""
+        rng = random.Random(self.seed * 7_919 + step)
+        questions = rng.sample(self.pool, min(self.cfg.estep_questions, len(self.pool)))
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed * 104_729 + step)
+            generation, correct = self._rollout_labeled(questions, self.cfg.estep_samples)
+        self.tokens["tokens/estep_rollout"] += generation.num_tokens
+        batch = generation_batch(generation, self.pad_id)
+        targets = torch.as_tensor(correct.reshape(-1), dtype=torch.float) * 2 - 1
+        _, before = self.critic.score(batch)
+        stats = self._fit(batch, targets, torch.ones(len(targets)), self.cfg.estep_epochs, step)
+        _, after = self.critic.score(batch)
+        self.estep_count += 1
+        if self.log_text is not None:
+            self.log_text(json.dumps(_reliability(before, after, correct)), f"critic/reliability_step_{step:05d}.json")
+        self._probe_cache = None
+        return {**stats, "critic/estep": 1.0, "critic/estep_accuracy": float(correct.mean())}
+
+    def fit_batch(self, batch: TrainBatch, targets: torch.Tensor, row_mask: torch.Tensor, step: int) -> dict[str, float]:
+        """Fit on rows of the current batch with the method's own targets [B] (+1/-1)."""
+        stats = self._fit(batch, targets, row_mask, self.cfg.online_epochs, step)
+        self._probe_cache = None
+        return stats
+
+    def _fit(self, batch, targets, row_mask, epochs: int, step: int) -> dict[str, float]:
+        generator = torch.Generator().manual_seed(self.seed * 31 + step)
+        stats = self.critic.fit(batch, targets, row_mask, epochs, self.cfg.cliprange_value,
+                                self.cfg.minibatch_rows, generator)
+        self.tokens["tokens/critic"] += stats.pop("tokens/critic_step")
+        return stats
+
+    def probe(self, step: int) -> dict[str, float]:
+        """critic/probe/* on fresh current-policy rollouts of the probe questions (computed at
+        most once per step and critic state)."""
+        if self._probe_cache is not None and self._probe_cache[0] == step:
+            return self._probe_cache[1]
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed * 15_485_863 + step)
+            generation, correct = self._rollout_labeled(self.probe_questions, self.cfg.probe_samples)
+        _, final = self.critic.score(generation_batch(generation, self.pad_id))
+        values = critic_quality(final.reshape(correct.shape).numpy(), correct)
+        result = {f"critic/probe/{k}": v for k, v in values.items()}
+        self._probe_cache = (step, result)
+        return result
+
+
+def _reliability(before: torch.Tensor, after: torch.Tensor, correct: np.ndarray) -> dict:
+    """Reliability-diagram data of an E-step's rollouts, before and after the update."""
+    flat = correct.reshape(-1)
+    return {
+        "before": M.calibration_bins(values_to_prob(before).numpy(), flat),
+        "after": M.calibration_bins(values_to_prob(after).numpy(), flat),
+    }
+
+
+_STARTING_CRITICS: dict[str, Critic] = {}
+
+
+def starting_critic_key(config) -> str:
+    """What the starting critic depends on: model, critic settings, data and sampling."""
+    import hashlib
+
+    spec = {
+        "format": 2,  # bump when the critic's architecture or warm-up procedure changes
+        "model": config.model.model_dump(), "critic": config.critic.model_dump(),
+        "task": config.task.model_dump(),
+        "sampling": [config.rollout.temperature, config.rollout.top_p, config.rollout.max_new_tokens],
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def starting_critic(config, backend: RolloutBackend, pad_id: int, pool: list[LabeledQuestion],
+                    sampling: SamplingParams, cache_dir) -> Critic:
+    """The critic every critic method starts from: a fresh value head on the backbone, warmed up
+    on labeled rollouts of the initial policy. Built once per key (starting_critic_key) and cached
+    in memory and under ``cache_dir``; each run gets its own copy."""
+    from pathlib import Path
+
+    cfg = config.critic
+    key = starting_critic_key(config)
+    path = Path(cache_dir) / key
+    if key not in _STARTING_CRITICS:
+        if (path / "config.json").is_file():
+            critic = Critic.load(path, cfg)
+        else:
+            critic = Critic.from_pretrained(cfg.path or config.model.path, cfg)
+            with torch.random.fork_rng():
+                torch.manual_seed(cfg.seed)
+                generation, correct = rollout_labeled(backend, pool[: cfg.warmup_questions], cfg.warmup_samples, sampling)
+            targets = torch.as_tensor(correct.reshape(-1), dtype=torch.float) * 2 - 1
+            critic.fit(generation_batch(generation, pad_id), targets, torch.ones(len(targets)), cfg.warmup_epochs,
+                       cfg.warmup_cliprange, cfg.minibatch_rows, torch.Generator().manual_seed(cfg.seed))
+            critic.save(path)
+        _STARTING_CRITICS[key] = critic
+    return _STARTING_CRITICS[key].clone()

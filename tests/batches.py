@@ -1,0 +1,29 @@
+"""Constructed rollout batches for method tests."""
+
+import torch
+
+from tempo_bench.grading import answers_equivalent, cluster_answers
+from tempo_bench.methods import RolloutBatch
+from tempo_bench.rollout import Generation
+from tempo_bench.tasks import LabeledQuestion, Question
+
+
+def make_batch(answer_groups, labels=None, final_values=None, response_len=3):
+    """Groups of extracted answers (None: unparseable). ``labels[i]`` makes group i a labeled
+    question with that gold answer. ``final_values`` [G, N] sets the critic values; every state
+    value is then set to 0 so em_token advantages are easy to compute by hand."""
+    n = len(answer_groups[0])
+    labels = labels or [None] * len(answer_groups)
+    texts = [f"#### {a}" if a is not None else "no idea" for g in answer_groups for a in g]
+    gen = Generation(n, [[1]] * len(answer_groups), [[5] * response_len] * len(texts),
+                     [[0.0] * response_len] * len(texts), texts, [True] * len(texts))
+    questions = [Question(f"q{i}", "Q") if lab is None else LabeledQuestion(f"l{i}", "Q", lab)
+                 for i, lab in enumerate(labels)]
+    labeled = [None if lab is None else [a is not None and answers_equivalent(lab, a) for a in g]
+               for g, lab in zip(answer_groups, labels)]
+    batch = RolloutBatch(questions, gen, [list(g) for g in answer_groups],
+                         [cluster_answers(list(g)) for g in answer_groups], labeled)
+    if final_values is not None:
+        batch.final_values = torch.tensor(final_values, dtype=torch.float)
+        batch.state_values = torch.zeros(len(texts), response_len + 1)
+    return batch

@@ -1,0 +1,47 @@
+"""The value model on the toy backbone: shapes, masking of unlabeled rows, save/load."""
+
+import torch
+
+from tempo_bench.config import CriticConfig
+from tempo_bench.critic import Critic, StateIndex
+from tempo_bench.policy import load_tokenizer, make_train_batch
+
+
+def toy_batch():
+    tok = load_tokenizer("toy")
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in ["Q:12+9\n", "Q:345+1\n", "Q:7+7\n"]]
+    responses = [tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                 for r in ["2+9=11 |1\n", "5+1=6 |6\n#### 346\n", "7+7=14 |4\n#### 14\n"]]
+    return make_train_batch(prompts, responses, tok.pad_token_id)
+
+
+def test_state_index_reads_values_from_prompt_end_to_response_end():
+    batch = toy_batch()
+    states = StateIndex.of(batch)
+    lengths = batch.mask.sum(1).long()
+    prompt_lens = batch.attention.sum(1) - lengths
+    assert states.index.shape == (3, batch.mask.shape[1] + 1)
+    for b in range(3):
+        assert states.index[b, 0] == prompt_lens[b] - 1  # V(x): the state after the prompt
+        assert states.index[b, lengths[b]] == prompt_lens[b] + lengths[b] - 1  # full response
+        assert states.mask[b].sum() == lengths[b] + 1
+
+
+def test_fit_ignores_unlabeled_rows_and_roundtrips(tmp_path):
+    cfg = CriticConfig(lr=1e-3)
+    batch = toy_batch()
+    torch.manual_seed(0)
+    a = Critic.from_pretrained("toy", cfg)
+    b = a.clone()
+    mask = torch.tensor([1.0, 1.0, 0.0])
+    stats = a.fit(batch, torch.tensor([1.0, -1.0, 1.0]), mask, 3, 10.0, generator=torch.Generator().manual_seed(0))
+    b.fit(batch, torch.tensor([1.0, -1.0, -1.0]), mask, 3, 10.0, generator=torch.Generator().manual_seed(0))
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(pa, pb)  # the masked row's target changed nothing
+    assert stats["critic/value_loss"] > 0
+    values, final = a.score(batch)
+    assert values.shape == (3, batch.mask.shape[1] + 1) and final.shape == (3,)
+    assert final[0] > final[1]  # it moved towards +1 for row 0 and -1 for row 1
+    loaded = Critic.load(a.save(tmp_path / "critic"), cfg)
+    assert torch.allclose(loaded.score(batch)[1], final)
+    assert (tmp_path / "critic" / "model.safetensors").is_file()
