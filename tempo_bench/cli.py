@@ -42,8 +42,24 @@ def _parser() -> argparse.ArgumentParser:
                      "else sqlite:///OUT/mlflow.db)")
     run.add_argument("--experiment", help="MLflow experiment name (default: log.experiment)")
     run.add_argument("--out", help="output folder (default: the preset's `out`, usually runs/)")
+    run.add_argument("--budget-tokens", type=int, help="stop once rollout + policy + critic tokens "
+                     "reach this many (compare methods at equal compute)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
+
+    cmp = sub.add_parser("compare", help="several methods x seeds into one MLflow experiment, "
+                         "with a results table (95%% bootstrap CIs over seeds)")
+    cmp.add_argument("--preset", required=True)
+    cmp.add_argument("--methods", default="standard_ttt,fixed_critic,online_critic,tempo",
+                     help="comma-separated methods, or 'all' (adds labeled_rlvr, empo, oracle)")
+    cmp.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cmp.add_argument("--tracking-uri")
+    cmp.add_argument("--experiment", help="MLflow experiment (default: compare-<preset>)")
+    cmp.add_argument("--out", help="output folder (default: the preset's `out`)")
+    cmp.add_argument("--budget-tokens", type=int, help="equal compute: token budget per run")
+    cmp.add_argument("--table", help="also write the results table (markdown) to this file")
+    cmp.set_defaults(func=cmd_compare)
 
     toy = sub.add_parser("toy-model", help="the embedded tiny model")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
@@ -56,12 +72,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+from tempo_bench.config import ConfigError  # noqa: E402  (after the environment is set)
+
+
 def cmd_run(args) -> int:
     from tempo_bench.config import load_config
 
     overrides = list(args.overrides)
     for flag, key in ((args.method, "method"), (args.seed, "seed"), (args.out, "out"),
-                      (args.tracking_uri, "log.tracking_uri"), (args.experiment, "log.experiment")):
+                      (args.tracking_uri, "log.tracking_uri"), (args.experiment, "log.experiment"),
+                      (args.budget_tokens, "train.budget_tokens")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     config = load_config(args.preset, overrides)
@@ -109,6 +129,31 @@ def _print_summary(result, uri: str) -> None:
         print(f"Browse it: mlflow ui --backend-store-uri {uri}")
 
 
+def cmd_compare(args) -> int:
+    from tempo_bench.compare import parse_methods, parse_seeds, results_table, run_compare
+
+    try:
+        methods, seeds = parse_methods(args.methods), parse_seeds(args.seeds)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    overrides = list(args.overrides) + (
+        [f"train.budget_tokens={args.budget_tokens}"] if args.budget_tokens else [])
+    outcomes, uri = run_compare(args.preset, methods, seeds, overrides, args.tracking_uri, args.out,
+                                args.experiment)
+    table = results_table(outcomes)
+    print("\nFinal metrics, mean [95% bootstrap CI] over seeds (pb = reward point-biserial, "
+          "mean of the first / last 5 steps; critic gap = test - probe ECE at the end):\n")
+    print(table)
+    if args.table:
+        Path(args.table).write_text(table + "\n")
+    failed = [o for o in outcomes if o.error]
+    for o in failed:
+        print(f"FAILED {o.method} seed {o.seed}: {o.error}", file=sys.stderr)
+    if uri.startswith("sqlite:///"):
+        print(f"\nCompare the runs: mlflow ui --backend-store-uri {uri}")
+    return 1 if failed else 0
+
+
 def cmd_toy_build(args) -> int:
     import yaml
 
@@ -148,7 +193,6 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
-    from tempo_bench.config import ConfigError
     from tempo_bench.policy import ModelLoadError
 
     try:

@@ -54,3 +54,27 @@ def test_help_lists_commands(capsys):
     text = capsys.readouterr().out
     assert "run" in text and "toy-model" in text
     assert "toy-smoke" in preset_names()
+
+
+def test_compare_runs_methods_into_one_experiment_and_prints_table(tmp_path, capsys):
+    table = tmp_path / "table.md"
+    code = main(["compare", "--preset", "toy-smoke", "--methods", "standard_ttt,tempo", "--seeds", "0",
+                 "--out", str(tmp_path), "--table", str(table),
+                 "--set", "train.steps=2", "--set", "eval.size=4", "--set", "threads=1"])
+    assert code == 0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("compare-toy-smoke")
+    names = sorted(r.info.run_name for r in client.search_runs([exp.experiment_id]))
+    assert names == ["standard_ttt-s0", "tempo-s0"]
+    text = table.read_text()
+    assert text.startswith("| method | seeds | mean@k") and "| tempo | 1 |" in text
+    assert "Final metrics, mean [95% bootstrap CI]" in capsys.readouterr().out
+
+
+def test_compare_rejects_unknown_methods_and_bad_seeds(tmp_path, capsys):
+    assert main(["compare", "--preset", "toy-smoke", "--methods", "tempo,nope", "--out", str(tmp_path)]) == 2
+    assert "unknown methods ['nope']" in capsys.readouterr().err
+    assert main(["compare", "--preset", "toy-smoke", "--seeds", "a,b", "--out", str(tmp_path)]) == 2
+    assert "--seeds takes comma-separated integers" in capsys.readouterr().err

@@ -67,3 +67,23 @@ def test_reward_accuracy():
     rewards = np.array([1.0, 0.0, 1.0, 0.0])
     correct = np.array([1, 1, 0, 0], dtype=bool)
     assert M.reward_accuracy(rewards, correct, 0.5) == pytest.approx(0.5)
+
+
+def test_ece_brier_and_reliability_bins_by_hand():
+    prob = np.array([0.05, 0.15, 0.85, 0.95, 0.9])
+    correct = np.array([0, 1, 1, 1, 0], dtype=bool)
+    bins = M.calibration_bins(prob, correct, bins=10)
+    assert [(b["lo"], b["count"]) for b in bins] == [(0.0, 1), (0.1, 1), (0.8, 1), (0.9, 2)]
+    # |acc - conf| per bin weighted by count: .05, .85, .15, 2 * |.5 - .925|
+    assert M.ece(prob, correct) == pytest.approx((0.05 + 0.85 + 0.15 + 2 * 0.425) / 5)
+    assert M.brier(prob, correct) == pytest.approx(np.mean((prob - correct) ** 2))
+
+
+def test_mean_ci_bootstrap():
+    from tempo_bench.stats import mean_ci
+
+    mean, lo, hi = mean_ci([0.2, 0.4, 0.6, 0.8])
+    assert mean == pytest.approx(0.5) and 0.2 <= lo < 0.5 < hi <= 0.8
+    assert mean_ci([0.3, 0.3]) == (0.3, 0.3, 0.3)
+    m, lo, hi = mean_ci([0.7])
+    assert m == 0.7 and math.isnan(lo) and math.isnan(hi)

@@ -1,0 +1,133 @@
+"""`tempo-bench compare`: several methods x seeds on one preset, into one MLflow experiment, and a
+results table with 95% bootstrap confidence intervals over seeds.
+
+Every run shares the task data, the starting actor and (for critic methods) the starting critic;
+seeds change only the sampling and update randomness.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tempo_bench.stats import mean_ci
+
+ALL_METHODS = ["standard_ttt", "fixed_critic", "online_critic", "tempo", "labeled_rlvr", "empo", "oracle"]
+CORE_METHODS = ALL_METHODS[:4]
+
+# (column, metric key, where): "final" = last eval, "start"/"end" = first / last training step
+TABLE = [
+    ("mean@k", "eval/mean_at_k", "final"),
+    ("maj@k", "eval/maj_at_k", "final"),
+    ("pass@k", "eval/pass_at_k", "final"),
+    ("greedy", "eval/greedy_acc", "final"),
+    ("distinct", "eval/distinct_answers", "final"),
+    ("pb start", "reward/pointbiserial", "start"),
+    ("pb end", "reward/pointbiserial", "end"),
+    ("auroc_w end", "reward/auroc_within", "end"),
+    ("critic gap ece", "critic/gap/ece", "end"),
+]
+
+
+def parse_methods(text: str) -> list[str]:
+    from tempo_bench.methods import method_names
+
+    if text == "all":
+        return list(ALL_METHODS)
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in method_names()]
+    if unknown or not methods:
+        raise ValueError(f"unknown methods {unknown}; available: {', '.join(method_names())}, or 'all'")
+    return methods
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise ValueError("--seeds is empty")
+    return seeds
+
+
+@dataclass
+class Outcome:
+    method: str
+    seed: int
+    run_id: str | None = None
+    values: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+def summarise(result, window: int = 5) -> dict[str, float]:
+    """The table's numbers from one run: the last evaluation, and reward quality averaged over the
+    first and the last ``window`` training steps (one step's figure is noisy)."""
+    out: dict[str, float] = {}
+    last_eval = result.evals[max(result.evals)]
+    steps = sorted(result.steps)
+    for _, key, where in TABLE:
+        if where == "final":
+            out[f"{key}@final"] = last_eval.get(key, math.nan)
+        else:
+            chosen = steps[:window] if where == "start" else steps[-window:]
+            vals = [result.steps[s].get(key, math.nan) for s in chosen]
+            vals = [v for v in vals if np.isfinite(v)]
+            out[f"{key}@{where}"] = float(np.mean(vals)) if vals else math.nan
+    return out
+
+
+def results_table(outcomes: list[Outcome]) -> str:
+    """Markdown table: one row per method, each cell mean [95% CI] over seeds."""
+    methods = list(dict.fromkeys(o.method for o in outcomes))
+    header = "| method | seeds | " + " | ".join(col for col, _, _ in TABLE) + " |"
+    lines = [header, "|" + "---|" * (len(TABLE) + 2)]
+    for method in methods:
+        done = [o for o in outcomes if o.method == method and o.error is None]
+        cells = []
+        for _, key, where in TABLE:
+            mean, lo, hi = mean_ci([o.values[f"{key}@{where}"] for o in done])
+            cells.append("-" if math.isnan(mean) else
+                         f"{mean:.3f}" + ("" if math.isnan(lo) else f" [{lo:.3f}, {hi:.3f}]"))
+        label = method + (" (test labels)" if method == "oracle" else "")
+        lines.append(f"| {label} | {len(done)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_compare(preset: str, methods: list[str], seeds: list[int], overrides: list[str],
+                tracking_uri: str | None, out: str | None, experiment: str | None) -> tuple[list[Outcome], str]:
+    from tempo_bench.config import load_config
+    from tempo_bench.loggers import MLflowLogger, default_tracking_uri
+    from tempo_bench.loop import run_name_of, run_ttt
+    from tempo_bench.policy import check_model
+
+    base = list(overrides) + ([f"out={out}"] if out else [])
+    configs = {(m, s): load_config(preset, base + [f"method={m}", f"seed={s}"]) for m in methods for s in seeds}
+    first = next(iter(configs.values()))
+    check_model(first.model.path)  # every bad input fails here, before the first run
+    out_dir = Path(first.out)
+    uri = tracking_uri or first.log.tracking_uri or default_tracking_uri(out_dir)
+    experiment = experiment or f"compare-{first.preset}"
+    print(f"tempo-bench compare: {len(methods)} methods x {len(seeds)} seeds on preset {first.preset}")
+    print(f"  MLflow: {uri}  experiment={experiment}")
+    outcomes = []
+    for i, ((method, seed), config) in enumerate(configs.items(), 1):
+        print(f"[{i}/{len(configs)}] {method} seed {seed}")
+        name = run_name_of(method, seed)
+        outcome = Outcome(method, seed)
+        try:
+            logger = MLflowLogger(uri, experiment, name, artifact_root=out_dir / "mlartifacts")
+            outcome.run_id = logger.run_id
+            with logger:
+                result = run_ttt(config, logger, out_dir=out_dir / experiment / f"{name}-{logger.run_id[:8]}")
+            outcome.values = summarise(result)
+        except Exception as err:  # one failed run must not lose the others
+            outcome.error = f"{type(err).__name__}: {err}"
+            print(f"  FAILED: {outcome.error}")
+            traceback.print_exc()
+        outcomes.append(outcome)
+    return outcomes, uri
