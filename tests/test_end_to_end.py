@@ -117,3 +117,12 @@ def test_tempo_recalibrates_every_k_steps_in_the_loop(tmp_path):
     for key in ("critic/probe/ece", "critic/test/ece", "critic/gap/ece", "critic/test/auroc_within"):
         assert len(logger.metrics[key]) == 4, key
     assert logger.history("train/labeled_groups")[0] > 0
+
+
+def test_token_budget_stops_the_run_and_evaluates_there(tmp_path):
+    logger = MemoryLogger()
+    result = run_ttt(two_step_config(**{"train.steps": 5, "train.budget_tokens": 1, "eval.every": 10}),
+                     logger, out_dir=tmp_path, progress=False)
+    assert sorted(result.steps) == [1]  # the first step already spent more than 1 token
+    assert sorted(result.evals) == [0, 1]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
