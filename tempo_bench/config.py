@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tempo_bench.registry import unknown_name
+
 
 class ConfigError(ValueError):
     """A configuration problem, phrased for the person who wrote the config."""
@@ -167,12 +169,7 @@ def _read_preset(name: str) -> dict:
             raise ConfigError(f"preset file {name} does not exist")
         return yaml.safe_load(path.read_text()) or {}
     if name not in preset_names():
-        hint = difflib.get_close_matches(name, preset_names(), n=1)
-        raise ConfigError(
-            f"unknown preset {name!r}"
-            + (f" (did you mean {hint[0]!r}?)" if hint else "")
-            + f"; available: {', '.join(preset_names())}, or a path to a .yaml file"
-        )
+        raise ConfigError(unknown_name("preset", name, preset_names(), ", or a path to a .yaml file"))
     text = (resources.files("tempo_bench") / "presets" / f"{name}.yaml").read_text()
     return yaml.safe_load(text) or {}
 
@@ -242,12 +239,7 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Run
 
     for name in {config.method, *config.methods}:
         if name not in method_names():
-            hint = difflib.get_close_matches(name, method_names(), n=1)
-            raise ConfigError(
-                f"unknown method {name!r}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                + f"; available: {', '.join(method_names())}"
-            )
+            raise ConfigError(unknown_name("method", name, method_names()))
         config.method_options(name)
     return config
 

@@ -6,6 +6,16 @@ import difflib
 from importlib import import_module
 
 
+def unknown_name(kind: str, name: str, choices: list[str], alternatives: str = "") -> str:
+    """"unknown method 'tempoo' (did you mean 'tempo'?); available: ..." """
+    hint = difflib.get_close_matches(name, choices, n=1)
+    return (
+        f"unknown {kind} {name!r}"
+        + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        + f"; available: {', '.join(choices)}{alternatives}"
+    )
+
+
 class Registry:
     def __init__(self, kind: str, entries: dict[str, str]):
         self.kind = kind
@@ -20,11 +30,6 @@ class Registry:
 
     def get(self, name: str):
         if name not in self._entries:
-            hint = difflib.get_close_matches(name, self.names(), n=1)
-            raise KeyError(
-                f"unknown {self.kind} {name!r}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                + f"; available: {', '.join(self.names())}"
-            )
+            raise KeyError(unknown_name(self.kind, name, self.names()))
         module, _, attr = self._entries[name].partition(":")
         return getattr(import_module(module), attr)
