@@ -61,6 +61,18 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--table", help="also write the results table (markdown) to this file")
     cmp.set_defaults(func=cmd_compare)
 
+    sw = sub.add_parser("sweep", help="an Optuna sweep (e.g. over TEMPO's recalibration interval)")
+    sw.add_argument("spec", help="sweep spec YAML (see sweeps/)")
+    sw.add_argument("--study", help="study name (default: the spec's `study`)")
+    sw.add_argument("--storage", help="Optuna RDB URL (sqlite:///..., postgresql://...); default: a "
+                    "JournalStorage file in OUT/sweeps/STUDY/")
+    sw.add_argument("--n-trials", type=int, help="finished trials the study should reach (default: the spec's)")
+    sw.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    sw.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under OUT)")
+    sw.add_argument("--out", default="runs", help="output folder (default: runs)")
+    sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw.set_defaults(func=cmd_sweep)
+
     toy = sub.add_parser("toy-model", help="the embedded tiny model")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
     build = toy_sub.add_parser("build", help="pretrain the toy model deterministically and score it")
@@ -152,6 +164,17 @@ def cmd_compare(args) -> int:
     if uri.startswith("sqlite:///"):
         print(f"\nCompare the runs: mlflow ui --backend-store-uri {uri}")
     return 1 if failed else 0
+
+
+def cmd_sweep(args) -> int:
+    from tempo_bench.sweep import describe, run_sweep
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    study = run_sweep(args.spec, args.study, args.storage, args.n_trials, args.workers,
+                      args.tracking_uri, args.out, progress=not args.quiet)
+    print(describe(study))
+    return 0
 
 
 def cmd_toy_build(args) -> int:

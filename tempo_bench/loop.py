@@ -98,13 +98,18 @@ def run_ttt(
     task: TaskData | None = None,
     out_dir: Path | None = None,
     progress: bool = True,
+    on_step=None,
 ) -> RunResult:
     """Run one method for ``config.train.steps`` steps (or until ``train.budget_tokens``),
-    logging every step to ``logger``."""
+    logging every step to ``logger``. ``on_step(step, eval_metrics_or_None)`` is called after
+    each step (a sweep's heartbeat and pruning; it may raise to stop the run)."""
     from tqdm.auto import tqdm
 
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
+    # the initial evaluation is cached only for the config's own data (a test may pass a task
+    # whose hidden answers were shuffled)
+    cache_initial_eval = task is None
     task = task or get_task(config.task)
     out_dir = Path(out_dir or Path(config.out) / f"{config.method}-s{config.seed}")
     eval_questions = task.test[: config.eval.size] if config.eval.size else task.test
@@ -147,11 +152,19 @@ def run_ttt(
 
     def run_eval(step: int) -> None:
         start = time.perf_counter()
-        with torch.random.fork_rng():
-            torch.manual_seed(step_seed(config.seed, step, stream=2))
-            values, rows, eval_tokens = evaluate(
-                backend, eval_questions, task.answer_key, config.eval, config.rollout.max_new_tokens
-            )
+        # the initial policy's evaluation depends on none of the method's or trial's settings
+        key = json.dumps([config.model.model_dump(), config.task.model_dump(), config.eval.model_dump(),
+                          config.seed, config.rollout.max_new_tokens, task.name, len(task.test)])
+        if step == 0 and cache_initial_eval and key in _INITIAL_EVALS:
+            values, rows, eval_tokens = _INITIAL_EVALS[key]
+        else:
+            with torch.random.fork_rng():
+                torch.manual_seed(step_seed(config.seed, step, stream=2))
+                values, rows, eval_tokens = evaluate(
+                    backend, eval_questions, task.answer_key, config.eval, config.rollout.max_new_tokens
+                )
+            if step == 0 and cache_initial_eval:
+                _INITIAL_EVALS[key] = (values, rows, eval_tokens)
         tokens["tokens/eval"] += eval_tokens
         result.evals[step] = values
         timing = {"tokens/eval": tokens["tokens/eval"], "time/eval": time.perf_counter() - start}
@@ -222,6 +235,8 @@ def run_ttt(
         if step % config.eval.every == 0 or step == config.train.steps or over_budget:
             run_eval(step)
         bar.set_postfix(reward=f"{values['reward/mean']:.2f}", maj_ratio=f"{values['ttt/majority_ratio']:.2f}")
+        if on_step is not None:
+            on_step(step, result.evals.get(step))
         if over_budget:
             print(f"token budget reached after step {step} ({spent:,} >= {config.train.budget_tokens:,})")
             break
@@ -232,6 +247,9 @@ def run_ttt(
         logger.log_artifacts(ops.critic.save(out_dir / "critic"), "critic")
     backend.close()
     return result
+
+
+_INITIAL_EVALS: dict[str, tuple] = {}
 
 
 def run_name_of(method: str, seed: int) -> str:

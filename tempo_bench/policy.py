@@ -59,14 +59,21 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+_BASE_MODELS: dict[tuple, torch.nn.Module] = {}
+
+
 def load_policy(model_cfg, lora_cfg, device: str = "cpu"):
-    """Base model with a fresh LoRA adapter (initialised so the policy starts equal to the base)."""
+    """Base model with a fresh LoRA adapter (initialised so the policy starts equal to the base).
+    The base weights are read once per process and copied for each run (sweep trials, compare)."""
+    import copy
+
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(model_cfg.path), dtype=getattr(torch, model_cfg.dtype)
-    ).to(device)
+    key = (resolve_model_path(model_cfg.path), model_cfg.dtype, device)
+    if key not in _BASE_MODELS:
+        _BASE_MODELS[key] = AutoModelForCausalLM.from_pretrained(key[0], dtype=getattr(torch, model_cfg.dtype)).to(device)
+    base = copy.deepcopy(_BASE_MODELS[key])
     adapter = LoraConfig(
         r=lora_cfg.r,
         lora_alpha=lora_cfg.alpha,
