@@ -142,10 +142,14 @@ def make_storage(url: str | None, sweep_dir: Path):
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(sweep_dir / "optuna.journal")))
     if url.startswith(("sqlite", "postgresql", "mysql")):
+        import inspect
+
         from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
-        return RDBStorage(url, heartbeat_interval=30, grace_period=120,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+        # Optuna >= 4.9 renamed failed_trial_callback
+        names = inspect.signature(RDBStorage.__init__).parameters
+        key = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in names else "failed_trial_callback"
+        return RDBStorage(url, heartbeat_interval=30, grace_period=120, **{key: RetryFailedTrialCallback(max_retry=3)})
     raise ConfigError(f"--storage {url!r}: give a sqlite:// or postgresql:// URL, or omit it for a journal file")
 
 
