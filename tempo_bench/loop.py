@@ -187,7 +187,7 @@ def run_ttt(
             answers, clusters = grade(generation, task.extract_answer)
             batch = RolloutBatch(questions, generation, answers, clusters, labeled_truth(questions, answers))
             # metrics only: true correctness of the unlabeled rows, from the hidden answer key
-            truth = test_truth(questions, answers, batch.labeled_correct, task.answer_key)
+            truth = true_correctness(questions, answers, batch.labeled_correct, task.answer_key)
         if ops is not None:
             with timer.phase("critic_score"):
                 batch.state_values, final = ops.critic.score(generation_batch(generation, tokenizer.pad_token_id))
@@ -281,7 +281,7 @@ def labeled_truth(questions: list[Question], answers) -> list[list[bool] | None]
     ]
 
 
-def test_truth(questions: list[Question], answers, labeled: list[list[bool] | None], answer_key) -> np.ndarray:
+def true_correctness(questions: list[Question], answers, labeled: list[list[bool] | None], answer_key) -> np.ndarray:
     """[G, N] true correctness of every row: labeled rows from their labels, unlabeled rows from
     the hidden key (metrics code only)."""
     return np.array([
