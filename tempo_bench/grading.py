@@ -14,7 +14,8 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 
 _HASH_ANSWER = re.compile(r"####\s*([^\n]+)")
-_ANSWER_IS = re.compile(r"answer is[:\s]*\$?([^\n$]+?)\$?\s*(?:\.\s*)?$", re.IGNORECASE | re.MULTILINE)
+# "the answer is $X$." where X may hold escaped dollars (\$18.90)
+_ANSWER_IS = re.compile(r"answer is[:\s]*\$?((?:\\\$|[^\n$])+?)\$?\s*(?:\.\s*)?$", re.IGNORECASE | re.MULTILINE)
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 # math-verify's timeouts use SIGALRM, which only the main thread may set; elsewhere they are off
 # (and math-verify warns on every call); a worker pool with per-item timeouts is issue 7.

@@ -36,7 +36,7 @@ from tempo_bench.policy import (
 from tempo_bench.rollout import SamplingParams, get_backend
 from tempo_bench.critic_ops import CriticOps, critic_quality, generation_batch, starting_critic
 from tempo_bench.grading import answers_equivalent
-from tempo_bench.tasks import LabeledQuestion, Question, TaskData, get_task
+from tempo_bench.tasks import LabeledQuestion, Question, TaskData, load_task_data
 
 
 class PhaseTimer:
@@ -110,7 +110,7 @@ def run_ttt(
     # the initial evaluation is cached only for the config's own data (a test may pass a task
     # whose hidden answers were shuffled)
     cache_initial_eval = task is None
-    task = task or get_task(config.task)
+    task = task or load_task_data(config.task)
     out_dir = Path(out_dir or Path(config.out) / f"{config.method}-s{config.seed}")
     eval_questions = task.test[: config.eval.size] if config.eval.size else task.test
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from tempo_bench.config import load_config
 from tempo_bench.loggers import MemoryLogger
 from tempo_bench.loop import run_ttt
-from tempo_bench.tasks import TaskData, get_task
+from tempo_bench.tasks import TaskData, load_task_data
 
 STEP_KEYS = [
     "reward/mean", "reward/pointbiserial", "reward/auroc", "reward/auroc_within", "reward/accuracy",
@@ -72,7 +72,7 @@ def test_leakage_rule_hidden_answers_change_no_update(method, tmp_path):
     """Shuffling the hidden test answers changes the metrics but no reward, advantage (hence
     loss), critic update or parameter of any non-oracle method."""
     config = two_step_config(method=method)
-    task = get_task(config.task)
+    task = load_task_data(config.task)
     shuffled = TaskData(task.name, task.test, task.answer_key.shuffled(seed=1), task.labeled)
     runs = []
     for i, data in enumerate((task, shuffled)):
@@ -95,7 +95,7 @@ def test_leakage_rule_hidden_answers_change_no_update(method, tmp_path):
 
 def test_oracle_sees_the_answers_and_is_flagged(tmp_path):
     config = two_step_config(method="oracle")
-    task = get_task(config.task)
+    task = load_task_data(config.task)
     shuffled = TaskData(task.name, task.test, task.answer_key.shuffled(seed=1), task.labeled)
     logs = []
     for i, data in enumerate((task, shuffled)):

@@ -79,10 +79,10 @@ class TaskData:
     extract_answer = staticmethod(extract_answer)
 
 
-def get_task(config) -> TaskData:
+def load_task_data(config) -> TaskData:
     """Build the task a config names (config: tempo_bench.config.ToyTaskConfig)."""
     if config.name == "toy_addition":
         from tempo_bench.tasks.toy import load_toy_task
 
         return load_toy_task(config)
-    raise ValueError(f"unknown task {config.name!r}; available: toy_addition")
+    raise ValueError(f"unknown task {config.name!r}; available in runs: toy_addition")

@@ -19,10 +19,10 @@ def score_checkpoint(model_dir: Path, k: int = 8, max_new_tokens: int = 96, seed
     from tempo_bench.evaluation import evaluate
     from tempo_bench.policy import load_tokenizer
     from tempo_bench.rollout.hf import HFBackend
-    from tempo_bench.tasks import get_task
+    from tempo_bench.tasks import load_task_data
     from tempo_bench.toy.task import Addition, PROMPT_PREFIX
 
-    task = get_task(ToyTaskConfig())
+    task = load_task_data(ToyTaskConfig())
     tokenizer = load_tokenizer(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     backend = HFBackend(model, tokenizer)

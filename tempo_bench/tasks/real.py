@@ -1,0 +1,172 @@
+"""Real benchmarks: loading (hub through `datasets`, or local JSON / JSONL / parquet files in the
+TTRL, verl and upstream shapes), prompt templates and grading.
+
+    task = get_task("math500")
+    questions = task.load("../shared/data/ttrl/MATH-TTT.json")
+    task.is_correct("... so the answer is \\boxed{\\frac{14}{3}}", "\\frac{14}{3}")  # True
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tempo_bench.grading import answers_equivalent, canonical_number, extract_answer
+from tempo_bench.registry import unknown_name
+from tempo_bench.tasks.base import LabeledQuestion
+
+MATH_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+CHOICE_TEMPLATE = ("{question}\nPlease reason step by step, and put the letter of the correct option "
+                   "within \\boxed{{}}.")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    hub_id: str
+    hub_config: str | None
+    split: str
+    kind: Literal["math", "gsm8k", "choice"]
+    description: str
+
+
+TASK_SPECS = {s.name: s for s in [
+    TaskSpec("aime24", "HuggingFaceH4/aime_2024", None, "train", "math", "AIME 2024, 30 problems"),
+    TaskSpec("aime25", "math-ai/aime25", None, "test", "math", "AIME 2025, 30 problems"),
+    TaskSpec("amc", "AI-MO/aimo-validation-amc", None, "train", "math", "AMC 2023, 83 problems"),
+    TaskSpec("math500", "HuggingFaceH4/MATH-500", None, "test", "math", "MATH-500"),
+    TaskSpec("gsm8k", "openai/gsm8k", "main", "test", "gsm8k", "GSM8K test, 1319 problems"),
+    TaskSpec("gpqa", "Idavidrein/gpqa", "gpqa_diamond", "train", "choice", "GPQA diamond, multiple choice"),
+    TaskSpec("gsm8k_train", "openai/gsm8k", "main", "train", "gsm8k", "labeled pool: GSM8K train"),
+    TaskSpec("math_train", "DigitalLearningGmbH/MATH-lighteval", None, "train", "math", "labeled pool: MATH train"),
+    TaskSpec("dapo17k", "BytedTsinghua-SIA/DAPO-Math-17k", None, "train", "math", "labeled pool: DAPO-Math-17k"),
+]}
+
+_QUESTION_KEYS = ("prompt", "problem", "question", "Question")
+_CHOICE = re.compile(r"(?:answer is|answer:)\s*\(?([A-J])\)?(?![A-Za-z])", re.IGNORECASE)
+
+
+class Task:
+    """A real benchmark: where its questions come from, how they are asked, how they are graded."""
+
+    def __init__(self, spec: TaskSpec):
+        self.spec = spec
+        self.name = spec.name
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, {self.spec.kind})"
+
+    # -- grading ------------------------------------------------------------------------------
+    def extract_answer(self, text: str) -> str | None:
+        if self.spec.kind != "choice":
+            return extract_answer(text)
+        boxed = extract_answer(text)
+        if boxed is not None:
+            letter = re.sub(r"\\text\{([^}]*)\}", r"\1", boxed).strip().strip("()").strip()
+            if re.fullmatch(r"[A-Ja-j]", letter):
+                return letter.upper()
+        found = _CHOICE.findall(text)
+        return found[-1].upper() if found else None
+
+    def is_correct(self, response: str, answer: str) -> bool:
+        """Whether ``response`` (a full model output) answers ``answer`` (a gold answer)."""
+        extracted = self.extract_answer(response)
+        if extracted is None:
+            return False
+        if self.spec.kind == "choice":
+            return extracted.upper() == answer.strip().upper()
+        return answers_equivalent(normalise_gold(answer), extracted)
+
+    def prompt(self, question: str) -> str:
+        template = CHOICE_TEMPLATE if self.spec.kind == "choice" else MATH_TEMPLATE
+        return template.format(question=question)
+
+    # -- loading ------------------------------------------------------------------------------
+    def load(self, source: str | Path | None = None, limit: int | None = None) -> list[LabeledQuestion]:
+        """Questions with gold answers from a local file (JSON list, JSONL, parquet) or, without
+        ``source``, from the hub through ``datasets``. Raises ValueError naming the file and row
+        when a row has no question or no parseable gold answer."""
+        rows = read_rows(source) if source is not None else self._hub_rows()
+        where = str(source or self.spec.hub_id)
+        if not rows:
+            raise ValueError(f"{where}: no rows")
+        out = []
+        for i, row in enumerate(rows[:limit] if limit else rows):
+            question, answer = row_question(row), self.row_answer(row)
+            if not question:
+                raise ValueError(f"{where} row {i}: no question field (looked for {', '.join(_QUESTION_KEYS)})")
+            if not answer:
+                raise ValueError(f"{where} row {i}: no parseable gold answer")
+            out.append(LabeledQuestion(id=str(row.get("id", i)), prompt=self.prompt(question), answer=answer))
+        return out
+
+    def row_answer(self, row: dict) -> str | None:
+        ground = row.get("reward_model")
+        if isinstance(ground, dict) and ground.get("ground_truth") is not None:  # verl parquet
+            return str(ground["ground_truth"]).strip()
+        answer = row.get("answer")
+        if answer is None and row.get("solution"):
+            return extract_answer(str(row["solution"]))
+        if answer is None:
+            return None
+        answer = str(answer).strip()
+        if self.spec.kind == "gsm8k" and "####" in answer:
+            answer = answer.split("####")[-1].strip()
+        return answer or None
+
+    def _hub_rows(self) -> list[dict]:
+        from datasets import load_dataset
+
+        try:
+            ds = load_dataset(self.spec.hub_id, self.spec.hub_config, split=self.spec.split)
+        except Exception as err:  # offline, gated or renamed: say which and how to work around it
+            raise ValueError(
+                f"could not load {self.spec.hub_id} from the hub ({type(err).__name__}: {err}); "
+                f"download it and pass a local file instead"
+            ) from None
+        return [dict(r) for r in ds]
+
+
+def normalise_gold(answer: str) -> str:
+    """Gold answers as published: AMC's "142.0", AIME's zero-padded "025" compare as numbers."""
+    number = canonical_number(answer)
+    return number if number is not None else answer
+
+
+def row_question(row: dict) -> str | None:
+    for key in _QUESTION_KEYS:
+        value = row.get(key)
+        if hasattr(value, "tolist") and not isinstance(value, str):  # parquet gives numpy arrays
+            value = value.tolist()
+        if isinstance(value, list):  # verl: a chat, [{"role": "user", "content": ...}]
+            users = [m.get("content") for m in value if isinstance(m, dict) and m.get("role") == "user"]
+            value = users[-1] if users else None
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"task file {path} does not exist")
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        return pd.read_parquet(path).to_dict("records")
+    text = path.read_text()
+    if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of rows")
+    return data
+
+
+def get_task(name: str) -> Task:
+    if name not in TASK_SPECS:
+        raise ValueError(unknown_name("task", name, sorted(TASK_SPECS)))
+    return Task(TASK_SPECS[name])
