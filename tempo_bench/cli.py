@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output folder (default: the preset's `out`, usually runs/)")
     run.add_argument("--budget-tokens", type=int, help="stop once rollout + policy + critic tokens "
                      "reach this many (compare methods at equal compute)")
+    run.add_argument("--resume", action="store_true", help="continue the latest checkpointed run of "
+                     "this method and seed (same MLflow run; needs train.checkpoint_every > 0)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
@@ -112,10 +114,20 @@ def cmd_run(args) -> int:
     if method_class(config.method).uses_test_labels:
         print(f"  NOTE: {config.method} trains on the TEST labels: an upper bound, not a TTT method")
     print(f"  MLflow: {uri}  experiment={config.log.experiment}")
-    logger = MLflowLogger(uri, config.log.experiment, run_name, artifact_root=out / "mlartifacts")
+    if args.resume:
+        from tempo_bench.checkpoint import check_resumable, find_resumable, latest_checkpoint
+
+        run_dir = find_resumable(out, config.log.experiment, run_name)
+        if run_dir is None:
+            raise ConfigError(f"nothing to resume: no checkpointed run {run_name!r} under "
+                              f"{out / config.log.experiment}")
+        run_id = check_resumable(latest_checkpoint(run_dir), config)["run_id"]
+        logger = MLflowLogger(uri, config.log.experiment, run_name, run_id=run_id)
+    else:
+        logger = MLflowLogger(uri, config.log.experiment, run_name, artifact_root=out / "mlartifacts")
+        run_dir = out / config.log.experiment / f"{run_name}-{logger.run_id[:8]}"
     with logger:
-        result = run_ttt(config, logger, out_dir=out / config.log.experiment / f"{run_name}-{logger.run_id[:8]}",
-                         progress=not args.quiet)
+        result = run_ttt(config, logger, out_dir=run_dir, progress=not args.quiet, resume=args.resume)
     _print_summary(result, uri)
     return 0
 

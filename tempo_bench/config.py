@@ -80,6 +80,7 @@ class TrainConfig(_Strict):
     clip_high: float = Field(0.28, gt=0)
     ppo_epochs: int = Field(1, ge=1, description="passes over each rollout batch")
     minibatches: int = Field(1, ge=1, description="optimiser steps per pass")
+    checkpoint_every: int = Field(0, ge=0, description="checkpoint every this many steps (0: never)")
     budget_tokens: int | None = Field(
         None, ge=1, description="stop once rollout + policy + critic tokens reach this (equal compute)"
     )

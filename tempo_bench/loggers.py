@@ -35,6 +35,11 @@ class Logger(ABC):
     def log_text(self, text: str, artifact_file: str) -> None:
         """Store ``text`` as an artifact at the relative path ``artifact_file``."""
 
+    def last_step(self) -> int:
+        """The last training step this run already holds (-1: none); a resumed run does not
+        log those steps again."""
+        return -1
+
     @abstractmethod
     def log_artifacts(self, local_dir: Path, artifact_path: str) -> None:
         """Store the files of ``local_dir`` under ``artifact_path``."""
@@ -85,6 +90,9 @@ class MemoryLogger(Logger):
     def close(self, status="FINISHED"):
         self.status = status
 
+    def last_step(self) -> int:
+        return max((s for s, _ in self.metrics.get("time/step", [])), default=-1)
+
     def history(self, key: str) -> list[float]:
         return [v for _, v in self.metrics[key]]
 
@@ -109,11 +117,18 @@ class MLflowLogger(Logger):
         run_name: str,
         artifact_root: Path | None = None,
         tags: dict[str, str] | None = None,
+        run_id: str | None = None,
     ):
+        """Start a new run named ``run_name``, or with ``run_id`` reopen that run (resume)."""
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
+        if run_id is not None:
+            run = self.client.get_run(run_id)
+            self.experiment_id, self.run_id = run.info.experiment_id, run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             location = artifact_root.resolve().as_uri() if artifact_root is not None else None
@@ -155,6 +170,10 @@ class MLflowLogger(Logger):
 
     def log_artifacts(self, local_dir, artifact_path):
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def last_step(self):
+        history = self.client.get_metric_history(self.run_id, "time/step")
+        return max((m.step for m in history), default=-1)
 
     def close(self, status="FINISHED"):
         self.client.set_terminated(self.run_id, status=status)

@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from tempo_bench import metrics as M
+from tempo_bench.checkpoint import check_resumable, latest_checkpoint, restore_policy, save_checkpoint
 from tempo_bench.config import RunConfig, flatten
+from tempo_bench.critic import Critic
 from tempo_bench.evaluation import evaluate, grade
 from tempo_bench.loggers import Logger
 from tempo_bench.methods import Method, RolloutBatch, method_class
@@ -40,14 +42,15 @@ from tempo_bench.tasks import LabeledQuestion, Question, TaskData, load_task_dat
 
 
 class PhaseTimer:
-    """Wall seconds per named phase, accumulated over a step."""
+    """Wall seconds per named phase, accumulated over a step; ``current`` names the phase running."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.current: str | None = None
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start, self.current = time.perf_counter(), name
         try:
             yield
         finally:
@@ -99,10 +102,13 @@ def run_ttt(
     out_dir: Path | None = None,
     progress: bool = True,
     on_step=None,
+    resume: bool = False,
 ) -> RunResult:
     """Run one method for ``config.train.steps`` steps (or until ``train.budget_tokens``),
     logging every step to ``logger``. ``on_step(step, eval_metrics_or_None)`` is called after
-    each step (a sweep's heartbeat and pruning; it may raise to stop the run)."""
+    each step (a sweep's heartbeat and pruning; it may raise to stop the run). With ``resume``,
+    continue from the latest checkpoint in ``out_dir``; steps the logger already holds (logged
+    after that checkpoint, before the run stopped) are recomputed but not logged twice."""
     from tqdm.auto import tqdm
 
     torch.set_num_threads(config.threads)
@@ -138,19 +144,35 @@ def run_ttt(
         ops = CriticOps(critic, backend, tokenizer.pad_token_id, pool, probe_questions, config.critic,
                         sampling, config.seed, log_text=logger.log_text)
 
-    logger.set_tags({
-        "method": config.method, "task": task.name, "seed": str(config.seed),
-        "preset": config.preset, "git_commit": git_commit(),
-        "uses_test_labels": str(cls.uses_test_labels).lower(),
-        **({"oracle": "USES TEST LABELS"} if cls.uses_test_labels else {}),
-    })
-    logger.log_params(flatten(config.model_dump()))
-    logger.log_text(json.dumps(config.model_dump(), indent=2), "config.json")
+    if not resume:  # a resumed run keeps the params and tags it was started with
+        logger.set_tags({
+            "method": config.method, "task": task.name, "seed": str(config.seed),
+            "preset": config.preset, "git_commit": git_commit(),
+            "uses_test_labels": str(cls.uses_test_labels).lower(),
+            **({"oracle": "USES TEST LABELS"} if cls.uses_test_labels else {}),
+        })
+        logger.log_params(flatten(config.model_dump()))
+        logger.log_text(json.dumps(config.model_dump(), indent=2), "config.json")
 
     result = RunResult(run_id=logger.run_id, out_dir=out_dir)
     tokens = {"tokens/rollout": 0, "tokens/policy": 0, "tokens/eval": 0}
+    first_step, logged_until = 1, -1
+    if resume:
+        first_step, logged_until = _resume(out_dir, logger, policy, optimizer, ops, method, result, tokens, config)
 
-    def run_eval(step: int) -> None:
+    def checkpoint(step: int) -> None:
+        state = {"run_id": logger.run_id, "tokens": tokens, "method": method.state_dict(),
+                 "evals": result.evals, "steps": result.steps, "config": config.model_dump(),
+                 "critic_counters": {"tokens": ops.tokens, "estep_count": ops.estep_count} if ops else None}
+        save_checkpoint(out_dir, step, policy, optimizer, ops.critic if ops else None, state)
+
+    def log_metrics(values: dict, step: int) -> None:
+        if step > logged_until:  # a resumed run recomputes, but does not re-log, logged steps
+            logger.log_metrics(values, step)
+
+    def run_eval(step: int) -> dict[str, float]:
+        """Evaluate, store the per-sample JSONL artefact, return the metrics to log (with the
+        step's own: one batch per step, so a kill never leaves a step half logged)."""
         start = time.perf_counter()
         # the initial policy's evaluation depends on none of the method's or trial's settings
         key = json.dumps([config.model.model_dump(), config.task.model_dump(), config.eval.model_dump(),
@@ -167,13 +189,14 @@ def run_ttt(
                 _INITIAL_EVALS[key] = (values, rows, eval_tokens)
         tokens["tokens/eval"] += eval_tokens
         result.evals[step] = values
-        timing = {"tokens/eval": tokens["tokens/eval"], "time/eval": time.perf_counter() - start}
-        logger.log_metrics({**values, **timing}, step)
-        if config.log.rollouts_jsonl:
+        if config.log.rollouts_jsonl:  # before the metrics: a replayed step rewrites the same file
             logger.log_text("\n".join(json.dumps(r) for r in rows) + "\n", f"rollouts/eval_step_{step:05d}.jsonl")
+        return {**values, "tokens/eval": tokens["tokens/eval"], "time/eval": time.perf_counter() - start}
 
-    run_eval(0)
-    bar = tqdm(range(1, config.train.steps + 1), desc=f"{config.method} s{config.seed}", disable=not progress)
+    if first_step == 1:
+        log_metrics(run_eval(0), 0)
+    bar = tqdm(range(first_step, config.train.steps + 1), desc=f"{config.method} s{config.seed}",
+               disable=not progress, initial=first_step - 1, total=config.train.steps)
     for step in bar:
         timer = PhaseTimer()
         torch.manual_seed(step_seed(config.seed, step, stream=1))
@@ -192,18 +215,26 @@ def run_ttt(
             with timer.phase("critic_score"):
                 batch.state_values, final = ops.critic.score(generation_batch(generation, tokenizer.pad_token_id))
                 batch.final_values = final.reshape(len(questions), generation.n)
-        with timer.phase("reward"):
-            reward_out = method.rewards(batch)
-            _check_finite(reward_out.rewards, step, "reward")
-        with timer.phase("advantage"):
-            rows = method.train_rows(batch, reward_out.rewards)
-            train_batch = generation_batch(generation, tokenizer.pad_token_id, rows)
-            advantages = method.advantages(batch, reward_out.rewards, rows, train_batch.mask)
-            _check_finite(advantages, step, "advantage")
-        with timer.phase("policy"):
-            policy_stats = policy_update(
-                policy, optimizer, train_batch, advantages, config.train, config.rollout.temperature
-            )
+        try:  # a non-finite value stops the run here, the policy still as it was after step - 1
+            with timer.phase("reward"):
+                reward_out = method.rewards(batch)
+                _check_finite(reward_out.rewards, step, "reward")
+            with timer.phase("advantage"):
+                rows = method.train_rows(batch, reward_out.rewards)
+                train_batch = generation_batch(generation, tokenizer.pad_token_id, rows)
+                advantages = method.advantages(batch, reward_out.rewards, rows, train_batch.mask)
+                _check_finite(advantages, step, "advantage")
+            with timer.phase("policy"):
+                policy_stats = policy_update(
+                    policy, optimizer, train_batch, advantages, config.train, config.rollout.temperature
+                )
+        except FloatingPointError as err:
+            if step > 1:
+                checkpoint(step - 1)
+            raise FloatingPointError(
+                f"step {step}, phase {timer.current!r}: {err}; checkpoint of step {step - 1} saved in "
+                f"{out_dir / 'checkpoints'}" if step > 1 else f"step {step}, phase {timer.current!r}: {err}"
+            ) from None
         critic_stats = {}
         if ops is not None:
             with timer.phase("critic"):
@@ -228,13 +259,16 @@ def run_ttt(
             "train/rows": float(len(rows)),
         }
         result.steps[step] = values
-        logger.log_metrics(values, step)
         spent = tokens["tokens/rollout"] + tokens["tokens/policy"] + (
             ops.tokens["tokens/critic"] + ops.tokens["tokens/estep_rollout"] if ops is not None else 0)
         over_budget = config.train.budget_tokens is not None and spent >= config.train.budget_tokens
         if step % config.eval.every == 0 or step == config.train.steps or over_budget:
-            run_eval(step)
+            values = {**values, **run_eval(step)}
+        log_metrics(values, step)
         bar.set_postfix(reward=f"{values['reward/mean']:.2f}", maj_ratio=f"{values['ttt/majority_ratio']:.2f}")
+        if config.train.checkpoint_every and (step % config.train.checkpoint_every == 0 or over_budget
+                                              or step == config.train.steps):
+            checkpoint(step)
         if on_step is not None:
             on_step(step, result.evals.get(step))
         if over_budget:
@@ -250,6 +284,25 @@ def run_ttt(
 
 
 _INITIAL_EVALS: dict[str, tuple] = {}
+
+def _resume(out_dir, logger, policy, optimizer, ops, method, result, tokens, config) -> tuple[int, int]:
+    """Load the latest checkpoint of ``out_dir`` into the run; returns (first step to run, last
+    step the logger already holds)."""
+    path = latest_checkpoint(out_dir)
+    if path is None:
+        raise ValueError(f"nothing to resume: no checkpoint under {out_dir / 'checkpoints'}")
+    state = check_resumable(path, config)
+    restore_policy(path, policy, optimizer)
+    if ops is not None:
+        ops.critic = Critic.load(path / "critic", config.critic)
+        ops.tokens.update(state["critic_counters"]["tokens"])
+        ops.estep_count = state["critic_counters"]["estep_count"]
+    method.load_state_dict(state["method"])
+    tokens.update(state["tokens"])
+    result.evals.update({int(k): v for k, v in state["evals"].items()})
+    result.steps.update({int(k): v for k, v in state["steps"].items()})
+    print(f"resuming {out_dir.name} after step {state['step']} (checkpoint {path.name})")
+    return state["step"] + 1, logger.last_step()
 
 
 def run_name_of(method: str, seed: int) -> str:

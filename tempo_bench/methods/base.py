@@ -116,6 +116,14 @@ class Method(ABC):
         per_group = group_normalized_advantages(rewards[:, : self.n_train])
         return torch.stack([per_group[r // batch.n, r % batch.n] for r in rows])
 
+    # -- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What the method itself carries from step to step (JSON-serialisable)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
     # -- critic schedule --------------------------------------------------------------------
     def update_critic(self, step: int, batch: RolloutBatch, ops: "CriticOps") -> dict[str, float]:
         """Called after each policy update; a method with a critic decides here whether and how

@@ -36,6 +36,12 @@ class Tempo(CriticMethod):
         super().__init__(options, n_train)
         self.reference: dict[str, float] | None = None  # probe metrics since the last E-step
 
+    def state_dict(self) -> dict:
+        return {"reference": self.reference}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reference = state.get("reference")
+
     def labeled_per_step(self) -> int:
         return self.options.labeled_prompts_per_step if self.options.include_labeled else 0
 

@@ -1,0 +1,86 @@
+"""Run checkpoints: everything a run needs to continue exactly where it stopped.
+
+A checkpoint is a folder ``<run>/checkpoints/step_NNNNNN/`` with the policy adapter, the policy
+optimiser's state, the critic and its optimiser (critic methods), and ``state.json`` (step, MLflow
+run id, counters, the method's own state, the metrics so far). Each run's sampling is reseeded
+per step from (seed, step), so no RNG state needs saving. A checkpoint is written to a temporary
+folder and renamed into place; ``latest`` is replaced atomically after it: a kill at any moment
+leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+KEEP = 2  # checkpoints kept per run
+
+
+def save_checkpoint(run_dir: Path, step: int, policy, optimizer, critic, state: dict) -> Path:
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:06d}"
+    tmp = root / f".tmp_step_{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    policy.save_pretrained(tmp / "adapter")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if critic is not None:
+        critic.save(tmp / "critic")
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    pointer = root / ".latest.tmp"
+    pointer.write_text(final.name)
+    os.replace(pointer, root / "latest")
+    for old in sorted(p for p in root.glob("step_*") if p != final)[:-(KEEP - 1) or None]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = run_dir / "checkpoints" / pointer.read_text().strip()
+    return path if (path / "state.json").is_file() else None
+
+
+def load_state(path: Path) -> dict:
+    return json.loads((path / "state.json").read_text())
+
+
+def restore_policy(path: Path, policy, optimizer) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(policy, load_file(str(path / "adapter" / "adapter_model.safetensors")))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+
+
+def find_resumable(out: Path, experiment: str, run_name: str) -> Path | None:
+    """The most recently checkpointed run folder of ``run_name`` in ``experiment``."""
+    candidates = [d for d in (out / experiment).glob(f"{run_name}-*") if latest_checkpoint(d) is not None]
+    return max(candidates, key=lambda d: (d / "checkpoints" / "latest").stat().st_mtime) if candidates else None
+
+
+# config fields a resumed run may change (extend a run, evaluate or checkpoint more or less often)
+RESUMABLE_CHANGES = {"train.steps", "eval.every", "train.checkpoint_every", "train.budget_tokens"}
+
+
+def check_resumable(path: Path, config) -> dict:
+    """The checkpoint's state, after checking that ``config`` matches the one it was made with."""
+    from tempo_bench.config import ConfigError, flatten
+
+    state = load_state(path)
+    saved, current = flatten(state["config"]), flatten(config.model_dump())
+    changed = sorted(k for k in set(saved) | set(current)
+                     if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ConfigError(f"cannot resume {path.parent.parent}: the config differs in {', '.join(changed)} "
+                          f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change)")
+    return state

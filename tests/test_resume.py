@@ -1,0 +1,76 @@
+"""Checkpoints: a run killed with SIGKILL at a random step and resumed ends exactly like an
+uninterrupted run, in the same MLflow run, with every step logged once."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from tempo_bench.checkpoint import latest_checkpoint, load_state
+from tempo_bench.cli import main
+
+STEPS = 6
+ARGS = ["--preset", "toy-smoke", "--method", "tempo", "--quiet", "--set", f"train.steps={STEPS}",
+        "--set", "train.checkpoint_every=1", "--set", "eval.every=2", "--set", "threads=1",
+        "--set", "eval.size=4"]
+DETERMINISTIC = ["policy/loss", "reward/mean", "critic/value_loss", "critic/probe/ece", "eval/mean_at_k",
+                 "tokens/rollout", "tokens/critic", "critic/estep_count"]
+
+
+def histories(out):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tempo-bench").experiment_id])
+    keys = list(run.data.metrics)
+    return run, {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)] for k in keys}
+
+
+def run_dir(out):
+    (folder,) = (out / "tempo-bench").glob("tempo-s0-*")
+    return folder
+
+
+def test_sigkill_at_a_random_step_then_resume_equals_uninterrupted(tmp_path):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert main(["run", *ARGS, "--out", str(whole)]) == 0
+    kill_after = random.Random(os.environ.get("PYTEST_SEED", "0") + str(time.time())).randint(1, STEPS - 2)
+    proc = subprocess.Popen([sys.executable, "-m", "tempo_bench.cli", "run", *ARGS, "--out", str(broken)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        folders = list((broken / "tempo-bench").glob("tempo-s0-*"))
+        path = latest_checkpoint(folders[0]) if folders else None
+        if path is not None and load_state(path)["step"] >= kill_after:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the run was not killed mid-way (exit {proc.returncode})"
+    killed_at = load_state(latest_checkpoint(run_dir(broken)))["step"]
+    assert killed_at < STEPS
+    assert main(["run", *ARGS, "--out", str(broken), "--resume"]) == 0
+
+    run_a, a = histories(whole)
+    run_b, b = histories(broken)
+    assert run_b.info.status == "FINISHED"
+    assert set(a) == set(b)
+    for key in a:
+        steps = [s for s, _ in b[key]]
+        assert steps == sorted(set(steps)), f"{key}: duplicated steps {steps}"
+        assert steps == [s for s, _ in a[key]], f"{key}: steps differ"
+    for key in DETERMINISTIC:
+        assert a[key] == b[key], key
+
+
+def test_resume_without_checkpoint_or_with_changed_config_is_a_clear_error(tmp_path, capsys):
+    assert main(["run", *ARGS, "--out", str(tmp_path), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    short = [a if a != f"train.steps={STEPS}" else "train.steps=1" for a in ARGS]
+    assert main(["run", *short, "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    changed = short + ["--set", "train.lr=0.5"]
+    assert main(["run", *changed, "--out", str(tmp_path), "--resume"]) == 2
+    assert "the config differs in train.lr" in capsys.readouterr().err
