@@ -122,14 +122,33 @@ def cmd_run(args) -> int:
             raise ConfigError(f"nothing to resume: no checkpointed run {run_name!r} under "
                               f"{out / config.log.experiment}")
         run_id = check_resumable(latest_checkpoint(run_dir), config)["run_id"]
-        logger = MLflowLogger(uri, config.log.experiment, run_name, run_id=run_id)
+        logger = MLflowLogger(uri, config.log.experiment, run_name, run_id=run_id,
+                              spool_path=run_dir / SPOOL)
     else:
+        check_tracking(uri)
         logger = MLflowLogger(uri, config.log.experiment, run_name, artifact_root=out / "mlartifacts")
         run_dir = out / config.log.experiment / f"{run_name}-{logger.run_id[:8]}"
+        logger.spool_path = run_dir / SPOOL
     with logger:
         result = run_ttt(config, logger, out_dir=run_dir, progress=not args.quiet, resume=args.resume)
     _print_summary(result, uri)
     return 0
+
+
+SPOOL = "mlflow_spool.jsonl"  # writes buffered while the tracking server is unreachable
+
+
+def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
+    """A tracking server that does not answer is an error before any work starts."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).read()
+    except OSError as err:
+        raise ConfigError(f"the MLflow tracking server at {uri} does not answer ({err}); start it, "
+                          "or drop --tracking-uri to log to a local sqlite store") from None
 
 
 def _print_summary(result, uri: str) -> None:

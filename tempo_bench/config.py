@@ -242,7 +242,23 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Run
         if name not in method_names():
             raise ConfigError(unknown_name("method", name, method_names()))
         config.method_options(name)
+    _check_labeled_pool(config)
     return config
+
+
+def _check_labeled_pool(config: RunConfig) -> None:
+    """A method that needs labeled questions must have some left after the critic's probe."""
+    from tempo_bench.methods import method_class
+
+    cls = method_class(config.method)
+    method = cls(config.method_options(), n_train=config.rollout.n)
+    probe = config.critic.probe_questions if cls.uses_critic else 0
+    if (cls.uses_critic or method.labeled_per_step() > 0) and config.task.labeled_size <= probe:
+        raise ConfigError(
+            f"method {config.method!r} needs labeled questions, but task.labeled_size="
+            f"{config.task.labeled_size} leaves none after the critic's probe ({probe}); "
+            f"raise task.labeled_size"
+        )
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:

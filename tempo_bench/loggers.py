@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,15 @@ def default_tracking_uri(out_dir: Path) -> str:
 
 
 class MLflowLogger(Logger):
-    """Logs to one MLflow run through MlflowClient (no global active-run state)."""
+    """Logs to one MLflow run through MlflowClient (no global active-run state).
+
+    Tracking outages do not stop training and lose nothing: a write that fails because the
+    server does not answer is queued, in order, in memory and in ``spool_path`` (JSON lines), and
+    the queue is sent before the next write once the server is back, at ``close``, or, if the
+    process dies first, when a logger with the same ``spool_path`` reopens the run (``--resume``).
+    """
+
+    RETRY_AFTER_S = 10.0  # during an outage, try the server again at most this often
 
     def __init__(
         self,
@@ -118,16 +127,26 @@ class MLflowLogger(Logger):
         artifact_root: Path | None = None,
         tags: dict[str, str] | None = None,
         run_id: str | None = None,
+        spool_path: Path | None = None,
     ):
         """Start a new run named ``run_name``, or with ``run_id`` reopen that run (resume)."""
         from mlflow.tracking import MlflowClient
 
+        if tracking_uri.startswith("http"):  # fail fast during an outage instead of retrying for minutes
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.pending: list[dict] = []
+        self.spool_path = spool_path
+        self._next_try = 0.0
         if run_id is not None:
             run = self.client.get_run(run_id)
             self.experiment_id, self.run_id = run.info.experiment_id, run_id
             self.client.update_run(run_id, status="RUNNING")
+            if spool_path is not None and spool_path.is_file():
+                self.pending = [json.loads(line) for line in spool_path.read_text().splitlines() if line]
+                self.flush()
             return
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
@@ -143,40 +162,112 @@ class MLflowLogger(Logger):
         run = self.client.create_run(experiment_id, run_name=run_name, tags=tags or {})
         self.run_id = run.info.run_id
 
-    def log_params(self, params):
-        from mlflow.entities import Param
+    # -- writes go through one queue ----------------------------------------------------------
+    def _send(self, op: dict) -> None:
+        kind = op["op"]
+        if kind == "batch":
+            from mlflow.entities import Metric, Param, RunTag
 
-        items = [Param(k, _param_value(v)) for k, v in params.items()]
+            self.client.log_batch(
+                self.run_id,
+                metrics=[Metric(k, v, ts, step) for k, v, ts, step in op.get("metrics", [])],
+                params=[Param(k, v) for k, v in op.get("params", [])],
+                tags=[RunTag(k, v) for k, v in op.get("tags", [])],
+            )
+        elif kind == "text":
+            self.client.log_text(self.run_id, op["text"], op["file"])
+        elif kind == "artifacts":
+            self.client.log_artifacts(self.run_id, op["dir"], op["path"])
+        elif kind == "terminate":
+            self.client.set_terminated(self.run_id, status=op["status"])
+
+    def _write(self, op: dict) -> None:
+        self.flush()
+        if self.pending:  # still down: keep the order
+            self._queue(op)
+            return
+        try:
+            self._send(op)
+        except Exception as err:
+            if not _is_outage(err):
+                raise
+            self._queue(op)
+            self._next_try = time.monotonic() + self.RETRY_AFTER_S
+            print(f"warning: MLflow at {self.tracking_uri} does not answer; buffering "
+                  f"{'in ' + str(self.spool_path) if self.spool_path else 'in memory'} until it is back")
+
+    def _queue(self, op: dict) -> None:
+        self.pending.append(op)
+        if self.spool_path is not None:
+            self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.spool_path.open("a") as f:
+                f.write(json.dumps(op) + "\n")
+
+    def flush(self, force: bool = False) -> bool:
+        """Send queued writes in order; True when nothing is left queued."""
+        if not self.pending or (not force and time.monotonic() < self._next_try):
+            return not self.pending
+        while self.pending:
+            try:
+                self._send(self.pending[0])
+            except Exception as err:
+                if not _is_outage(err):
+                    raise
+                self._next_try = time.monotonic() + self.RETRY_AFTER_S
+                return False
+            self.pending.pop(0)
+        if self.spool_path is not None:
+            self.spool_path.unlink(missing_ok=True)
+        print(f"MLflow at {self.tracking_uri} is back: buffered writes sent")
+        return True
+
+    # -- the Logger interface -----------------------------------------------------------------
+    def log_params(self, params):
+        items = [[k, _param_value(v)] for k, v in params.items()]
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
+            self._write({"op": "batch", "params": items[i : i + _MAX_PARAMS_PER_BATCH]})
 
     def set_tags(self, tags):
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._write({"op": "batch", "tags": [[k, str(v)] for k, v in tags.items()]})
 
     def log_metrics(self, metrics, step):
-        import time
-
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        items = [[k, float(v), now, step] for k, v in metrics.items() if v is not None]
         for i in range(0, len(items), _MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=items[i : i + _MAX_METRICS_PER_BATCH])
+            self._write({"op": "batch", "metrics": items[i : i + _MAX_METRICS_PER_BATCH]})
 
     def log_text(self, text, artifact_file):
-        self.client.log_text(self.run_id, text, artifact_file)
+        self._write({"op": "text", "text": text, "file": artifact_file})
 
     def log_artifacts(self, local_dir, artifact_path):
-        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        self._write({"op": "artifacts", "dir": str(local_dir), "path": artifact_path})
 
     def last_step(self):
-        history = self.client.get_metric_history(self.run_id, "time/step")
-        return max((m.step for m in history), default=-1)
+        self.flush(force=True)
+        logged = max((m.step for m in self.client.get_metric_history(self.run_id, "time/step")), default=-1)
+        queued = [m[3] for op in self.pending for m in op.get("metrics", []) if m[0] == "time/step"]
+        return max([logged, *queued])
 
     def close(self, status="FINISHED"):
-        self.client.set_terminated(self.run_id, status=status)
+        """Send what is queued (waiting up to a minute for the server) and end the run."""
+        self._write({"op": "terminate", "status": status})
+        deadline = time.monotonic() + 60
+        while self.pending and time.monotonic() < deadline:
+            time.sleep(2)
+            self.flush(force=True)
+        if self.pending:
+            print(f"warning: MLflow still does not answer; {len(self.pending)} writes kept in "
+                  f"{self.spool_path or 'memory (lost at exit)'}; they are sent when the run is "
+                  "resumed (tempo-bench run ... --resume)")
+
+
+def _is_outage(err: Exception) -> bool:
+    """A failure of the connection or of the server, not of the request itself."""
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    text = str(err)
+    return "failed with exception" in text or any(f"status code {c}" in text or f"Response code {c}" in text
+                                                   for c in (502, 503, 504))
 
 
 def _param_value(value: Any) -> str:

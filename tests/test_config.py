@@ -60,3 +60,11 @@ def test_preset_file_path(tmp_path):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
+
+
+def test_critic_method_without_labeled_questions_is_refused():
+    with pytest.raises(ConfigError, match=r"method 'tempo' needs labeled questions, but task.labeled_size=0"):
+        load_config("toy-smoke", ["method=tempo", "task.labeled_size=0"])
+    with pytest.raises(ConfigError, match=r"'labeled_rlvr' needs labeled questions"):
+        load_config("toy-smoke", ["method=labeled_rlvr", "task.labeled_size=0"])
+    assert load_config("toy-smoke", ["method=standard_ttt", "task.labeled_size=0"]).task.labeled_size == 0
