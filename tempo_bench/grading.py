@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from functools import lru_cache
 
 _HASH_ANSWER = re.compile(r"####\s*([^\n]+)")
@@ -60,14 +60,16 @@ def canonical_number(answer: str) -> str | None:
     s = answer.strip().replace(",", "").replace(" ", "")
     if not _NUMBER.match(s):
         return None
-    try:
-        value = Decimal(s)
-    except InvalidOperation:
-        return None
-    normal = value.normalize()
-    if normal == normal.to_integral():
-        return str(normal.quantize(Decimal(1)))
-    return format(normal, "f")
+    # exact for any length: the default context would round past 28 digits (and make two
+    # different 30-digit answers equal)
+    with localcontext(prec=len(s) + 2):
+        try:
+            normal = Decimal(s).normalize()
+        except InvalidOperation:
+            return None
+        if normal.is_zero():
+            return "0"
+        return format(normal, "f")
 
 
 @lru_cache(maxsize=65536)

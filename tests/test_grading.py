@@ -59,3 +59,10 @@ def test_majority_cluster_ties_and_empty():
     assert majority_cluster([1, 0, 0, 1]) == 1  # tie: first seen wins
     assert majority_cluster([None, 2, 2, 1]) == 2
     assert majority_cluster([None, None]) is None
+
+
+def test_long_numbers_stay_exact():
+    # the default decimal context rounds at 28 digits: two different 40-digit answers must differ
+    assert canonical_number("9" * 40) != canonical_number("9" * 39 + "8")
+    assert canonical_number("1" + "0" * 40) == "1" + "0" * 40
+    assert not answers_equivalent("9" * 40, "9" * 39 + "8")

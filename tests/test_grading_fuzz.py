@@ -1,0 +1,42 @@
+"""Grader robustness: thousands of random and adversarial model outputs through extraction,
+clustering and grading. No exception escapes, and every verdict comes within the time limit."""
+
+import time
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tempo_bench.grading import answers_equivalent, cluster_answers, extract_answer
+from tempo_bench.tasks import get_task
+
+LIMIT_S = 12.0  # math-verify's own timeouts are 5 s for parsing and 5 s for verifying
+GOLDS = ["204", "\\frac{14}{3}", "\\left( 3, \\frac{\\pi}{2} \\right)", "90^\\circ", "\\text{Evelyn}", "B", "1,000"]
+
+latex_atoms = st.sampled_from(["\\frac{", "}", "{", "\\sqrt{", "^", "_", "\\pi", "\\left(", "\\right)", "\\boxed{",
+                               "x", "=", "1", "0.5", "\\text{", "$", "\\\\", "\\$", "####", "answer is", "(", ")",
+                               ",", "-", "\\infty", "\\cdot", "e", "i", "\n"])
+adversarial = st.one_of(
+    st.text(max_size=300),  # arbitrary unicode
+    st.lists(latex_atoms, max_size=200).map("".join),  # unbalanced, nested LaTeX soup
+    st.integers(min_value=1, max_value=400).map(lambda n: "\\boxed{" + "\\frac{1}{" * n + "2" + "}" * n + "}"),
+    st.integers(min_value=1, max_value=5000).map(lambda n: f"#### {'9' * n}"),  # huge numbers
+    st.integers(min_value=1, max_value=300).map(lambda n: "The answer is $" + "(" * n + "1" + ")" * n + "$."),
+    st.integers(min_value=1000, max_value=100_000).map(lambda n: "step. " * (n // 6) + "\\boxed{42}"),  # long
+    st.text(alphabet="{}\\$#()^_", max_size=500),  # only special characters
+)
+
+
+@settings(max_examples=2000, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(response=adversarial, gold_index=st.integers(min_value=0, max_value=len(GOLDS) - 1))
+def test_grading_never_raises_and_answers_in_time(response, gold_index):
+    gold = GOLDS[gold_index]
+    start = time.monotonic()
+    answer = extract_answer(response)
+    assert answer is None or isinstance(answer, str)
+    for name in ("math500", "gsm8k", "gpqa"):
+        assert get_task(name).is_correct(response, gold) in (True, False)
+    if answer is not None:
+        assert answers_equivalent(gold, answer) in (True, False)
+        ids = cluster_answers([answer, gold, None, answer])
+        assert ids[0] == ids[3] and ids[2] is None
+    assert time.monotonic() - start < LIMIT_S
