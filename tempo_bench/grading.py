@@ -74,10 +74,12 @@ def canonical_number(answer: str) -> str | None:
 
 @lru_cache(maxsize=65536)
 def _parsed(answer: str):
-    from math_verify import parse
+    """math-verify's LaTeX parser only: its plain-expression parser runs sympy's ``parse_expr``,
+    which evaluates the (model-written) text as Python code."""
+    from math_verify import LatexExtractionConfig, parse
 
     text = answer if "$" in answer or "\\(" in answer else f"${answer}$"
-    return parse(text, parsing_timeout=_timeout())
+    return parse(text, extraction_config=[LatexExtractionConfig()], parsing_timeout=_timeout())
 
 
 @lru_cache(maxsize=65536)

@@ -66,3 +66,12 @@ def test_long_numbers_stay_exact():
     assert canonical_number("9" * 40) != canonical_number("9" * 39 + "8")
     assert canonical_number("1" + "0" * 40) == "1" + "0" * 40
     assert not answers_equivalent("9" * 40, "9" * 39 + "8")
+
+
+def test_model_output_is_never_evaluated_as_code(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    answers_equivalent("1", payload)
+    is_correct(f"\\boxed{{{payload}}}", "1")
+    cluster_answers([payload, "1"])
+    assert not marker.exists()
