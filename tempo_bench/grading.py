@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import threading
+from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation, localcontext
 from functools import lru_cache
 
@@ -17,14 +19,46 @@ _HASH_ANSWER = re.compile(r"####\s*([^\n]+)")
 # "the answer is $X$." where X may hold escaped dollars (\$18.90)
 _ANSWER_IS = re.compile(r"answer is[:\s]*\$?((?:\\\$|[^\n$])+?)\$?\s*(?:\.\s*)?$", re.IGNORECASE | re.MULTILINE)
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
-# math-verify's timeouts use SIGALRM, which only the main thread may set; elsewhere they are off
-# (and math-verify warns on every call); a worker pool with per-item timeouts is issue 7.
-_TIMEOUT_SECONDS = 5
+# One time budget per verdict (parsing both answers and comparing them), enforced with SIGALRM,
+# which only the main thread may set; elsewhere there is none (a worker pool with per-item
+# timeouts is issue 7). math-verify's own per-call timeouts are off: they use the same signal.
+VERDICT_TIMEOUT_S = 5.0
+# No real answer is this long or this deeply nested; sympy can take minutes on such input.
+MAX_ANSWER_CHARS, MAX_BRACE_DEPTH = 400, 12  # brackets of any kind
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 
-def _timeout() -> int | None:
-    return _TIMEOUT_SECONDS if threading.current_thread() is threading.main_thread() else None
+class _VerdictTimeout(Exception):
+    pass
+
+
+@contextmanager
+def _deadline(seconds: float):
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _VerdictTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+_NESTING = {"{": 1, "(": 1, "[": 1, "}": -1, ")": -1, "]": -1}
+
+
+def _too_complex(answer: str) -> bool:
+    depth = deepest = 0
+    for ch in answer:
+        depth += _NESTING.get(ch, 0)
+        deepest = max(deepest, depth)
+    return len(answer) > MAX_ANSWER_CHARS or deepest > MAX_BRACE_DEPTH
 
 
 def _last_boxed(text: str) -> str | None:
@@ -79,7 +113,7 @@ def _parsed(answer: str):
     from math_verify import LatexExtractionConfig, parse
 
     text = answer if "$" in answer or "\\(" in answer else f"${answer}$"
-    return parse(text, extraction_config=[LatexExtractionConfig()], parsing_timeout=_timeout())
+    return parse(text, extraction_config=[LatexExtractionConfig()], parsing_timeout=None)
 
 
 @lru_cache(maxsize=65536)
@@ -90,13 +124,18 @@ def answers_equivalent(a: str, b: str) -> bool:
     na, nb = canonical_number(a), canonical_number(b)
     if na is not None and nb is not None:
         return na == nb
+    if _too_complex(a) or _too_complex(b):
+        return False
     from math_verify import verify
 
-    pa, pb = _parsed(a), _parsed(b)
-    if not pa or not pb:
-        return False
-    timeout = _timeout()
-    return bool(verify(pa, pb, timeout_seconds=timeout) or verify(pb, pa, timeout_seconds=timeout))
+    try:
+        with _deadline(VERDICT_TIMEOUT_S):
+            pa, pb = _parsed(a), _parsed(b)
+            if not pa or not pb:
+                return False
+            return bool(verify(pa, pb, timeout_seconds=None) or verify(pb, pa, timeout_seconds=None))
+    except _VerdictTimeout:
+        return False  # undecided in time: not equivalent
 
 
 def is_correct(response: str, gold: str) -> bool:
