@@ -111,6 +111,9 @@ def run_compare(preset: str, methods: list[str], seeds: list[int], overrides: li
     check_model(first.model.path)  # every bad input fails here, before the first run
     out_dir = Path(first.out)
     uri = tracking_uri or first.log.tracking_uri or default_tracking_uri(out_dir)
+    from tempo_bench.cli import check_tracking
+
+    check_tracking(uri)
     experiment = experiment or f"compare-{first.preset}"
     print(f"tempo-bench compare: {len(methods)} methods x {len(seeds)} seeds on preset {first.preset}")
     print(f"  MLflow: {uri}  experiment={experiment}")

@@ -346,6 +346,9 @@ def run_sweep(spec_path: str, study_name: str | None, storage_url: str | None, n
     n_trials = n_trials or spec.n_trials
     out = Path(out_dir)
     tracking_uri = tracking_uri or default_tracking_uri(out)
+    from tempo_bench.cli import check_tracking
+
+    check_tracking(tracking_uri)
     storage = make_storage(storage_url, out / "sweeps" / study_name)
     study = open_study(spec, study_name, storage)  # created once, before any worker starts
     # the MLflow store, experiment and parent run exist before any worker starts (workers racing to

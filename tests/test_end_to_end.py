@@ -126,3 +126,24 @@ def test_token_budget_stops_the_run_and_evaluates_there(tmp_path):
     assert sorted(result.steps) == [1]  # the first step already spent more than 1 token
     assert sorted(result.evals) == [0, 1]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_non_finite_reward_stops_with_step_and_phase_after_a_checkpoint(tmp_path, monkeypatch):
+    from baselines.standard_ttt import StandardTTT
+
+    honest = StandardTTT.rewards
+
+    def poisoned(self, batch):
+        out = honest(self, batch)
+        if self.calls == 2:
+            out.rewards[0, 0] = float("nan")
+        self.calls += 1
+        return out
+
+    monkeypatch.setattr(StandardTTT, "calls", 0, raising=False)
+    monkeypatch.setattr(StandardTTT, "rewards", poisoned)
+    with pytest.raises(FloatingPointError, match=r"step 3, phase 'reward'.*checkpoint of step 2 saved"):
+        run_ttt(two_step_config(**{"train.steps": 4}), MemoryLogger(), out_dir=tmp_path, progress=False)
+    from tempo_bench.checkpoint import latest_checkpoint, load_state
+
+    assert load_state(latest_checkpoint(tmp_path))["step"] == 2
