@@ -251,7 +251,10 @@ def _check_labeled_pool(config: RunConfig) -> None:
     from tempo_bench.methods import method_class
 
     cls = method_class(config.method)
-    method = cls(config.method_options(), n_train=config.rollout.n)
+    try:
+        method = cls(config.method_options(), n_train=config.rollout.n)
+    except ValueError as err:  # settings that are valid alone but not together
+        raise ConfigError(str(err)) from None
     probe = config.critic.probe_questions if cls.uses_critic else 0
     if (cls.uses_critic or method.labeled_per_step() > 0) and config.task.labeled_size <= probe:
         raise ConfigError(

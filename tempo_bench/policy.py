@@ -38,6 +38,8 @@ def check_model(path: str) -> None:
     local path, or a hub id on a machine without hub access)."""
     from transformers import AutoConfig
 
+    if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().is_dir():
+        raise ModelLoadError(f"could not load model {path!r}: no such local folder")
     try:
         AutoConfig.from_pretrained(resolve_model_path(path))
     except (OSError, ValueError) as err:

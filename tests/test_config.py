@@ -68,3 +68,8 @@ def test_critic_method_without_labeled_questions_is_refused():
     with pytest.raises(ConfigError, match=r"'labeled_rlvr' needs labeled questions"):
         load_config("toy-smoke", ["method=labeled_rlvr", "task.labeled_size=0"])
     assert load_config("toy-smoke", ["method=standard_ttt", "task.labeled_size=0"]).task.labeled_size == 0
+
+
+def test_settings_valid_alone_but_not_together():
+    with pytest.raises(ConfigError, match=r"n_vote \(2\) must be >= rollout.n \(4\)"):
+        load_config("toy-smoke", ["methods.standard_ttt.n_vote=2"])
