@@ -155,7 +155,7 @@ def _validate_options(name: str, cls, raw: dict):
     try:
         return cls.Options(**raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, prefix=f"methods.{name}", model=cls.Options)) from None
+        raise ConfigError(format_errors(err, prefix=f"methods.{name}", model=cls.Options)) from None
 
 
 def preset_names() -> list[str]:
@@ -205,7 +205,7 @@ def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _format_errors(err: ValidationError, prefix: str = "", model: type[BaseModel] = RunConfig) -> str:
+def format_errors(err: ValidationError, prefix: str = "", model: type[BaseModel] = RunConfig) -> str:
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
@@ -235,7 +235,7 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Run
     try:
         config = RunConfig(**data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err)) from None
+        raise ConfigError(format_errors(err)) from None
     from tempo_bench.methods import method_names
 
     for name in {config.method, *config.methods}:

@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tempo_bench.config import ConfigError, _format_errors, load_config
+from tempo_bench.config import ConfigError, format_errors, load_config
 
 
 class _Strict(BaseModel):
@@ -88,7 +88,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     try:
         spec = SweepSpec(**(yaml.safe_load(path.read_text()) or {}))
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, model=SweepSpec).replace("invalid config", f"invalid sweep spec {path}")) from None
+        raise ConfigError(format_errors(err, model=SweepSpec).replace("invalid config", f"invalid sweep spec {path}")) from None
     # every point of the space must make a valid config: check the corners before any work
     for name, param in spec.space.items():
         values = param.choices if param.type == "categorical" else [param.low, param.high]
