@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                      "reach this many (compare methods at equal compute)")
     run.add_argument("--resume", action="store_true", help="continue the latest checkpointed run of "
                      "this method and seed (same MLflow run; needs train.checkpoint_every > 0)")
+    run.add_argument("--dry-run", action="store_true", help="validate, print the resolved config and "
+                     "what the run would load, and stop (no model, data or network access)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
@@ -99,6 +101,9 @@ def cmd_run(args) -> int:
         if flag is not None:
             overrides.append(f"{key}={flag}")
     config = load_config(args.preset, overrides)
+    if args.dry_run:
+        print(describe_run(config))
+        return 0
     from tempo_bench.policy import check_model
 
     check_model(config.model.path)
@@ -133,6 +138,33 @@ def cmd_run(args) -> int:
         result = run_ttt(config, logger, out_dir=run_dir, progress=not args.quiet, resume=args.resume)
     _print_summary(result, uri)
     return 0
+
+
+def describe_run(config) -> str:
+    """The resolved config and what a run of it would load, without loading anything."""
+    import os
+
+    import yaml
+
+    from tempo_bench.methods import method_class
+
+    cls = method_class(config.method)
+    model = "the shipped toy model (tempo_bench/assets/toy_model)" if config.model.path == "toy" else config.model.path
+    uri = config.log.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(config.out) / 'mlflow.db'}"
+    lines = [
+        "# resolved config", yaml.safe_dump(config.model_dump(), sort_keys=False).rstrip(), "",
+        "# would load",
+        f"policy:   {model} ({config.model.dtype}) + LoRA r={config.lora.r}",
+        f"critic:   {'a value head on ' + (config.critic.path or model) if cls.uses_critic else 'none'}",
+        f"task:     {config.task.name}: {config.task.test_size} unlabeled test questions, "
+        f"{config.task.labeled_size} labeled",
+        f"rollouts: {config.rollout.backend}, {config.rollout.n} samples per question, "
+        f"{config.train.prompts_per_step} questions per step, {config.train.steps} steps",
+        f"method:   {config.method}{' (USES TEST LABELS)' if cls.uses_test_labels else ''} "
+        f"{config.method_options().model_dump()}",
+        f"logging:  {uri}, experiment {config.log.experiment}",
+    ]
+    return "\n".join(lines)
 
 
 SPOOL = "mlflow_spool.jsonl"  # writes buffered while the tracking server is unreachable

@@ -78,3 +78,13 @@ def test_compare_rejects_unknown_methods_and_bad_seeds(tmp_path, capsys):
     assert "unknown methods ['nope']" in capsys.readouterr().err
     assert main(["compare", "--preset", "toy-smoke", "--seeds", "a,b", "--out", str(tmp_path)]) == 2
     assert "--seeds takes comma-separated integers" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_resolved_config_and_loads_nothing(tmp_path, capsys):
+    code = main(["run", "--preset", "toy-smoke", "--method", "tempo", "--dry-run", "--out", str(tmp_path),
+                 "--set", "model.path=Qwen/Qwen3-8B"])  # no hub here: a dry run must not try it
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "# resolved config" in out and "method: tempo" in out
+    assert "policy:   Qwen/Qwen3-8B (float32) + LoRA r=8" in out and "critic:   a value head on Qwen/Qwen3-8B" in out
+    assert not any(tmp_path.iterdir())
