@@ -49,9 +49,43 @@ class ToyTaskConfig(_Strict):
         return self
 
 
+TEST_TASKS = ("aime24", "aime25", "amc", "math500", "gsm8k", "gpqa")
+LABELED_POOLS = ("dapo17k", "math_train", "gsm8k_train", *TEST_TASKS)
+
+
+class RealTaskConfig(_Strict):
+    """A real benchmark as the unlabeled test set D_U, and a labeled pool D_L
+    (tempo_bench/tasks/real.py). Files load locally; without a file, from the hub."""
+
+    name: Literal[TEST_TASKS]
+    source: str | None = Field(None, description="local JSON list / JSONL / parquet (None: the hub)")
+    limit: int | None = Field(None, ge=1, description="first N test questions only")
+    labeled: Literal[LABELED_POOLS] = Field("dapo17k", description="labeled pool D_L is drawn from")
+    labeled_source: str | None = Field(None, description="local file of the labeled pool (None: the hub)")
+    labeled_size: int = Field(512, ge=0, description="labeled questions drawn from the pool (D_L)")
+    seed: int = Field(1234, description="data seed: which labeled questions are drawn")
+
+    @model_validator(mode="after")
+    def _same_grading(self):
+        from tempo_bench.tasks.real import TASK_SPECS
+
+        kinds = {TASK_SPECS[n].kind == "choice" for n in (self.name, self.labeled)}
+        if self.labeled_size and len(kinds) > 1:
+            raise ValueError(f"labeled pool {self.labeled!r} and test task {self.name!r} are graded "
+                             "differently (multiple choice vs free answer); pick a pool of the same kind")
+        return self
+
+
 class ModelConfig(_Strict):
     path: str = Field("toy", description="'toy' (the shipped tiny model), a hub id or a local dir")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1'")
+    chat_template: bool = Field(True, description="wrap prompts in the tokenizer's chat template, if it has one")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra apply_chat_template arguments, e.g. enable_thinking"
+    )
+    gradient_checkpointing: bool = Field(False, description="trade compute for memory in training passes")
+    attn_implementation: str | None = Field(None, description="e.g. sdpa, flash_attention_2 (None: default)")
 
 
 class LoraConfig(_Strict):
@@ -61,8 +95,21 @@ class LoraConfig(_Strict):
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+class VLLMConfig(_Strict):
+    """Settings of the vllm rollout backend (pip install 'tempo-bench[vllm]')."""
+
+    sync: Literal["lora", "merged"] = Field(
+        "lora", description="serve the adapter through LoRARequest, or load merged weights into the engine")
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.45, gt=0, le=1, description="share of GPU memory vLLM may take")
+    sleep: bool = Field(True, description="free vLLM's GPU memory (sleep) while the trainer runs")
+    max_model_len: int | None = Field(None, ge=1, description="None: prompt + max_new_tokens of the run")
+    enforce_eager: bool = Field(False, description="no CUDA graphs (faster start, slower decode)")
+
+
 class RolloutConfig(_Strict):
     backend: str = Field("hf", description="rollout backend name (see tempo_bench.rollout)")
+    vllm: VLLMConfig = VLLMConfig()
     n: int = Field(8, ge=1, description="samples per prompt trained on (n_train)")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -90,6 +137,8 @@ class CriticConfig(_Strict):
     """The value model of the critic methods and its schedule-independent settings."""
 
     path: str | None = Field(None, description="backbone checkpoint (None: model.path, a self-critic)")
+    lora: bool = Field(False, description="train the backbone through a LoRA adapter (the `lora` section), "
+                       "the value head in full: a large critic on one GPU")
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float = Field(1.0, gt=0)
@@ -117,6 +166,11 @@ class EvalConfig(_Strict):
     greedy: bool = True
 
 
+class GradingConfig(_Strict):
+    workers: int = Field(0, ge=0, description="grading processes (0: in the training process)")
+    timeout_s: float = Field(60.0, gt=0, description="per question group, on top of the 5 s per verdict")
+
+
 class LogConfig(_Strict):
     tracking_uri: str | None = Field(
         None, description="MLflow URI; None: $MLFLOW_TRACKING_URI, else sqlite under out"
@@ -132,16 +186,25 @@ class RunConfig(_Strict):
     methods: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-method options, validated by each method"
     )
-    task: ToyTaskConfig = ToyTaskConfig()
+    task: ToyTaskConfig | RealTaskConfig = Field(ToyTaskConfig(), discriminator="name")
     model: ModelConfig = ModelConfig()
     lora: LoraConfig = LoraConfig()
     rollout: RolloutConfig = RolloutConfig()
     critic: CriticConfig = CriticConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    grading: GradingConfig = GradingConfig()
     log: LogConfig = LogConfig()
     threads: int = Field(2, ge=1, description="torch CPU threads")
     out: str = Field("runs", description="output folder (checkpoints, local MLflow store)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _toy_task_by_default(cls, data):
+        task = data.get("task") if isinstance(data, dict) else None
+        if isinstance(task, dict) and "name" not in task:
+            data["task"] = {"name": "toy_addition", **task}
+        return data
 
     def method_options(self, name: str | None = None):
         """The validated options object of ``name`` (default: the selected method)."""
@@ -195,23 +258,35 @@ def apply_override(data: dict, assignment: str) -> None:
         raise ConfigError(f"override {assignment!r}: value is not valid YAML ({err})") from None
 
 
-def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
+def _resolve_loc(model: type[BaseModel], loc: tuple) -> tuple[tuple, list[str]]:
+    """(loc without discriminator tags, the fields allowed where loc ends). A discriminated
+    union (``task``) puts the tag in the error location: task.aime24.x is shown as task.x."""
+    shown, allowed = [], list(model.model_fields)
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        shown.append(part)
+        field = model.model_fields.get(str(part)) if model is not None else None
         ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return []
-        model = ann
-    return list(model.model_fields)
+        members = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if members and parts:  # a union: the next part is the tag, not a field
+            tag = parts.pop(0)
+            model = next((m for m in members if tag in getattr(m.model_fields["name"].annotation, "__args__", ())), None)
+        elif isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            model = None
+        if parts:
+            allowed = list(model.model_fields) if model is not None else []
+    return tuple(shown), allowed
 
 
 def format_errors(err: ValidationError, prefix: str = "", model: type[BaseModel] = RunConfig) -> str:
     lines = []
     for e in err.errors():
-        loc = tuple(e["loc"])
+        loc, allowed = _resolve_loc(model, tuple(e["loc"]))
         name = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc)
         if e["type"] == "extra_forbidden":
-            allowed = _allowed_fields(model, loc)
             hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
             lines.append(
                 f"unknown key {name!r}"

@@ -46,10 +46,14 @@ class Critic:
         self.optimizer = torch.optim.AdamW(self._params(), lr=lr, weight_decay=weight_decay)
 
     @classmethod
-    def from_pretrained(cls, path: str, cfg) -> "Critic":
-        """A fresh value head on the backbone at ``path`` ('toy' = the shipped model)."""
+    def from_pretrained(cls, path: str, cfg, model_cfg=None, lora_cfg=None) -> "Critic":
+        """A fresh value head on the backbone at ``path`` ('toy' = the shipped model), on the
+        device and in the dtype of ``model_cfg`` (default: CPU, float32). With ``cfg.lora`` the
+        backbone is trained through a LoRA adapter (``lora_cfg``) and the head in full."""
         from transformers import AutoConfig, AutoModelForTokenClassification
         from transformers.utils import logging as hf_logging
+
+        from tempo_bench.policy import model_kwargs, resolve_device
 
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the new head's "newly initialized weights" notice
@@ -58,9 +62,19 @@ class Critic:
             # and reproducible updates
             config = AutoConfig.from_pretrained(resolve_model_path(path), num_labels=1)
             config.classifier_dropout = 0.0
-            model = AutoModelForTokenClassification.from_pretrained(resolve_model_path(path), config=config)
+            model = AutoModelForTokenClassification.from_pretrained(
+                resolve_model_path(path), config=config, **model_kwargs(model_cfg))
         finally:
             hf_logging.set_verbosity(verbosity)
+        if getattr(cfg, "lora", False):
+            from peft import get_peft_model
+
+            from tempo_bench.policy import peft_config
+
+            model = get_peft_model(model, peft_config(lora_cfg, "TOKEN_CLS"))
+        if model_cfg is not None and model_cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.to(resolve_device(model_cfg.device if model_cfg is not None else "cpu"))
         return cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip)
 
     def _params(self):
@@ -138,13 +152,26 @@ class Critic:
         return out_dir
 
     @classmethod
-    def load(cls, out_dir: Path, cfg) -> "Critic":
+    def load(cls, out_dir: Path, cfg, model_cfg=None) -> "Critic":
+        """A saved critic: a full model, or (critic.lora) a LoRA adapter plus head on its base."""
         from transformers import AutoModelForTokenClassification
 
-        critic = cls(AutoModelForTokenClassification.from_pretrained(out_dir), cfg.lr, cfg.weight_decay, cfg.grad_clip)
+        from tempo_bench.policy import model_kwargs, resolve_device
+
+        if (out_dir / "adapter_config.json").is_file():
+            from peft import PeftConfig, PeftModel
+
+            base_path = PeftConfig.from_pretrained(out_dir).base_model_name_or_path
+            base = AutoModelForTokenClassification.from_pretrained(
+                base_path, num_labels=1, classifier_dropout=0.0, **model_kwargs(model_cfg))
+            model = PeftModel.from_pretrained(base, out_dir, is_trainable=True)
+        else:
+            model = AutoModelForTokenClassification.from_pretrained(out_dir, **model_kwargs(model_cfg))
+        model.to(resolve_device(model_cfg.device if model_cfg is not None else "cpu"))
+        critic = cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip)
         state = out_dir / "optimizer.pt"
         if state.is_file():
-            critic.optimizer.load_state_dict(torch.load(state, weights_only=True))
+            critic.optimizer.load_state_dict(torch.load(state, weights_only=True, map_location="cpu"))
         return critic
 
 

@@ -20,10 +20,10 @@ import torch
 from tempo_bench import metrics as M
 from tempo_bench.critic import Critic, values_to_prob
 from tempo_bench.evaluation import grade
-from tempo_bench.grading import extract_answer
+from tempo_bench.grading import GENERIC, Grader
 from tempo_bench.policy import TrainBatch, make_train_batch
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
-from tempo_bench.tasks.base import AnswerKey, LabeledQuestion
+from tempo_bench.tasks.base import LabeledQuestion
 
 
 def generation_batch(generation: Generation, pad_id: int, rows: list[int] | None = None) -> TrainBatch:
@@ -36,10 +36,10 @@ def generation_batch(generation: Generation, pad_id: int, rows: list[int] | None
     )
 
 
-def labeled_correctness(questions: list[LabeledQuestion], answers: list[list[str | None]]) -> np.ndarray:
+def labeled_correctness(questions: list[LabeledQuestion], answers: list[list[str | None]],
+                        grader: Grader = GENERIC) -> np.ndarray:
     """[G, N] true correctness of labeled rollouts (labels of D_L are visible to methods)."""
-    key = AnswerKey({q.id: q.answer for q in questions})
-    return np.array([[key.is_correct_answer(q.id, a) for a in row] for q, row in zip(questions, answers)])
+    return np.array(grader.check([q.answer for q in questions], answers), dtype=bool).reshape(len(questions), -1)
 
 
 def critic_quality(final_values: np.ndarray, correct: np.ndarray) -> dict[str, float]:
@@ -56,13 +56,14 @@ def critic_quality(final_values: np.ndarray, correct: np.ndarray) -> dict[str, f
 
 
 def rollout_labeled(
-    backend: RolloutBackend, questions: list[LabeledQuestion], n: int, sampling: SamplingParams
+    backend: RolloutBackend, questions: list[LabeledQuestion], n: int, sampling: SamplingParams,
+    grader: Grader = GENERIC,
 ) -> tuple[Generation, np.ndarray]:
     """n rollouts of the current policy per labeled question, and their true correctness [G, n]."""
     generation = backend.generate([q.prompt for q in questions], SamplingParams(
         n=n, temperature=sampling.temperature, top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens))
-    answers, _ = grade(generation, extract_answer)
-    return generation, labeled_correctness(questions, answers)
+    answers, _ = grade(generation, grader)
+    return generation, labeled_correctness(questions, answers, grader)
 
 
 @dataclass
@@ -76,12 +77,13 @@ class CriticOps:
     sampling: SamplingParams
     seed: int
     log_text: object = None  # callable(text, artifact_file) for reliability-diagram data
+    grader: Grader = GENERIC
     estep_count: int = 0
     tokens: dict[str, int] = field(default_factory=lambda: {"tokens/critic": 0, "tokens/estep_rollout": 0})
     _probe_cache: tuple[int, dict] | None = None
 
     def _rollout_labeled(self, questions: list[LabeledQuestion], n: int) -> tuple[Generation, np.ndarray]:
-        return rollout_labeled(self.backend, questions, n, self.sampling)
+        return rollout_labeled(self.backend, questions, n, self.sampling, self.grader)
 
     def counters(self) -> dict[str, float]:
         """Cumulative critic compute, logged every step for accuracy-against-compute plots."""
@@ -161,7 +163,7 @@ def starting_critic_key(config) -> str:
 
 
 def starting_critic(config, backend: RolloutBackend, pad_id: int, pool: list[LabeledQuestion],
-                    sampling: SamplingParams, cache_dir) -> Critic:
+                    sampling: SamplingParams, cache_dir, grader: Grader = GENERIC) -> Critic:
     """The critic every critic method starts from: a fresh value head on the backbone, warmed up
     on labeled rollouts of the initial policy. Built once per key (starting_critic_key) and cached
     in memory and under ``cache_dir``; each run gets its own copy."""
@@ -174,10 +176,11 @@ def starting_critic(config, backend: RolloutBackend, pad_id: int, pool: list[Lab
         if (path / "config.json").is_file():
             critic = Critic.load(path, cfg)
         else:
-            critic = Critic.from_pretrained(cfg.path or config.model.path, cfg)
+            critic = Critic.from_pretrained(cfg.path or config.model.path, cfg, config.model, config.lora)
             with torch.random.fork_rng():
                 torch.manual_seed(cfg.seed)
-                generation, correct = rollout_labeled(backend, pool[: cfg.warmup_questions], cfg.warmup_samples, sampling)
+                generation, correct = rollout_labeled(backend, pool[: cfg.warmup_questions], cfg.warmup_samples, sampling,
+                                                     grader)
             targets = torch.as_tensor(correct.reshape(-1), dtype=torch.float) * 2 - 1
             critic.fit(generation_batch(generation, pad_id), targets, torch.ones(len(targets)), cfg.warmup_epochs,
                        cfg.warmup_cliprange, cfg.minibatch_rows, torch.Generator().manual_seed(cfg.seed))

@@ -3,26 +3,23 @@ hidden AnswerKey)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from tempo_bench import metrics as M
-from tempo_bench.grading import cluster_answers
+from tempo_bench.grading import GENERIC, Grader
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 from tempo_bench.tasks.base import AnswerKey, Question
 
 
-def grade(
-    generation: Generation, extract: Callable[[str], str | None]
-) -> tuple[list[list[str | None]], list[list[int | None]]]:
+def grade(generation: Generation, grader: Grader = GENERIC) -> tuple[list[list[str | None]], list[list[int | None]]]:
     """Extracted answers and answer clusters per prompt group: two [P][n] nested lists."""
-    answers, clusters = [], []
-    for i in range(generation.num_prompts):
-        group = [extract(generation.texts[r]) for r in generation.group(i)]
-        answers.append(group)
-        clusters.append(cluster_answers(group))
-    return answers, clusters
+    return grader.grade_groups([[generation.texts[r] for r in generation.group(i)]
+                                for i in range(generation.num_prompts)])
+
+
+def check_answers(grader: Grader, answer_key: AnswerKey, questions: list[Question], answers) -> np.ndarray:
+    """[G, n] correctness of extracted answers against the hidden key (metrics code only)."""
+    return np.array(grader.check([answer_key.answer(q.id) for q in questions], answers), dtype=bool)
 
 
 def evaluate(
@@ -31,21 +28,17 @@ def evaluate(
     answer_key: AnswerKey,
     cfg,
     max_new_tokens: int,
-    extract: Callable[[str], str | None] | None = None,
+    grader: Grader = GENERIC,
 ) -> tuple[dict[str, float], list[dict], int]:
     """k samples per test question at ``cfg.temperature`` (+ one greedy answer when cfg.greedy).
 
     Returns (metrics, per-sample rows for the JSONL artefact, tokens generated)."""
-    from tempo_bench.grading import extract_answer
-
-    extract = extract or extract_answer
     prompts = [q.prompt for q in questions]
     sampled = backend.generate(
         prompts, SamplingParams(n=cfg.k, temperature=cfg.temperature, max_new_tokens=max_new_tokens)
     )
-    answers, clusters = grade(sampled, extract)
-    correct = np.array([[answer_key.is_correct_answer(q.id, a) for a in row]
-                        for q, row in zip(questions, answers)])
+    answers, clusters = grade(sampled, grader)
+    correct = check_answers(grader, answer_key, questions, answers)
     values = {
         "eval/mean_at_k": M.mean_at_k(correct),
         "eval/maj_at_k": M.maj_at_k(clusters, correct),
@@ -65,8 +58,8 @@ def evaluate(
     ]
     if cfg.greedy:
         greedy = backend.generate(prompts, SamplingParams(n=1, greedy=True, max_new_tokens=max_new_tokens))
-        greedy_answers = [extract(t) for t in greedy.texts]
-        greedy_correct = [answer_key.is_correct_answer(q.id, a) for q, a in zip(questions, greedy_answers)]
+        greedy_answers = [row[0] for row in grade(greedy, grader)[0]]
+        greedy_correct = check_answers(grader, answer_key, questions, [[a] for a in greedy_answers])[:, 0].tolist()
         values["eval/greedy_acc"] = float(np.mean(greedy_correct))
         tokens += greedy.num_tokens
         rows += [

@@ -20,8 +20,9 @@ _HASH_ANSWER = re.compile(r"####\s*([^\n]+)")
 _ANSWER_IS = re.compile(r"answer is[:\s]*\$?((?:\\\$|[^\n$])+?)\$?\s*(?:\.\s*)?$", re.IGNORECASE | re.MULTILINE)
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 # One time budget per verdict (parsing both answers and comparing them), enforced with SIGALRM,
-# which only the main thread may set; elsewhere there is none (a worker pool with per-item
-# timeouts is issue 7). math-verify's own per-call timeouts are off: they use the same signal.
+# which only the main thread may set; elsewhere there is none, which is why grading.workers runs
+# verdicts in worker processes (each its own main thread) with a per-item timeout on top
+# (tempo_bench/grading_pool.py). math-verify's own per-call timeouts are off: they use the same signal.
 VERDICT_TIMEOUT_S = 5.0
 # No real answer is this long or this deeply nested; sympy can take minutes on such input.
 MAX_ANSWER_CHARS, MAX_BRACE_DEPTH = 400, 12  # brackets of any kind
@@ -143,10 +144,12 @@ def is_correct(response: str, gold: str) -> bool:
     return answer is not None and answers_equivalent(gold, answer)
 
 
-def cluster_answers(answers: list[str | None]) -> list[int | None]:
+def cluster_answers(answers: list[str | None], equivalent=None) -> list[int | None]:
     """Cluster id per answer (None for an unparseable response), ids numbered in order of first
-    appearance. Answers join the first cluster whose representative is equivalent; number-like
-    answers are keyed canonically so the pairwise checks run only between distinct forms."""
+    appearance. Answers join the first cluster whose representative is ``equivalent`` (default
+    :func:`answers_equivalent`); number-like answers are keyed canonically so the pairwise checks
+    run only between distinct forms."""
+    equivalent = equivalent or answers_equivalent
     ids: list[int | None] = []
     representatives: list[str] = []
     by_key: dict[str, int] = {}
@@ -157,7 +160,7 @@ def cluster_answers(answers: list[str | None]) -> list[int | None]:
         key = canonical_number(answer) or answer.strip()
         if key not in by_key:
             match = next(
-                (c for c, rep in enumerate(representatives) if answers_equivalent(rep, answer)),
+                (c for c, rep in enumerate(representatives) if equivalent(rep, answer)),
                 None,
             )
             if match is None:
@@ -180,3 +183,45 @@ def majority_cluster(cluster_ids: list[int | None]) -> int | None:
         return None
     best = max(counts.values())
     return next(c for c in cluster_ids if c is not None and counts[c] == best)
+
+
+class Grader:
+    """How a task reads and checks answers; this one is the generic maths grader (extraction as
+    :func:`extract_answer`, equivalence by :func:`answers_equivalent`). Tasks with other rules
+    (multiple choice) override ``extract_answer`` and ``equivalent``. The loop calls the batch
+    methods ``grade_groups`` and ``check``; :class:`tempo_bench.grading_pool.GradingPool` runs the
+    same ones in worker processes with a per-item timeout."""
+
+    name = "generic"
+
+    def extract_answer(self, text: str) -> str | None:
+        return extract_answer(text)
+
+    def equivalent(self, gold: str, extracted: str | None) -> bool:
+        return extracted is not None and answers_equivalent(gold, extracted)
+
+    def is_correct(self, response: str, gold: str) -> bool:
+        """Whether ``response`` (a full model output) answers ``gold``."""
+        return self.equivalent(gold, self.extract_answer(response))
+
+    def grade_group(self, texts: list[str]) -> tuple[list[str | None], list[int | None]]:
+        """Extracted answers of one question's samples and their clusters."""
+        answers = [self.extract_answer(t) for t in texts]
+        return answers, cluster_answers(answers, self.equivalent)
+
+    def grade_groups(self, groups: list[list[str]]) -> tuple[list[list[str | None]], list[list[int | None]]]:
+        graded = [self.grade_group(texts) for texts in groups]
+        return [a for a, _ in graded], [c for _, c in graded]
+
+    def check_group(self, gold: str, answers: list[str | None]) -> list[bool]:
+        return [self.equivalent(gold, a) for a in answers]
+
+    def check(self, golds: list[str], answers: list[list[str | None]]) -> list[list[bool]]:
+        """Correctness [G][n] of extracted answers against each group's gold answer."""
+        return [self.check_group(g, row) for g, row in zip(golds, answers)]
+
+    def close(self) -> None:
+        return None
+
+
+GENERIC = Grader()

@@ -32,12 +32,14 @@ from tempo_bench.policy import (
     load_policy,
     load_tokenizer,
     policy_update,
+    prompt_renderer,
     save_adapter,
     trainable_parameters,
 )
 from tempo_bench.rollout import SamplingParams, get_backend
 from tempo_bench.critic_ops import CriticOps, critic_quality, generation_batch, starting_critic
-from tempo_bench.grading import answers_equivalent
+from tempo_bench.grading import Grader
+from tempo_bench.grading_pool import make_grader
 from tempo_bench.tasks import LabeledQuestion, Question, TaskData, load_task_data
 
 
@@ -118,6 +120,10 @@ def run_ttt(
     cache_initial_eval = task is None
     task = task or load_task_data(config.task)
     out_dir = Path(out_dir or Path(config.out) / f"{config.method}-s{config.seed}")
+    tokenizer = load_tokenizer(config.model.path)
+    render = prompt_renderer(tokenizer, config.model)
+    if render is not None:  # the prompts as the model saw them in instruction tuning
+        task = task.with_prompts(render)
     eval_questions = task.test[: config.eval.size] if config.eval.size else task.test
 
     cls = method_class(config.method)
@@ -125,9 +131,9 @@ def run_ttt(
     pool, probe_questions = split_labeled(task, config, method)
     if cls.uses_test_labels:
         method.answer_key = task.answer_key  # the oracle only; its runs are tagged below
-    tokenizer = load_tokenizer(config.model.path)
+    grader = make_grader(task.grader, config.grading.workers, config.grading.timeout_s)
     policy = load_policy(config.model, config.lora)
-    backend = get_backend(config.rollout.backend)(policy, tokenizer)
+    backend = get_backend(config.rollout.backend).create(config, policy, tokenizer, out_dir)
     optimizer = torch.optim.AdamW(
         trainable_parameters(policy), lr=config.train.lr, weight_decay=config.train.weight_decay
     )
@@ -140,9 +146,9 @@ def run_ttt(
     ops = None
     if cls.uses_critic:
         critic = starting_critic(config, backend, tokenizer.pad_token_id, pool, sampling,
-                                 Path(config.out) / "critics")
+                                 Path(config.out) / "critics", grader)
         ops = CriticOps(critic, backend, tokenizer.pad_token_id, pool, probe_questions, config.critic,
-                        sampling, config.seed, log_text=logger.log_text)
+                        sampling, config.seed, log_text=logger.log_text, grader=grader)
 
     if not resume:  # a resumed run keeps the params and tags it was started with
         logger.set_tags({
@@ -183,7 +189,7 @@ def run_ttt(
             with torch.random.fork_rng():
                 torch.manual_seed(step_seed(config.seed, step, stream=2))
                 values, rows, eval_tokens = evaluate(
-                    backend, eval_questions, task.answer_key, config.eval, config.rollout.max_new_tokens
+                    backend, eval_questions, task.answer_key, config.eval, config.rollout.max_new_tokens, grader
                 )
             if step == 0 and cache_initial_eval:
                 _INITIAL_EVALS[key] = (values, rows, eval_tokens)
@@ -207,10 +213,10 @@ def run_ttt(
         with timer.phase("rollout"):
             generation = backend.generate([q.prompt for q in questions], sampling)
         with timer.phase("grade"):
-            answers, clusters = grade(generation, task.extract_answer)
-            batch = RolloutBatch(questions, generation, answers, clusters, labeled_truth(questions, answers))
+            answers, clusters = grade(generation, grader)
+            batch = RolloutBatch(questions, generation, answers, clusters, labeled_truth(questions, answers, grader))
             # metrics only: true correctness of the unlabeled rows, from the hidden answer key
-            truth = true_correctness(questions, answers, batch.labeled_correct, task.answer_key)
+            truth = true_correctness(questions, answers, batch.labeled_correct, task.answer_key, grader)
         if ops is not None:
             with timer.phase("critic_score"):
                 batch.state_values, final = ops.critic.score(generation_batch(generation, tokenizer.pad_token_id))
@@ -280,6 +286,7 @@ def run_ttt(
     if ops is not None:
         logger.log_artifacts(ops.critic.save(out_dir / "critic"), "critic")
     backend.close()
+    grader.close()
     return result
 
 
@@ -294,7 +301,7 @@ def _resume(out_dir, logger, policy, optimizer, ops, method, result, tokens, con
     state = check_resumable(path, config)
     restore_policy(path, policy, optimizer)
     if ops is not None:
-        ops.critic = Critic.load(path / "critic", config.critic)
+        ops.critic = Critic.load(path / "critic", config.critic, config.model)
         ops.tokens.update(state["critic_counters"]["tokens"])
         ops.estep_count = state["critic_counters"]["estep_count"]
     method.load_state_dict(state["method"])
@@ -325,22 +332,21 @@ def split_labeled(task: TaskData, config: RunConfig, method: Method):
     return pool, probe
 
 
-def labeled_truth(questions: list[Question], answers) -> list[list[bool] | None]:
+def labeled_truth(questions: list[Question], answers, grader: Grader) -> list[list[bool] | None]:
     """True correctness of labeled groups (their labels are visible); None for unlabeled ones."""
-    return [
-        [answers_equivalent(q.answer, a) if a is not None else False for a in row]
-        if isinstance(q, LabeledQuestion) else None
-        for q, row in zip(questions, answers)
-    ]
+    labeled = [i for i, q in enumerate(questions) if isinstance(q, LabeledQuestion)]
+    checked = dict(zip(labeled, grader.check([questions[i].answer for i in labeled], [answers[i] for i in labeled])))
+    return [checked.get(i) for i in range(len(questions))]
 
 
-def true_correctness(questions: list[Question], answers, labeled: list[list[bool] | None], answer_key) -> np.ndarray:
+def true_correctness(questions: list[Question], answers, labeled: list[list[bool] | None], answer_key,
+                     grader: Grader) -> np.ndarray:
     """[G, N] true correctness of every row: labeled rows from their labels, unlabeled rows from
     the hidden key (metrics code only)."""
-    return np.array([
-        known if known is not None else [answer_key.is_correct_answer(q.id, a) for a in row]
-        for q, row, known in zip(questions, answers, labeled)
-    ])
+    hidden = [i for i, known in enumerate(labeled) if known is None]
+    checked = dict(zip(hidden, grader.check([answer_key.answer(questions[i].id) for i in hidden],
+                                            [answers[i] for i in hidden])))
+    return np.array([known if known is not None else checked[i] for i, known in enumerate(labeled)], dtype=bool)
 
 
 def critic_diagnostics(ops, batch: RolloutBatch, truth: np.ndarray, step: int) -> dict[str, float]:

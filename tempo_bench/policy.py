@@ -51,6 +51,33 @@ def check_model(path: str) -> None:
         ) from None
 
 
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; a CUDA device without a GPU is an error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"model.device={name!r}, but no CUDA device is visible; use 'auto' or 'cpu'")
+    return name
+
+
+def model_kwargs(model_cfg) -> dict:
+    """from_pretrained arguments of a ModelConfig (None: float32 defaults)."""
+    if model_cfg is None:
+        return {}
+    kwargs = {"dtype": getattr(torch, model_cfg.dtype)}
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    return kwargs
+
+
+def peft_config(lora_cfg, task_type: str):
+    """The peft LoraConfig of a LoraConfig section; TOKEN_CLS also trains the value head in full."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                      target_modules=list(lora_cfg.target_modules), task_type=task_type)
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -61,29 +88,44 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+def prompt_renderer(tokenizer, model_cfg):
+    """A function wrapping a question in the tokenizer's chat template (one user turn and the
+    assistant's opening), or None when the model has no template or model.chat_template is off."""
+    if not model_cfg.chat_template or not getattr(tokenizer, "chat_template", None):
+        return None
+    extra = dict(model_cfg.chat_template_kwargs)
+
+    def render(text: str) -> str:
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True, **extra)
+
+    return render
+
+
 _BASE_MODELS: dict[tuple, torch.nn.Module] = {}
 
 
-def load_policy(model_cfg, lora_cfg, device: str = "cpu"):
-    """Base model with a fresh LoRA adapter (initialised so the policy starts equal to the base).
-    The base weights are read once per process and copied for each run (sweep trials, compare)."""
+def load_policy(model_cfg, lora_cfg):
+    """Base model with a fresh LoRA adapter (initialised so the policy starts equal to the base),
+    on ``model_cfg.device``. On CPU the base weights are read once per process and copied for each
+    run (sweep trials, compare); on a GPU, where a second copy may not fit, each run reads them."""
     import copy
 
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    key = (resolve_model_path(model_cfg.path), model_cfg.dtype, device)
-    if key not in _BASE_MODELS:
-        _BASE_MODELS[key] = AutoModelForCausalLM.from_pretrained(key[0], dtype=getattr(torch, model_cfg.dtype)).to(device)
-    base = copy.deepcopy(_BASE_MODELS[key])
-    adapter = LoraConfig(
-        r=lora_cfg.r,
-        lora_alpha=lora_cfg.alpha,
-        lora_dropout=lora_cfg.dropout,
-        target_modules=list(lora_cfg.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(base, adapter)
+    device = resolve_device(model_cfg.device)
+    key = (resolve_model_path(model_cfg.path), model_cfg.dtype, model_cfg.attn_implementation, device)
+    if device == "cpu":
+        if key not in _BASE_MODELS:
+            _BASE_MODELS[key] = AutoModelForCausalLM.from_pretrained(key[0], **model_kwargs(model_cfg))
+        base = copy.deepcopy(_BASE_MODELS[key])
+    else:
+        base = AutoModelForCausalLM.from_pretrained(key[0], **model_kwargs(model_cfg)).to(device)
+    if model_cfg.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()  # LoRA: the frozen embeddings' outputs need grads
+    return get_peft_model(base, peft_config(lora_cfg, "CAUSAL_LM"))
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:

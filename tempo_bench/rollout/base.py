@@ -46,6 +46,12 @@ class RolloutBackend(ABC):
     """Generates from the current policy. ``sync_weights`` is called after every policy update
     (a no-op where the backend shares the training model's weights)."""
 
+    @classmethod
+    def create(cls, config, policy, tokenizer, out_dir) -> "RolloutBackend":
+        """The backend for a run (config: RunConfig; policy: the peft model being trained;
+        out_dir: the run's folder, for files a backend needs)."""
+        return cls(policy, tokenizer)
+
     @abstractmethod
     def generate(self, prompts: list[str], sampling: SamplingParams) -> Generation: ...
 

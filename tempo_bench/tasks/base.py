@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from tempo_bench.grading import extract_answer, is_correct
+from tempo_bench.grading import GENERIC, Grader
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,9 @@ class AnswerKey:
     """The hidden answers of unlabeled test questions. Only metrics code receives one; its repr
     shows no answers so that it cannot leak into logs by accident."""
 
-    def __init__(self, answers: dict[str, str]):
+    def __init__(self, answers: dict[str, str], grader: Grader = GENERIC):
         self._answers = dict(answers)
+        self.grader = grader
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -43,28 +44,28 @@ class AnswerKey:
         return self._answers[question_id]
 
     def is_correct(self, question_id: str, response: str) -> bool:
-        return is_correct(response, self._answers[question_id])
+        return self.grader.is_correct(response, self._answers[question_id])
 
     def is_correct_answer(self, question_id: str, extracted: str | None) -> bool:
-        from tempo_bench.grading import answers_equivalent
-
-        return extracted is not None and answers_equivalent(self._answers[question_id], extracted)
+        return self.grader.equivalent(self._answers[question_id], extracted)
 
     def shuffled(self, seed: int) -> "AnswerKey":
         """The same questions with their answers permuted (for the leakage test)."""
         ids, values = list(self._answers), list(self._answers.values())
         random.Random(seed).shuffle(values)
-        return AnswerKey(dict(zip(ids, values)))
+        return AnswerKey(dict(zip(ids, values)), self.grader)
 
 
 @dataclass
 class TaskData:
-    """What a run trains and evaluates on."""
+    """What a run trains and evaluates on, and the grader of its answers (test and labeled
+    questions share one: config validation requires the labeled pool to be graded alike)."""
 
     name: str
     test: list[Question]
     answer_key: AnswerKey
     labeled: list[LabeledQuestion]
+    grader: Grader = GENERIC
 
     def __post_init__(self):
         if not self.test:
@@ -76,13 +77,18 @@ class TaskData:
         if len(set(ids)) != len(ids):
             raise ValueError(f"task {self.name!r}: duplicate question ids in the test set")
 
-    extract_answer = staticmethod(extract_answer)
+    def with_prompts(self, render) -> "TaskData":
+        """The same task with every prompt passed through ``render`` (a chat template)."""
+        return replace(self, test=[replace(q, prompt=render(q.prompt)) for q in self.test],
+                       labeled=[replace(q, prompt=render(q.prompt)) for q in self.labeled])
 
 
 def load_task_data(config) -> TaskData:
-    """Build the task a config names (config: tempo_bench.config.ToyTaskConfig)."""
+    """Build the task a config names (tempo_bench.config.ToyTaskConfig or RealTaskConfig)."""
     if config.name == "toy_addition":
         from tempo_bench.tasks.toy import load_toy_task
 
         return load_toy_task(config)
-    raise ValueError(f"unknown task {config.name!r}; available in runs: toy_addition")
+    from tempo_bench.tasks.real import load_real_task
+
+    return load_real_task(config)

@@ -12,11 +12,14 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from tempo_bench.grading import answers_equivalent, canonical_number, extract_answer
+from tempo_bench.grading import Grader, answers_equivalent, canonical_number, extract_answer
 from tempo_bench.registry import unknown_name
 from tempo_bench.tasks.base import LabeledQuestion
+
+if TYPE_CHECKING:
+    from tempo_bench.tasks.base import TaskData
 
 MATH_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 CHOICE_TEMPLATE = ("{question}\nPlease reason step by step, and put the letter of the correct option "
@@ -49,7 +52,7 @@ _QUESTION_KEYS = ("prompt", "problem", "question", "Question")
 _CHOICE = re.compile(r"(?:answer is|answer:)\s*\(?([A-J])\)?(?![A-Za-z])", re.IGNORECASE)
 
 
-class Task:
+class Task(Grader):
     """A real benchmark: where its questions come from, how they are asked, how they are graded."""
 
     def __init__(self, spec: TaskSpec):
@@ -71,14 +74,14 @@ class Task:
         found = _CHOICE.findall(text)
         return found[-1].upper() if found else None
 
-    def is_correct(self, response: str, answer: str) -> bool:
-        """Whether ``response`` (a full model output) answers ``answer`` (a gold answer)."""
-        extracted = self.extract_answer(response)
+    def equivalent(self, gold: str, extracted: str | None) -> bool:
+        """Whether an extracted answer equals ``gold`` (letters for multiple choice, math-verify
+        otherwise). ``is_correct(response, gold)`` extracts first."""
         if extracted is None:
             return False
         if self.spec.kind == "choice":
-            return extracted.upper() == answer.strip().upper()
-        return answers_equivalent(normalise_gold(answer), extracted)
+            return extracted.strip().upper() == gold.strip().upper()
+        return answers_equivalent(normalise_gold(gold), extracted)
 
     def prompt(self, question: str) -> str:
         template = CHOICE_TEMPLATE if self.spec.kind == "choice" else MATH_TEMPLATE
@@ -170,3 +173,37 @@ def get_task(name: str) -> Task:
     if name not in TASK_SPECS:
         raise ValueError(unknown_name("task", name, sorted(TASK_SPECS)))
     return Task(TASK_SPECS[name])
+
+
+def load_real_task(config) -> "TaskData":
+    """D_U and D_L of a run on a real benchmark (config: tempo_bench.config.RealTaskConfig).
+
+    Test questions keep their file order (``limit`` takes the first N); the labeled questions
+    are a seeded sample of the pool, with any question whose text is also a test question
+    dropped, so no test answer can reach a method through the labeled pool."""
+    import random
+
+    from tempo_bench.tasks.base import AnswerKey, Question, TaskData
+
+    task = get_task(config.name)
+    test = task.load(config.source, limit=config.limit)
+    labeled: list[LabeledQuestion] = []
+    if config.labeled_size:
+        pool = get_task(config.labeled).load(config.labeled_source)
+        test_prompts = {q.prompt.strip() for q in test}
+        pool = [q for q in pool if q.prompt.strip() not in test_prompts]
+        if len(pool) < config.labeled_size:
+            raise ValueError(f"labeled pool {config.labeled!r} has {len(pool)} questions (after "
+                             f"removing test questions), fewer than task.labeled_size={config.labeled_size}")
+        order = list(range(len(pool)))
+        random.Random(config.seed).shuffle(order)
+        labeled = [LabeledQuestion(id=f"lab-{pool[i].id}", prompt=pool[i].prompt, answer=pool[i].answer)
+                   for i in order[: config.labeled_size]]
+    ids = [f"test-{q.id}" for q in test]
+    return TaskData(
+        name=config.name,
+        test=[Question(id=i, prompt=q.prompt) for i, q in zip(ids, test)],
+        answer_key=AnswerKey({i: q.answer for i, q in zip(ids, test)}, task),
+        labeled=labeled,
+        grader=task,
+    )
