@@ -103,7 +103,7 @@ class VLLMConfig(_Strict):
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.45, gt=0, le=1, description="share of GPU memory vLLM may take")
     sleep: bool = Field(True, description="free vLLM's GPU memory (sleep) while the trainer runs")
-    max_model_len: int | None = Field(None, ge=1, description="None: prompt + max_new_tokens of the run")
+    max_model_len: int | None = Field(None, ge=1, description="context vLLM reserves KV cache for (None: the model's)")
     enforce_eager: bool = Field(False, description="no CUDA graphs (faster start, slower decode)")
 
 

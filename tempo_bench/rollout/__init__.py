@@ -1,11 +1,12 @@
-"""Rollout backends behind one interface: ``get_backend("hf")`` returns the class."""
+"""Rollout backends behind one interface: ``get_backend("hf")`` returns the class (hf: transformers
+``generate`` on the training model, anywhere; vllm: a vLLM engine on the GPU, optional extra)."""
 
 from tempo_bench.registry import Registry
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 
 BACKENDS = Registry(
     "rollout backend",
-    {"hf": "tempo_bench.rollout.hf:HFBackend"},
+    {"hf": "tempo_bench.rollout.hf:HFBackend", "vllm": "tempo_bench.rollout.vllm:VLLMBackend"},
 )
 
 
