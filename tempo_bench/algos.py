@@ -108,6 +108,9 @@ def gspo_loss(
 
 
 POLICY_LOSSES = {"ppo": ppo_clipped_loss, "gspo": gspo_loss}
+# What each loss averages over, so that gradient accumulation over micro-batches weights each
+# micro-batch by its share of it and reproduces the full-batch gradient.
+LOSS_AVERAGES_OVER = {"ppo": "tokens", "gspo": "rows"}
 
 
 def clipped_value_loss(

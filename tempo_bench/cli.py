@@ -1,6 +1,9 @@
 """The ``tempo-bench`` command line.
 
     tempo-bench run --preset toy-smoke [--method M] [--set key=value ...] [--tracking-uri URI] [--out DIR]
+    tempo-bench compare --preset toy --methods all --seeds 0,1,2
+    tempo-bench sweep sweeps/recal_interval.yaml [--workers 2]
+    tempo-bench eval --adapter runs/.../adapter --task toy [--lm-eval]
     tempo-bench toy-model build [--out DIR] [--set key=value ...]
 """
 
@@ -77,6 +80,23 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
     sw.set_defaults(func=cmd_sweep)
 
+    ev = sub.add_parser("eval", help="evaluate a saved policy adapter on a task (and with lm-eval)")
+    ev.add_argument("--adapter", required=True, help="peft adapter folder (a run's .../adapter)")
+    ev.add_argument("--task", required=True, help="toy, or a benchmark: aime24, aime25, amc, math500, gsm8k, gpqa")
+    ev.add_argument("--data", help="local JSON / JSONL / parquet file of the task (default: the hub)")
+    ev.add_argument("--model", help="base model (default: the adapter's base_model_name_or_path)")
+    ev.add_argument("--limit", type=int, help="first N questions only")
+    ev.add_argument("--k", type=int, default=8, help="samples per question for mean@k / maj@k / pass@k (default 8)")
+    ev.add_argument("--max-new-tokens", type=int, default=96)
+    ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ev.add_argument("--no-chat-template", action="store_true", help="feed prompts raw even if the "
+                    "tokenizer has a chat template")
+    ev.add_argument("--lm-eval", action="store_true", help="also evaluate the adapter with "
+                    "lm-evaluation-harness on the same questions (greedy) and compare")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=cmd_eval)
+
     toy = sub.add_parser("toy-model", help="the embedded tiny model")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
     build = toy_sub.add_parser("build", help="pretrain the toy model deterministically and score it")
@@ -141,7 +161,8 @@ def cmd_run(args) -> int:
 
 
 def describe_run(config) -> str:
-    """The resolved config and what a run of it would load, without loading anything."""
+    """The resolved config and what a run of it would load, without loading anything (no model,
+    data or network access: a local cache or file is looked up on disk only)."""
     import os
 
     import yaml
@@ -149,22 +170,72 @@ def describe_run(config) -> str:
     from tempo_bench.methods import method_class
 
     cls = method_class(config.method)
-    model = "the shipped toy model (tempo_bench/assets/toy_model)" if config.model.path == "toy" else config.model.path
     uri = config.log.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(config.out) / 'mlflow.db'}"
+    model = _describe_model(config.model.path)
+    rollout = config.rollout
+    backend = rollout.backend
+    if backend == "vllm":
+        v = rollout.vllm
+        backend += (f" (weights synced as {v.sync}, tensor parallel {v.tensor_parallel_size}, "
+                    f"{v.gpu_memory_utilization:.0%} of GPU memory, sleep {'on' if v.sleep else 'off'})")
     lines = [
         "# resolved config", yaml.safe_dump(config.model_dump(), sort_keys=False).rstrip(), "",
         "# would load",
-        f"policy:   {model} ({config.model.dtype}) + LoRA r={config.lora.r}",
-        f"critic:   {'a value head on ' + (config.critic.path or model) if cls.uses_critic else 'none'}",
-        f"task:     {config.task.name}: {config.task.test_size} unlabeled test questions, "
-        f"{config.task.labeled_size} labeled",
-        f"rollouts: {config.rollout.backend}, {config.rollout.n} samples per question, "
+        f"policy:   {model}, {config.model.dtype} on {_describe_device(config.model.device)}, LoRA r={config.lora.r}"
+        + (", gradient checkpointing" if config.model.gradient_checkpointing else ""),
+        f"critic:   {'a value head on ' + (_describe_model(config.critic.path) if config.critic.path else 'the policy model') + (' (LoRA)' if config.critic.lora else '') if cls.uses_critic else 'none'}",
+        f"task:     {_describe_task(config.task)}",
+        f"rollouts: {backend}, {rollout.n} samples per question, up to {rollout.max_new_tokens} new tokens, "
         f"{config.train.prompts_per_step} questions per step, {config.train.steps} steps",
         f"method:   {config.method}{' (USES TEST LABELS)' if cls.uses_test_labels else ''} "
         f"{config.method_options().model_dump()}",
+        f"grading:  {'in the training process' if not config.grading.workers else f'{config.grading.workers} worker processes'}",
         f"logging:  {uri}, experiment {config.log.experiment}",
     ]
     return "\n".join(lines)
+
+
+def _describe_model(path: str) -> str:
+    if path == "toy":
+        return "the shipped toy model (tempo_bench/assets/toy_model)"
+    if Path(path).expanduser().is_dir():
+        return f"{path} (local folder)"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = isinstance(try_to_load_from_cache(path, "config.json"), str)
+    except Exception:  # not a valid repo id: the run will say so when it loads
+        cached = False
+    return f"{path} (hub id; {'in the local cache' if cached else 'not cached here: downloaded at start'})"
+
+
+def _describe_device(device: str) -> str:
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if device == "cpu" or (device == "auto" and not gpus):
+        return "cpu"
+    here = f"{gpus} GPU(s) visible" if gpus else "no GPU visible here: the run needs one"
+    return f"{device} ({here})"
+
+
+def _describe_task(task) -> str:
+    if task.name == "toy_addition":
+        return f"toy_addition: {task.test_size} unlabeled test questions, {task.labeled_size} labeled"
+    from tempo_bench.tasks.real import TASK_SPECS
+
+    def source(name, path):
+        spec = TASK_SPECS[name]
+        if path:
+            return f"{path} ({'found' if Path(path).is_file() else 'MISSING'})"
+        return f"hub {spec.hub_id}{':' + spec.hub_config if spec.hub_config else ''} split {spec.split}"
+
+    test = f"{task.name} ({TASK_SPECS[task.name].description}) from {source(task.name, task.source)}"
+    if task.limit:
+        test += f", first {task.limit}"
+    labeled = (f"; labeled D_L: {task.labeled_size} questions drawn from {task.labeled} "
+               f"({source(task.labeled, task.labeled_source)})") if task.labeled_size else "; no labeled pool"
+    return test + labeled
 
 
 SPOOL = "mlflow_spool.jsonl"  # writes buffered while the tracking server is unreachable
@@ -237,6 +308,41 @@ def cmd_sweep(args) -> int:
     study = run_sweep(args.spec, args.study, args.storage, args.n_trials, args.workers,
                       args.tracking_uri, args.out, progress=not args.quiet)
     print(describe(study))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import tempfile
+
+    from tempo_bench import adapter_eval as E
+    from tempo_bench.config import ModelConfig
+    from tempo_bench.policy import load_tokenizer, prompt_renderer, resolve_device
+
+    adapter = Path(args.adapter)
+    try:
+        base = args.model or E.adapter_base(adapter)
+        eval_set = E.load_eval_set(args.task, args.data, args.limit)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    device = resolve_device(args.device)
+    tokenizer = load_tokenizer(base)
+    render = prompt_renderer(tokenizer, ModelConfig(path=base, chat_template=not args.no_chat_template))
+    print(f"tempo-bench eval: {adapter} on {base}, task {args.task} ({len(eval_set.questions)} questions), {device}")
+    policy = E.load_adapter_policy(adapter, base, args.dtype, device)
+    values, ours = E.our_eval(policy, tokenizer, eval_set, render, args.k, args.max_new_tokens, args.seed)
+    k = args.k
+    print(f"  ours:    greedy accuracy {values['eval/greedy_acc']:.4f} | mean@{k} {values['eval/mean_at_k']:.4f} "
+          f"| maj@{k} {values['eval/maj_at_k']:.4f} | pass@{k} {values['eval/pass_at_k']:.4f}")
+    if not args.lm_eval:
+        return 0
+    del policy
+    with tempfile.TemporaryDirectory(prefix="tempo-bench-lmeval-") as folder:
+        acc, theirs = E.lm_eval_eval(adapter, base, eval_set, Path(folder), args.max_new_tokens, args.dtype,
+                                     device, chat_template=render is not None)
+    same = sum(a.strip() == b.strip() for a, b in zip(ours, theirs))
+    print(f"  lm-eval: greedy accuracy {acc:.4f}")
+    print(f"  agreement: accuracy difference {acc - values['eval/greedy_acc']:+.4f}; identical greedy "
+          f"responses on {same}/{len(ours)} questions")
     return 0
 
 

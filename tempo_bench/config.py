@@ -127,6 +127,8 @@ class TrainConfig(_Strict):
     clip_high: float = Field(0.28, gt=0)
     ppo_epochs: int = Field(1, ge=1, description="passes over each rollout batch")
     minibatches: int = Field(1, ge=1, description="optimiser steps per pass")
+    micro_batch_rows: int | None = Field(
+        None, ge=1, description="rows per forward/backward, gradients accumulated (None: a whole minibatch)")
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every this many steps (0: never)")
     budget_tokens: int | None = Field(
         None, ge=1, description="stop once rollout + policy + critic tokens reach this (equal compute)"
@@ -143,7 +145,8 @@ class CriticConfig(_Strict):
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     cliprange_value: float = Field(0.1, gt=0, description="value clip around the pre-update values")
-    minibatch_rows: int = Field(256, ge=1)
+    minibatch_rows: int = Field(256, ge=1, description="rows per optimiser step")
+    micro_batch_rows: int | None = Field(None, ge=1, description="rows per forward pass (None: a whole minibatch)")
     estep_questions: int = Field(16, ge=1, description="labeled questions rolled out per E-step")
     estep_samples: int = Field(8, ge=1)
     estep_epochs: int = Field(1, ge=1, description="passes over an E-step's rollouts")
@@ -221,21 +224,42 @@ def _validate_options(name: str, cls, raw: dict):
         raise ConfigError(format_errors(err, prefix=f"methods.{name}", model=cls.Options)) from None
 
 
-def preset_names() -> list[str]:
+def preset_names(include_bases: bool = False) -> list[str]:
+    """Presets shipped in tempo_bench/presets; names starting with '_' are bases that others
+    extend (``base: _paper``), listed only with ``include_bases``."""
     folder = resources.files("tempo_bench") / "presets"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    names = sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return [n for n in names if include_bases or not n.startswith("_")]
 
 
-def _read_preset(name: str) -> dict:
+def _read_preset(name: str, seen: tuple[str, ...] = ()) -> dict:
+    """A preset's mapping, with the preset it names as ``base`` merged underneath it."""
     path = Path(name)
     if path.suffix in {".yaml", ".yml"}:
         if not path.is_file():
             raise ConfigError(f"preset file {name} does not exist")
-        return yaml.safe_load(path.read_text()) or {}
-    if name not in preset_names():
+        text = path.read_text()
+    elif name in preset_names(include_bases=True):
+        text = (resources.files("tempo_bench") / "presets" / f"{name}.yaml").read_text()
+    else:
         raise ConfigError(unknown_name("preset", name, preset_names(), ", or a path to a .yaml file"))
-    text = (resources.files("tempo_bench") / "presets" / f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {name!r} must be a YAML mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if base in seen + (name,):
+        raise ConfigError(f"preset {name!r}: circular base chain {' -> '.join(seen + (name, base))}")
+    return deep_merge(_read_preset(base, seen + (name,)), data)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``, section by section."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def apply_override(data: dict, assignment: str) -> None:
@@ -302,8 +326,6 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Run
     """Load a preset by name (or a .yaml path), apply overrides, validate everything, including
     the options of every method the config mentions."""
     data = _read_preset(preset)
-    if not isinstance(data, dict):
-        raise ConfigError(f"preset {preset!r} must be a YAML mapping")
     data.setdefault("preset", Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset)
     for assignment in overrides:
         apply_override(data, assignment)

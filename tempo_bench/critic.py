@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from tempo_bench.algos import clipped_value_loss
-from tempo_bench.policy import TrainBatch, resolve_model_path, select_rows
+from tempo_bench.policy import TrainBatch, micro_batches, resolve_model_path, select_rows
 
 
 @dataclass
@@ -40,9 +40,10 @@ class StateIndex:
 class Critic:
     """A value model and its optimiser."""
 
-    def __init__(self, model, lr: float, weight_decay: float, grad_clip: float):
+    def __init__(self, model, lr: float, weight_decay: float, grad_clip: float, micro_batch_rows: int | None = None):
         self.model = model
         self.lr, self.weight_decay, self.grad_clip = lr, weight_decay, grad_clip
+        self.micro_batch_rows = micro_batch_rows  # rows per forward pass (memory), None: all
         self.optimizer = torch.optim.AdamW(self._params(), lr=lr, weight_decay=weight_decay)
 
     @classmethod
@@ -53,7 +54,7 @@ class Critic:
         from transformers import AutoConfig, AutoModelForTokenClassification
         from transformers.utils import logging as hf_logging
 
-        from tempo_bench.policy import model_kwargs, resolve_device
+        from tempo_bench.policy import model_kwargs, place
 
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the new head's "newly initialized weights" notice
@@ -66,16 +67,17 @@ class Critic:
                 resolve_model_path(path), config=config, **model_kwargs(model_cfg))
         finally:
             hf_logging.set_verbosity(verbosity)
+        if model_cfg is not None and model_cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()  # a LoRA backbone's frozen embeddings
         if getattr(cfg, "lora", False):
             from peft import get_peft_model
 
             from tempo_bench.policy import peft_config
 
             model = get_peft_model(model, peft_config(lora_cfg, "TOKEN_CLS"))
-        if model_cfg is not None and model_cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        model.to(resolve_device(model_cfg.device if model_cfg is not None else "cpu"))
-        return cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip)
+        model = place(model, model_cfg)
+        return cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.micro_batch_rows)
 
     def _params(self):
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -83,7 +85,7 @@ class Critic:
     def clone(self) -> "Critic":
         """An independent copy (weights and optimiser state): each run starts from the same
         starting critic without touching the shared one."""
-        other = Critic(copy.deepcopy(self.model), self.lr, self.weight_decay, self.grad_clip)
+        other = Critic(copy.deepcopy(self.model), self.lr, self.weight_decay, self.grad_clip, self.micro_batch_rows)
         other.optimizer.load_state_dict(copy.deepcopy(self.optimizer.state_dict()))
         return other
 
@@ -98,10 +100,14 @@ class Critic:
     @torch.no_grad()
     def score(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(state values [B, T+1], value of the complete response [B]) without gradients."""
+
         was_training = self.model.training
         self.model.eval()
         states = StateIndex.of(batch)
-        values = self.state_values(batch, states).cpu()
+        values = torch.zeros(states.mask.shape)
+        for rows in micro_batches(torch.arange(states.mask.shape[0]), self.micro_batch_rows):
+            part = self.state_values(select_rows(batch, rows)).cpu()
+            values[rows, : part.shape[1]] = part
         self.model.train(was_training)
         return values, values.gather(1, states.lengths.unsqueeze(1)).squeeze(1)
 
@@ -127,20 +133,27 @@ class Critic:
         self.model.train()
         for _ in range(epochs):
             order = torch.randperm(len(keep), generator=generator)
-            for rows in order.split(minibatch_rows):
-                mb = select_rows(batch, rows)
-                states = StateIndex.of(mb)
-                values = self.state_values(mb, states).cpu()
-                returns = targets[rows].unsqueeze(1).expand_as(values)
-                loss = clipped_value_loss(values, old[rows, : values.shape[1]], returns, states.mask, cliprange_value)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"critic value loss is {loss.item()}")
+            for minibatch in order.split(minibatch_rows):
+                # gradients accumulated over micro-batches, each weighted by its share of the
+                # minibatch's states (the loss is a mean over states)
+                total = float(StateIndex.of(select_rows(batch, minibatch)).mask.sum())
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                step_loss = 0.0
+                for rows in micro_batches(minibatch, self.micro_batch_rows):
+                    mb = select_rows(batch, rows)
+                    states = StateIndex.of(mb)
+                    values = self.state_values(mb, states).cpu()
+                    returns = targets[rows].unsqueeze(1).expand_as(values)
+                    loss = clipped_value_loss(values, old[rows, : values.shape[1]], returns, states.mask, cliprange_value)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"critic value loss is {loss.item()}")
+                    share = float(states.mask.sum()) / total
+                    (loss * share).backward()
+                    step_loss += share * loss.item()
+                    tokens += int(mb.attention.sum())
                 torch.nn.utils.clip_grad_norm_(self._params(), self.grad_clip)
                 self.optimizer.step()
-                losses.append(loss.item())
-                tokens += int(mb.attention.sum())
+                losses.append(step_loss)
         self.model.eval()
         return {"critic/value_loss": sum(losses) / len(losses), "tokens/critic_step": tokens}
 
@@ -156,7 +169,7 @@ class Critic:
         """A saved critic: a full model, or (critic.lora) a LoRA adapter plus head on its base."""
         from transformers import AutoModelForTokenClassification
 
-        from tempo_bench.policy import model_kwargs, resolve_device
+        from tempo_bench.policy import model_kwargs, place
 
         if (out_dir / "adapter_config.json").is_file():
             from peft import PeftConfig, PeftModel
@@ -167,8 +180,8 @@ class Critic:
             model = PeftModel.from_pretrained(base, out_dir, is_trainable=True)
         else:
             model = AutoModelForTokenClassification.from_pretrained(out_dir, **model_kwargs(model_cfg))
-        model.to(resolve_device(model_cfg.device if model_cfg is not None else "cpu"))
-        critic = cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip)
+        model = place(model, model_cfg)
+        critic = cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.micro_batch_rows)
         state = out_dir / "optimizer.pt"
         if state.is_file():
             critic.optimizer.load_state_dict(torch.load(state, weights_only=True, map_location="cpu"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from tempo_bench.algos import POLICY_LOSSES, masked_mean, token_entropy, token_logprobs
+from tempo_bench.algos import LOSS_AVERAGES_OVER, POLICY_LOSSES, masked_mean, token_entropy, token_logprobs
 
 TOY_MODEL = "toy"
 
@@ -60,11 +60,24 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def spread_over_gpus(model_cfg) -> bool:
+    """model.device=auto with several GPUs visible: the layers are placed over all of them
+    (accelerate's device_map), for models too large for one."""
+    return model_cfg is not None and model_cfg.device == "auto" and torch.cuda.device_count() > 1
+
+
+def place(model, model_cfg):
+    """Move a loaded model to its device, unless accelerate already spread it over GPUs."""
+    return model if spread_over_gpus(model_cfg) else model.to(resolve_device(model_cfg.device if model_cfg else "cpu"))
+
+
 def model_kwargs(model_cfg) -> dict:
     """from_pretrained arguments of a ModelConfig (None: float32 defaults)."""
     if model_cfg is None:
         return {}
     kwargs = {"dtype": getattr(torch, model_cfg.dtype)}
+    if spread_over_gpus(model_cfg):
+        kwargs["device_map"] = "auto"
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     return kwargs
@@ -121,7 +134,7 @@ def load_policy(model_cfg, lora_cfg):
             _BASE_MODELS[key] = AutoModelForCausalLM.from_pretrained(key[0], **model_kwargs(model_cfg))
         base = copy.deepcopy(_BASE_MODELS[key])
     else:
-        base = AutoModelForCausalLM.from_pretrained(key[0], **model_kwargs(model_cfg)).to(device)
+        base = place(AutoModelForCausalLM.from_pretrained(key[0], **model_kwargs(model_cfg)), model_cfg)
     if model_cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()  # LoRA: the frozen embeddings' outputs need grads
@@ -180,6 +193,23 @@ def response_logits(model, batch: TrainBatch) -> torch.Tensor:
     return logits.gather(1, index)
 
 
+def micro_batches(rows: torch.Tensor, size: int | None) -> list[torch.Tensor]:
+    """Row indices split into micro-batches of at most ``size`` rows (None: one)."""
+    return list(rows.split(size)) if size else [rows]
+
+
+@torch.no_grad()
+def sampled_logprobs(model, batch: TrainBatch, temperature: float, micro_rows: int | None) -> torch.Tensor:
+    """log pi(response token) of every row under ``model``: [B, T] (0 past each response)."""
+    out = torch.zeros(batch.response_ids.shape)
+    for rows in micro_batches(torch.arange(batch.input_ids.shape[0]), micro_rows):
+        mb = select_rows(batch, rows)
+        device = next(model.parameters()).device
+        logp = token_logprobs(response_logits(model, mb) / temperature, mb.response_ids.to(device))
+        out[rows, : logp.shape[1]] = logp.cpu()
+    return out
+
+
 def policy_update(
     model,
     optimizer,
@@ -189,41 +219,48 @@ def policy_update(
     temperature: float,
 ) -> dict[str, float]:
     """One M-step on a rollout batch: ``ppo_epochs`` passes of ``minibatches`` optimiser steps of
-    the clipped objective (train_cfg.loss). advantages: [B] or [B, T]. Returns mean statistics."""
+    the clipped objective (train_cfg.loss). Each optimiser step accumulates gradients over
+    micro-batches of ``train_cfg.micro_batch_rows`` rows, weighted so that the gradient equals
+    the whole minibatch's. advantages: [B] or [B, T]. Returns mean statistics."""
     loss_fn = POLICY_LOSSES[train_cfg.loss]
+    by_tokens = LOSS_AVERAGES_OVER[train_cfg.loss] == "tokens"
     params = trainable_parameters(model)
     device = next(model.parameters()).device
     rows = batch.input_ids.shape[0]
     one_update = train_cfg.ppo_epochs == 1 and train_cfg.minibatches == 1
     old_logp = None
     if not one_update:  # several updates on one batch: the ratio needs the pre-update policy
-        with torch.no_grad():
-            old_logp = token_logprobs(response_logits(model, batch) / temperature, batch.response_ids.to(device))
+        old_logp = sampled_logprobs(model, batch, temperature, train_cfg.micro_batch_rows)
     stats: dict[str, list[float]] = {}
     model.train()
     for _ in range(train_cfg.ppo_epochs):
-        for rows_idx in torch.arange(rows).chunk(train_cfg.minibatches):
-            mb = select_rows(batch, rows_idx)
-            logits = response_logits(model, mb) / temperature
-            logp = token_logprobs(logits, mb.response_ids.to(device))
-            width = logp.shape[1]  # select_rows trims to the minibatch's longest response
-            mb_old = logp.detach() if old_logp is None else old_logp[rows_idx, :width]
-            mb_adv = advantages[rows_idx] if advantages.dim() == 1 else advantages[rows_idx, :width]
-            mask = mb.mask.to(device)
-            loss, loss_stats = loss_fn(
-                logp, mb_old, mb_adv.to(device), mask,
-                train_cfg.clip_low, train_cfg.clip_high,
-            )
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"policy loss is {loss.item()}")
+        for minibatch in torch.arange(rows).chunk(train_cfg.minibatches):
+            total = float(batch.mask[minibatch].sum()) if by_tokens else float(len(minibatch))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
+            step_stats: dict[str, float] = {}
+            for micro in micro_batches(minibatch, train_cfg.micro_batch_rows):
+                mb = select_rows(batch, micro)
+                logits = response_logits(model, mb) / temperature
+                logp = token_logprobs(logits, mb.response_ids.to(device))
+                width = logp.shape[1]  # select_rows trims to the micro-batch's longest response
+                mb_old = logp.detach() if old_logp is None else old_logp[micro, :width].to(device)
+                mb_adv = advantages[micro] if advantages.dim() == 1 else advantages[micro, :width]
+                mask = mb.mask.to(device)
+                loss, loss_stats = loss_fn(logp, mb_old, mb_adv.to(device), mask,
+                                           train_cfg.clip_low, train_cfg.clip_high)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"policy loss is {loss.item()}")
+                share = (float(mb.mask.sum()) if by_tokens else float(len(micro))) / max(total, 1.0)
+                (loss * share).backward()
+                with torch.no_grad():
+                    entropy = masked_mean(token_entropy(logits.detach()), mask)
+                for key, value in {"loss": loss, "entropy": entropy, **loss_stats}.items():
+                    step_stats[key] = step_stats.get(key, 0.0) + share * float(value.detach() if torch.is_tensor(value) else value)
+                del logits, logp, loss
+            step_stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip))
             optimizer.step()
-            with torch.no_grad():
-                entropy = masked_mean(token_entropy(logits.detach()), mask)
-            for key, value in {"loss": loss, "grad_norm": grad_norm, "entropy": entropy, **loss_stats}.items():
-                stats.setdefault(key, []).append(float(value.detach()) if torch.is_tensor(value) else float(value))
+            for key, value in step_stats.items():
+                stats.setdefault(key, []).append(value)
     return {key: sum(v) / len(v) for key, v in stats.items()}
 
 
