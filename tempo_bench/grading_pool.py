@@ -33,6 +33,11 @@ def _init_worker() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"  # workers parse text; they must not compete for cores
 
 
+def _ready(name: str) -> bool:
+    grader_by_name(name)  # imports the grader's modules (math-verify, sympy)
+    return True
+
+
 def _grade_group(name: str, texts: list[str]):
     return grader_by_name(name).grade_group(texts)
 
@@ -62,6 +67,8 @@ class GradingPool(Grader):
     def _workers(self) -> Pool:
         if self._pool is None:
             self._pool = multiprocessing.get_context("spawn").Pool(self.workers, initializer=_init_worker)
+            # start-up (a fresh interpreter importing the grader) is not an item's time
+            self._pool.map(_ready, [self.name] * self.workers, chunksize=1)
         return self._pool
 
     def _map(self, func, items: list[tuple], fallback) -> list:

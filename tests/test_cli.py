@@ -86,5 +86,17 @@ def test_dry_run_prints_the_resolved_config_and_loads_nothing(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "# resolved config" in out and "method: tempo" in out
-    assert "policy:   Qwen/Qwen3-8B (float32) + LoRA r=8" in out and "critic:   a value head on Qwen/Qwen3-8B" in out
+    assert "policy:   Qwen/Qwen3-8B (hub id; not cached here" in out and "critic:   a value head on the policy" in out
+    assert not any(tmp_path.iterdir())
+
+
+def test_dry_run_of_a_paper_preset_without_gpu_or_network(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # any hub access would fail loudly
+    assert main(["run", "--preset", "qwen3-8b-aime24", "--dry-run", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "path: Qwen/Qwen3-8B" in out and "loss: gspo" in out  # the resolved config
+    assert "bfloat16 on cuda" in out and "LoRA r=64, gradient checkpointing" in out
+    assert "aime24 (AIME 2024, 30 problems) from hub HuggingFaceH4/aime_2024" in out
+    assert "4096 questions drawn from dapo17k (hub BytedTsinghua-SIA/DAPO-Math-17k" in out
+    assert "vllm (weights synced as lora" in out and "critic:   a value head on the policy model (LoRA)" in out
     assert not any(tmp_path.iterdir())

@@ -73,3 +73,37 @@ def test_critic_method_without_labeled_questions_is_refused():
 def test_settings_valid_alone_but_not_together():
     with pytest.raises(ConfigError, match=r"n_vote \(2\) must be >= rollout.n \(4\)"):
         load_config("toy-smoke", ["methods.standard_ttt.n_vote=2"])
+
+
+def test_paper_presets_validate_for_every_method():
+    from tempo_bench.config import preset_names
+    from tempo_bench.methods import method_names
+
+    names = preset_names()
+    assert {"qwen3-8b-aime24", "qwen3-14b-aime24", "olmo3-7b-aime24", "qwen3-32b-aime24"} <= set(names)
+    assert not [n for n in names if n.startswith("_")]  # bases are not listed as presets
+    for name in names:
+        for method in method_names():
+            config = load_config(name, [f"method={method}"])
+            assert config.method == method
+
+
+def test_preset_base_merges_section_by_section(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("base: qwen3-8b-aime24\ntrain: {lr: 3.0e-5}\n")
+    config = load_config(str(child))
+    assert config.train.lr == 3e-5 and config.train.loss == "gspo"  # the rest of train is the base's
+    assert config.model.path == "Qwen/Qwen3-8B" and config.model.dtype == "bfloat16"
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"base: {loop}\n")
+    with pytest.raises(ConfigError, match="circular base chain"):
+        load_config(str(loop))
+
+
+def test_real_task_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match=r"unknown key 'task.test_size'.*allowed here: name, source"):
+        load_config("toy-smoke", ["task.name=aime24"])  # toy-smoke's test_size is not a real-task key
+    with pytest.raises(ConfigError, match="graded differently"):
+        load_config("qwen3-8b-aime24", ["task.name=gpqa"])  # GPQA letters against a DAPO maths pool
+    with pytest.raises(ConfigError, match="does not match any of the expected tags"):
+        load_config("qwen3-8b-aime24", ["task.name=aime2"])
