@@ -293,7 +293,8 @@ def _resolve_loc(model: type[BaseModel], loc: tuple) -> tuple[tuple, list[str]]:
         field = model.model_fields.get(str(part)) if model is not None else None
         ann = getattr(field, "annotation", None)
         members = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if members and parts:  # a union: the next part is the tag, not a field
+        if members and parts and all("name" in m.model_fields for m in members):
+            # a union discriminated by `name` (task): the next part is the tag, not a field
             tag = parts.pop(0)
             model = next((m for m in members if tag in getattr(m.model_fields["name"].annotation, "__args__", ())), None)
         elif isinstance(ann, type) and issubclass(ann, BaseModel):
