@@ -1,36 +1,192 @@
-"""Load logged runs from MLflow into one tidy DataFrame, and print metric trajectories.
+"""Logged runs from MLflow (a local store or a server) as tidy pandas DataFrames.
 
-    python -m analysis.runs sqlite:///runs/mlflow.db --metrics eval/mean_at_k,reward/pointbiserial
+    df = load_experiment("compare-toy", "sqlite:///runs/mlflow.db")   # cached as parquet
+    runs = load_run_table("compare-toy", "sqlite:///runs/mlflow.db")  # one row per run: tags, params
+    samples = load_rollouts(run_id, "sqlite:///runs/mlflow.db")       # the per-sample eval JSONL
+    recompute_at_k(samples, k=4)                                      # pass@k / maj@k from raw samples
+
+``python -m analysis.runs URI --experiment NAME`` prints metric trajectories.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+COLUMNS = ["run_id", "run_name", "method", "task", "seed", "trial", "step", "tokens", "metric", "value"]
+# the compute axis: every token a method spent (rollouts, policy training, critic training and
+# the E-steps' own rollouts), cumulative
+TOKEN_KEYS = ["tokens/rollout", "tokens/policy", "tokens/critic", "tokens/estep_rollout"]
+FINISHED = {"FINISHED", "FAILED", "KILLED"}
 
-def load_metrics(tracking_uri: str, experiment: str = "tempo-bench", run_ids: list[str] | None = None) -> pd.DataFrame:
-    """One row per logged value: run_id, run_name, method, task, seed, step, metric, value."""
+
+def _client(tracking_uri: str | None):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _experiment_id(client, experiment: str) -> str:
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        raise ValueError(f"no experiment {experiment!r} at {tracking_uri}")
+        names = sorted(e.name for e in client.search_experiments())
+        raise ValueError(f"no experiment {experiment!r} at {client.tracking_uri}; there are: {', '.join(names) or 'none'}")
+    return found.experiment_id
+
+
+def _all_runs(client, experiment_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _trial_of(run, by_id: dict) -> int | None:
+    """A sweep trial's number: on the trial's run, or on its parent (one run per seed)."""
+    for r in (run, by_id.get(run.data.tags.get("mlflow.parentRunId"))):
+        if r is not None and "trial_number" in r.data.tags:
+            return int(r.data.tags["trial_number"])
+    return None
+
+
+def _run_rows(client, run, trial: int | None) -> pd.DataFrame:
+    """The tidy rows of one run (its metric histories, with the cumulative token count per step)."""
+    tags = run.data.tags
+    rows = [(m.step, key, m.value) for key in run.data.metrics
+            for m in client.get_metric_history(run.info.run_id, key)]
+    df = pd.DataFrame(rows, columns=["step", "metric", "value"])
+    spent = df[df.metric.isin(TOKEN_KEYS)].pivot_table(index="step", columns="metric", values="value", aggfunc="last")
+    tokens = spent.sum(axis=1) if not spent.empty else pd.Series(dtype=float)
+    df["tokens"] = df.step.map(tokens).fillna(0.0) if not tokens.empty else 0.0
+    df["run_id"], df["run_name"] = run.info.run_id, run.info.run_name
+    df["method"], df["task"] = tags.get("method"), tags.get("task")
+    df["seed"] = int(tags["seed"]) if "seed" in tags else -1
+    df["trial"] = trial if trial is not None else -1
+    return df[COLUMNS]
+
+
+def load_experiment(experiment: str, tracking_uri: str | None = None, cache_dir: str | Path | None = None,
+                    refresh: bool = False) -> pd.DataFrame:
+    """Every logged value of every training run of ``experiment`` in one tidy DataFrame (columns
+    COLUMNS; seed and trial are -1 where they do not apply). Sweep parents and trial runs that
+    only hold their objective are left out: runs without a ``method`` tag.
+
+    With ``cache_dir``, runs that have ended are stored in a parquet file per experiment and read
+    from it next time; runs still going (or new) are fetched again."""
+    client = _client(tracking_uri)
+    runs = _all_runs(client, _experiment_id(client, experiment))
+    by_id = {r.info.run_id: r for r in runs}
+    runs = [r for r in runs if "method" in r.data.tags]
+    cache = cached = None
+    if cache_dir is not None:
+        key = hashlib.sha256(f"{client.tracking_uri}|{experiment}".encode()).hexdigest()[:12]
+        cache = Path(cache_dir) / f"{experiment.replace('/', '_')}-{key}.parquet"
+        if cache.is_file() and not refresh:
+            cached = pd.read_parquet(cache)
+    parts, reused = [], set()
+    for run in runs:
+        stamp = f"{run.info.status}:{run.info.end_time}"
+        if cached is not None and run.info.status in FINISHED:
+            hit = cached[(cached.run_id == run.info.run_id) & (cached.stamp == stamp)]
+            if not hit.empty:
+                parts.append(hit.drop(columns="stamp"))
+                reused.add(run.info.run_id)
+                continue
+        parts.append(_run_rows(client, run, _trial_of(run, by_id)))
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
+    df = df.sort_values(["method", "seed", "trial", "run_id", "metric", "step"], ignore_index=True)
+    if cache is not None:
+        stamps = {r.info.run_id: f"{r.info.status}:{r.info.end_time}" for r in runs}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        df.assign(stamp=df.run_id.map(stamps)).to_parquet(cache, index=False)
+    return df
+
+
+def load_run_table(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
+    """One row per training run: run_id, run_name, method, task, seed, trial, status, and every
+    logged parameter (``params.<key>``, strings as MLflow stores them)."""
+    client = _client(tracking_uri)
+    runs = _all_runs(client, _experiment_id(client, experiment))
+    by_id = {r.info.run_id: r for r in runs}
     rows = []
-    for run in client.search_runs([found.experiment_id], max_results=10_000):
-        if run_ids and run.info.run_id not in run_ids:
-            continue
+    for run in runs:
         tags = run.data.tags
-        for key in run.data.metrics:
-            for m in client.get_metric_history(run.info.run_id, key):
-                rows.append({
-                    "run_id": run.info.run_id, "run_name": run.info.run_name,
-                    "method": tags.get("method"), "task": tags.get("task"),
-                    "seed": int(tags.get("seed", -1)), "step": m.step, "metric": key, "value": m.value,
-                })
-    return pd.DataFrame(rows).sort_values(["run_id", "metric", "step"], ignore_index=True)
+        if "method" not in tags:
+            continue
+        trial = _trial_of(run, by_id)
+        params = dict(run.data.params)
+        parent = by_id.get(tags.get("mlflow.parentRunId"))
+        if parent is not None:  # a sweep's per-seed run: the trial's parameters are on its parent
+            params = {**parent.data.params, **params}
+        rows.append({"run_id": run.info.run_id, "run_name": run.info.run_name, "method": tags.get("method"),
+                     "task": tags.get("task"), "seed": int(tags.get("seed", -1)),
+                     "trial": -1 if trial is None else trial, "status": run.info.status,
+                     **{f"params.{k}": v for k, v in params.items()}})
+    return pd.DataFrame(rows)
+
+
+def load_rollouts(run_id: str, tracking_uri: str | None = None, dst: str | Path | None = None) -> pd.DataFrame:
+    """The per-sample evaluation rows a run logged (rollouts/eval_step_*.jsonl): run_id, step,
+    question_id, sample, greedy, answer, cluster, correct, response."""
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(download_artifacts(run_id=run_id, artifact_path="rollouts", tracking_uri=tracking_uri,
+                                            dst_path=str(dst or tmp)))
+        except Exception as err:  # noqa: BLE001 (MLflow raises several types for a missing path)
+            raise ValueError(f"run {run_id} has no rollouts/ artifacts (log.rollouts_jsonl off?): {err}") from None
+        rows = []
+        for path in sorted(local.glob("eval_step_*.jsonl")):
+            step = int(path.stem.rsplit("_", 1)[1])
+            rows += [{"run_id": run_id, "step": step, **json.loads(line)} for line in path.read_text().splitlines() if line]
+    return pd.DataFrame(rows)
+
+
+def load_reliability(run_id: str, tracking_uri: str | None = None) -> dict[int, dict]:
+    """E-step -> {"before": bins, "after": bins}: the reliability data a critic run logged at each
+    E-step (critic/reliability_step_*.json), without downloading the critic's weights."""
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    client = _client(tracking_uri)
+    files = [f.path for f in client.list_artifacts(run_id, "critic") if "reliability_step_" in f.path]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in files:
+            local = download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=tracking_uri, dst_path=tmp)
+            out[int(Path(path).stem.rsplit("_", 1)[1])] = json.loads(Path(local).read_text())
+    return dict(sorted(out.items()))
+
+
+def recompute_at_k(samples: pd.DataFrame, k: int) -> pd.DataFrame:
+    """pass@k (unbiased estimator) and maj@k from raw sampled rows, per run and step, using the
+    first k samples of each question for maj@k (as the loop does when it logs eval/maj_at_k)."""
+    from tempo_bench import metrics as M
+
+    out = []
+    sampled = samples[~samples.greedy]
+    for (run_id, step), group in sampled.groupby(["run_id", "step"]):
+        by_question = [g.sort_values("sample") for _, g in group.groupby("question_id", sort=False)]
+        n = min(len(g) for g in by_question)
+        if k > n:
+            raise ValueError(f"k={k} but run {run_id} step {step} has only {n} samples per question")
+        correct = np.array([g.correct.to_numpy()[:n] for g in by_question])
+        clusters = [[None if pd.isna(c) else int(c) for c in g.cluster.to_numpy()[:k]] for g in by_question]
+        out.append({"run_id": run_id, "step": step, f"pass_at_{k}": M.pass_at_k(correct, k),
+                    f"maj_at_{k}": M.maj_at_k(clusters, correct[:, :k]), "mean": float(correct.mean())})
+    return pd.DataFrame(out)
 
 
 def trajectory(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -46,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", default="eval/mean_at_k,eval/maj_at_k,eval/pass_at_k,eval/distinct_answers",
                         help="comma-separated metric keys")
     args = parser.parse_args(argv)
-    table = trajectory(load_metrics(args.tracking_uri, args.experiment), args.metrics.split(","))
+    table = trajectory(load_experiment(args.experiment, args.tracking_uri), args.metrics.split(","))
     with pd.option_context("display.max_rows", None, "display.width", 200):
         print(table.round(3).to_string(index=False))
 

@@ -4,6 +4,7 @@
     tempo-bench compare --preset toy --methods all --seeds 0,1,2
     tempo-bench sweep sweeps/recal_interval.yaml [--workers 2]
     tempo-bench eval --adapter runs/.../adapter --task toy [--lm-eval]
+    tempo-bench figures --experiment compare-toy --out figures/
     tempo-bench toy-model build [--out DIR] [--set key=value ...]
 """
 
@@ -96,6 +97,15 @@ def _parser() -> argparse.ArgumentParser:
                     "lm-evaluation-harness on the same questions (greedy) and compare")
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=cmd_eval)
+
+    fg = sub.add_parser("figures", help="the paper's figures (PNG + PDF) and results tables from an "
+                        "MLflow experiment")
+    fg.add_argument("--experiment", required=True, help="MLflow experiment (e.g. compare-toy, or a sweep's)")
+    fg.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                    "sqlite:///runs/mlflow.db)")
+    fg.add_argument("--out", required=True, help="folder for the figures and tables")
+    fg.add_argument("--refresh", action="store_true", help="ignore the parquet cache of finished runs")
+    fg.set_defaults(func=cmd_figures)
 
     toy = sub.add_parser("toy-model", help="the embedded tiny model")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
@@ -343,6 +353,25 @@ def cmd_eval(args) -> int:
     print(f"  lm-eval: greedy accuracy {acc:.4f}")
     print(f"  agreement: accuracy difference {acc - values['eval/greedy_acc']:+.4f}; identical greedy "
           f"responses on {same}/{len(ours)} questions")
+    return 0
+
+
+def cmd_figures(args) -> int:
+    from analysis.report import write_report
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None:
+        store = Path("runs") / "mlflow.db"
+        if not store.is_file():
+            raise ConfigError(f"no MLflow store at {store}; pass --tracking-uri (e.g. sqlite:///OUT/mlflow.db "
+                              "of the run's --out folder)")
+        uri = f"sqlite:///{store.resolve()}"
+    print(f"tempo-bench figures: experiment {args.experiment} at {uri} -> {args.out}")
+    try:
+        written = write_report(args.experiment, uri, Path(args.out), refresh=args.refresh)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    print(f"{len(written)} files in {args.out}")
     return 0
 
 

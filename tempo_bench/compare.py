@@ -81,21 +81,48 @@ def summarise(result, window: int = 5) -> dict[str, float]:
     return out
 
 
-def results_table(outcomes: list[Outcome]) -> str:
-    """Markdown table: one row per method, each cell mean [95% CI] over seeds."""
-    methods = list(dict.fromkeys(o.method for o in outcomes))
-    header = "| method | seeds | " + " | ".join(col for col, _, _ in TABLE) + " |"
-    lines = [header, "|" + "---|" * (len(TABLE) + 2)]
-    for method in methods:
+def results_cells(outcomes: list[Outcome]) -> list[dict]:
+    """One row per method: the method label, its seed count, and per TABLE column the mean over
+    seeds with its 95% stratified-bootstrap interval, as (mean, low, high)."""
+    rows = []
+    for method in dict.fromkeys(o.method for o in outcomes):
         done = [o for o in outcomes if o.method == method and o.error is None]
-        cells = []
-        for _, key, where in TABLE:
-            mean, lo, hi = mean_ci([o.values[f"{key}@{where}"] for o in done])
-            cells.append("-" if math.isnan(mean) else
-                         f"{mean:.3f}" + ("" if math.isnan(lo) else f" [{lo:.3f}, {hi:.3f}]"))
-        label = method + (" (test labels)" if method == "oracle" else "")
-        lines.append(f"| {label} | {len(done)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        row = {"method": method + (" (test labels)" if method == "oracle" else ""), "seeds": len(done)}
+        for column, key, where in TABLE:
+            row[column] = mean_ci([o.values.get(f"{key}@{where}", math.nan) for o in done])
+        rows.append(row)
+    return rows
+
+
+def _cell(value: tuple[float, float, float], latex: bool) -> str:
+    mean, lo, hi = value
+    if math.isnan(mean):
+        return "--" if latex else "-"
+    if math.isnan(lo):
+        return f"{mean:.3f}"
+    return f"{mean:.3f} {{\\scriptsize [{lo:.3f}, {hi:.3f}]}}" if latex else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def results_table(outcomes: list[Outcome], fmt: str = "markdown") -> str:
+    """The results table, one row per method, each cell mean [95% CI] over seeds, as markdown
+    or as a LaTeX tabular (booktabs)."""
+    rows = results_cells(outcomes)
+    columns = [c for c, _, _ in TABLE]
+    if fmt == "markdown":
+        lines = ["| method | seeds | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
+        lines += [f"| {r['method']} | {r['seeds']} | " + " | ".join(_cell(r[c], False) for c in columns) + " |"
+                  for r in rows]
+        return "\n".join(lines)
+    if fmt == "latex":
+        def esc(text: str) -> str:
+            return text.replace("_", "\\_").replace("%", "\\%")
+
+        lines = ["\\begin{tabular}{l" + "r" * (len(columns) + 1) + "}", "\\toprule",
+                 "method & seeds & " + " & ".join(esc(c) for c in columns) + " \\\\", "\\midrule"]
+        lines += [f"{esc(r['method'])} & {r['seeds']} & " + " & ".join(_cell(r[c], True) for c in columns) + " \\\\"
+                  for r in rows]
+        return "\n".join(lines + ["\\bottomrule", "\\end{tabular}"])
+    raise ValueError(f"unknown table format {fmt!r}: markdown or latex")
 
 
 def run_compare(preset: str, methods: list[str], seeds: list[int], overrides: list[str],

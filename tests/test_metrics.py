@@ -87,3 +87,29 @@ def test_mean_ci_bootstrap():
     assert mean_ci([0.3, 0.3]) == (0.3, 0.3, 0.3)
     m, lo, hi = mean_ci([0.7])
     assert m == 0.7 and math.isnan(lo) and math.isnan(hi)
+
+
+def test_stratified_bootstrap_on_hand_computed_cases():
+    from tempo_bench.stats import stratified_bootstrap_ci
+
+    # two seeds scoring 0 and 1: resampled means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4,
+    # so the 95% percentile interval is [0, 1]; a 40% interval is [0.5, 0.5]
+    assert stratified_bootstrap_ci([0.0, 1.0]) == (0.5, 0.0, 1.0)
+    assert stratified_bootstrap_ci([0.0, 1.0], confidence=0.4) == (0.5, 0.5, 0.5)
+    # two tasks (columns) resampled separately: task 0 always 1, task 1 two seeds 0 and 1 ->
+    # the mean over tasks takes values 0.5, 0.75, 1 with probabilities 1/4, 1/2, 1/4
+    point, low, high = stratified_bootstrap_ci([[1.0, 0.0], [1.0, 1.0]])
+    assert (point, low, high) == (0.75, 0.5, 1.0)
+
+
+def test_probability_of_improvement_hand_computed():
+    from tempo_bench.stats import probability_of_improvement, probability_of_improvement_ci
+
+    # pairs (x, y): 1 beats 0; 2 beats 0 and ties 2 twice; 3 beats all three -> (1 + 2 + 3) / 9
+    assert probability_of_improvement([1, 2, 3], [0, 2, 2]) == pytest.approx(6 / 9)
+    assert probability_of_improvement([1, 1], [1, 1]) == 0.5
+    assert probability_of_improvement([5, 6], [1, 2]) == 1.0
+    p, low, high = probability_of_improvement_ci([5, 6], [1, 2])
+    assert (p, low, high) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="same tasks"):
+        probability_of_improvement([[1, 2]], [[1]])

@@ -1,0 +1,218 @@
+"""The paper's figures from logged runs: one function per figure, a tidy DataFrame in
+(analysis.runs.load_experiment), a matplotlib Figure out, no file I/O inside.
+
+Every figure draws each method in the same colour (seaborn's colour-blind palette, fixed order),
+a line for the mean over seeds and a band for its 95% stratified-bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from tempo_bench.compare import ALL_METHODS
+from tempo_bench.stats import stratified_bootstrap_ci
+
+LABELS = {
+    "standard_ttt": "standard TTT", "fixed_critic": "fixed critic", "online_critic": "online critic",
+    "tempo": "TEMPO", "labeled_rlvr": "labeled RLVR", "empo": "EMPO", "oracle": "oracle (test labels)",
+}
+NEVER = "never"  # the x label of recal_interval = None (no E-step after the start)
+
+
+def method_colors() -> dict[str, tuple]:
+    import seaborn as sns
+
+    return dict(zip(ALL_METHODS, sns.color_palette("colorblind", len(ALL_METHODS))))
+
+
+def _methods(df: pd.DataFrame) -> list[str]:
+    present = set(df.method.dropna())
+    return [m for m in ALL_METHODS if m in present] + sorted(present - set(ALL_METHODS))
+
+
+def _color(method: str):
+    return method_colors().get(method, (0.3, 0.3, 0.3))
+
+
+def _figure(ncols: int = 1, width: float = 5.5):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, 3.8), squeeze=False)
+    return fig, list(axes[0])
+
+
+def band(values: pd.DataFrame, x: str) -> pd.DataFrame:
+    """values: columns [x, seed, value] -> per x: mean and 95% CI over seeds."""
+    rows = []
+    for xv, group in values.groupby(x):
+        mean, low, high = stratified_bootstrap_ci(group.value.to_numpy(), n_resamples=2000)
+        rows.append({x: xv, "mean": mean, "low": low, "high": high, "seeds": len(group)})
+    return pd.DataFrame(rows).sort_values(x)
+
+
+def _plot_band(ax, table: pd.DataFrame, x: str, method: str) -> None:
+    color = _color(method)
+    ax.plot(table[x], table["mean"], color=color, label=LABELS.get(method, method), lw=1.8)
+    ok = table.dropna(subset=["low", "high"])
+    ax.fill_between(ok[x], ok["low"], ok["high"], color=color, alpha=0.2, lw=0)
+
+
+def _metric(df: pd.DataFrame, metric: str, method: str | None = None) -> pd.DataFrame:
+    sub = df[df.metric == metric]
+    return sub if method is None else sub[sub.method == method]
+
+
+def _finish(fig, axes, title: str | None = None):
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        axes[-1].legend(handles, labels, fontsize=8, frameon=False, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_step(df: pd.DataFrame, metric: str = "eval/mean_at_k"):
+    """Accuracy on the test questions against training step, one line per method."""
+    fig, (ax,) = _figure()
+    for method in _methods(df):
+        sub = _metric(df, metric, method)
+        if not sub.empty:
+            _plot_band(ax, band(sub, "step"), "step", method)
+    ax.set(xlabel="training step", ylabel=metric.split("/")[-1].replace("_at_", "@"))
+    return _finish(fig, [ax], "Accuracy during test-time training (mean over seeds, 95% CI)")
+
+
+def accuracy_vs_compute(df: pd.DataFrame, metric: str = "eval/mean_at_k", points: int = 40):
+    """Accuracy against tokens spent (rollouts, policy, critic and E-step rollouts): each seed's
+    curve is interpolated onto a common grid up to the smallest budget any seed reached."""
+    fig, (ax,) = _figure()
+    for method in _methods(df):
+        sub = _metric(df, metric, method)
+        if sub.empty:
+            continue
+        curves = [g.sort_values("tokens") for _, g in sub.groupby("run_id")]
+        top = min(c.tokens.max() for c in curves)
+        grid = np.linspace(0, top, points)
+        rows = [{"tokens": t, "seed": i, "value": v} for i, c in enumerate(curves)
+                for t, v in zip(grid, np.interp(grid, c.tokens, c.value))]
+        _plot_band(ax, band(pd.DataFrame(rows), "tokens"), "tokens", method)
+    ax.set(xlabel="tokens spent (rollout + policy + critic)", ylabel=metric.split("/")[-1].replace("_at_", "@"))
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+    return _finish(fig, [ax], "Accuracy against compute (mean over seeds, 95% CI)")
+
+
+def reward_quality(df: pd.DataFrame, window: int = 5,
+                   metrics: tuple[str, ...] = ("reward/pointbiserial", "reward/auroc_within")):
+    """How well each method's reward tracks true correctness on the test rows, per step
+    (smoothed by a rolling mean over ``window`` steps within each run before averaging seeds)."""
+    fig, axes = _figure(len(metrics))
+    for ax, metric in zip(axes, metrics):
+        for method in _methods(df):
+            sub = _metric(df, metric, method).dropna(subset=["value"])
+            if sub.empty:
+                continue
+            sub = sub.sort_values("step").assign(
+                value=lambda d: d.groupby("run_id").value.transform(lambda v: v.rolling(window, min_periods=1).mean()))
+            _plot_band(ax, band(sub, "step"), "step", method)
+        ax.set(xlabel="training step", ylabel=metric.split("/")[-1].replace("_", "-"))
+        if "auroc" in metric:
+            ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        else:
+            ax.axhline(0.0, color="grey", lw=0.8, ls=":")
+    return _finish(fig, axes, f"Reward quality on the unlabeled rows (rolling mean over {window} steps)")
+
+
+def diversity(df: pd.DataFrame):
+    """Left: pass@j against j at the final evaluation. Right: distinct answers per question
+    against step."""
+    fig, (left, right) = _figure(2)
+    pass_keys = sorted({m for m in df.metric.unique() if m.startswith("eval/pass_at_") and m[13:].isdigit()},
+                       key=lambda m: int(m[13:]))
+    for method in _methods(df):
+        sub = df[(df.method == method) & df.metric.isin(pass_keys)]
+        if not sub.empty:
+            last = sub.groupby("run_id").step.transform("max")
+            final = sub[sub.step == last].assign(k=lambda d: d.metric.str[13:].astype(int))
+            _plot_band(left, band(final, "k"), "k", method)
+        distinct = _metric(df, "eval/distinct_answers", method)
+        if not distinct.empty:
+            _plot_band(right, band(distinct, "step"), "step", method)
+    left.set(xlabel="k (samples per question)", ylabel="pass@k at the final step")
+    right.set(xlabel="training step", ylabel="distinct answers per question")
+    return _finish(fig, [left, right], "Diversity: pass@k and distinct answers (mean over seeds, 95% CI)")
+
+
+def recal_sweep(df: pd.DataFrame, runs: pd.DataFrame, metric: str = "eval/mean_at_k",
+                param: str = "params.methods.tempo.recal_interval"):
+    """The recalibration-interval sweep: final accuracy and the critic's cost (critic training +
+    E-step rollout tokens) against K, one point per run, mean and 95% CI per K."""
+    if param not in runs:
+        raise ValueError(f"the runs have no parameter {param!r}: not a recalibration-interval sweep")
+    k_of = runs.set_index("run_id")[param].map(_interval)
+    finals = _final(df, metric).assign(K=lambda d: d.run_id.map(k_of))
+    costs = (_final(df, "tokens/critic").set_index("run_id").value
+             .add(_final(df, "tokens/estep_rollout").set_index("run_id").value, fill_value=0))
+    costs = costs.rename("value").reset_index().assign(K=lambda d: d.run_id.map(k_of))
+    order = sorted({k for k in k_of.dropna()}, key=lambda k: math.inf if k == NEVER else float(k))
+    fig, (left, right) = _figure(2)
+    for ax, data, label in ((left, finals, f"final {metric.split('/')[-1].replace('_at_', '@')}"),
+                            (right, costs, "critic tokens (training + E-step rollouts)")):
+        data = data.dropna(subset=["K"]).assign(x=lambda d: d.K.map(order.index))
+        table = band(data.rename(columns={"x": "xpos"}), "xpos")
+        ax.errorbar(table.xpos, table["mean"], yerr=[table["mean"] - table["low"].fillna(table["mean"]),
+                                                     table["high"].fillna(table["mean"]) - table["mean"]],
+                    color=_color("tempo"), marker="o", capsize=3, label=LABELS["tempo"])
+        ax.scatter(data.x, data.value, color=_color("tempo"), alpha=0.35, s=12)
+        ax.set_xticks(range(len(order)), [str(k) for k in order])
+        ax.set(xlabel="recalibration interval K (steps between E-steps)", ylabel=label)
+    return _finish(fig, [left, right], "TEMPO's recalibration interval (points: runs; bars: mean, 95% CI)")
+
+
+def _interval(value) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return NEVER if str(value) in ("None", "null", "") else str(int(float(value)))
+
+
+def _final(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    sub = _metric(df, metric)
+    return sub[sub.step == sub.groupby("run_id").step.transform("max")][["run_id", "seed", "value"]]
+
+
+def reliability_diagram(reliability: dict[int, dict], steps: list[int] | None = None):
+    """The critic's reliability diagram at chosen E-steps: observed accuracy against predicted
+    P(correct) per bin, before and after the recalibration (marker area ~ rows in the bin).
+    reliability: E-step -> {"before": bins, "after": bins} (the run's critic/reliability_*.json)."""
+    if not reliability:
+        raise ValueError("no reliability data: the run made no E-step")
+    steps = steps or _spread(sorted(reliability), 3)
+    fig, axes = _figure(len(steps), width=3.6)
+    for ax, step in zip(axes, steps):
+        for when, color, style in (("before", (0.55, 0.55, 0.55), "--"), ("after", _color("tempo"), "-")):
+            bins = reliability[step][when]
+            total = sum(b["count"] for b in bins) or 1
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], style, color=color,
+                    label=f"{when} E-step")
+            ax.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins], color=color,
+                       s=[400 * b["count"] / total + 8 for b in bins], alpha=0.7)
+        ax.plot([0, 1], [0, 1], color="black", lw=0.8, ls=":")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted P(correct)", ylabel="observed accuracy",
+               title=f"E-step at step {step}")
+    return _finish(fig, axes, "Critic reliability on fresh labeled rollouts")
+
+
+def _spread(items: list, n: int) -> list:
+    if len(items) <= n:
+        return items
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
+
+
+ALL_FIGURES = ("accuracy_vs_step", "accuracy_vs_compute", "reward_quality", "diversity", "recal_sweep",
+               "reliability")

@@ -1,0 +1,137 @@
+"""analysis/: the MLflow loader (tidy frame, parquet cache, raw samples), the figure functions
+and `tempo-bench figures`, on a small store built here by `tempo-bench compare`."""
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import figures as F
+from analysis.runs import COLUMNS, load_experiment, load_reliability, load_rollouts, load_run_table, recompute_at_k
+from tempo_bench.cli import main
+
+matplotlib.use("Agg")
+EXPERIMENT = "compare-toy-smoke"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """2 methods x 2 seeds, 3 steps each, evaluated every step."""
+    out = tmp_path_factory.mktemp("store")
+    assert main(["compare", "--preset", "toy-smoke", "--methods", "standard_ttt,tempo", "--seeds", "0,1",
+                 "--out", str(out), "--set", "train.steps=3", "--set", "eval.size=8", "--set", "threads=1"]) == 0
+    return out, f"sqlite:///{out / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def frame(store):
+    return load_experiment(EXPERIMENT, store[1])
+
+
+def test_loader_gives_one_tidy_row_per_logged_value(store, frame):
+    from mlflow.tracking import MlflowClient
+
+    assert list(frame.columns) == COLUMNS
+    assert sorted(frame.groupby(["method", "seed"]).run_id.nunique().items()) == [
+        (("standard_ttt", 0), 1), (("standard_ttt", 1), 1), (("tempo", 0), 1), (("tempo", 1), 1)]
+    client = MlflowClient(tracking_uri=store[1])
+    run_id = frame.run_id.iloc[0]
+    history = client.get_metric_history(run_id, "eval/mean_at_k")
+    sub = frame[(frame.run_id == run_id) & (frame.metric == "eval/mean_at_k")]
+    assert sub.step.tolist() == [m.step for m in history] == [0, 1, 2, 3]
+    assert sub.value.tolist() == [m.value for m in history]
+    # tokens: rollout + policy + critic + E-step rollout tokens at that step, cumulative
+    tempo = frame[frame.method == "tempo"]
+    run = tempo[tempo.run_id == tempo.run_id.iloc[0]]
+    at = run[run.step == 2].set_index("metric").value
+    expected = sum(at.get(k, 0.0) for k in ("tokens/rollout", "tokens/policy", "tokens/critic", "tokens/estep_rollout"))
+    assert (run[run.step == 2].tokens == expected).all() and expected > 0
+    assert (run[run.step == 0].tokens == 0).all()
+    assert (frame.trial == -1).all()
+
+
+def test_loader_cache_reuses_finished_runs(store, frame, tmp_path, monkeypatch):
+    import analysis.runs as R
+
+    first = load_experiment(EXPERIMENT, store[1], cache_dir=tmp_path)
+    monkeypatch.setattr(R, "_run_rows", lambda *a: pytest.fail("a finished run was fetched again"))
+    again = load_experiment(EXPERIMENT, store[1], cache_dir=tmp_path)
+    pd.testing.assert_frame_equal(first, again)
+    pd.testing.assert_frame_equal(first, frame)
+
+
+def test_unknown_experiment_names_the_ones_there(store):
+    with pytest.raises(ValueError, match=f"no experiment 'nope'.*{EXPERIMENT}"):
+        load_experiment("nope", store[1])
+
+
+def test_pass_and_maj_recomputed_from_raw_samples_equal_the_logged(store, frame):
+    runs = load_run_table(EXPERIMENT, store[1])
+    assert set(runs.columns) >= {"run_id", "method", "seed", "trial", "params.train.lr"}
+    run_id = runs.run_id.iloc[0]
+    samples = load_rollouts(run_id, store[1])
+    assert set(samples.step) == {0, 1, 2, 3}
+    again = recompute_at_k(samples, k=4).set_index("step")
+    logged = frame[frame.run_id == run_id].pivot_table(index="step", columns="metric", values="value")
+    assert np.allclose(again["pass_at_4"], logged.loc[again.index, "eval/pass_at_k"])
+    assert np.allclose(again["maj_at_4"], logged.loc[again.index, "eval/maj_at_k"])
+    assert np.allclose(recompute_at_k(samples, k=2)["pass_at_2"], logged.loc[again.index, "eval/pass_at_2"])
+    with pytest.raises(ValueError, match="only 4 samples"):
+        recompute_at_k(samples, k=5)
+
+
+def line_labels(ax) -> list[str]:
+    return [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+
+
+def test_figures_draw_one_line_per_method(store, frame):
+    for make in (F.accuracy_vs_step, F.accuracy_vs_compute):
+        fig = make(frame)
+        (ax,) = fig.axes
+        assert line_labels(ax) == ["standard TTT", "TEMPO"]
+        assert ax.get_xlabel() and ax.get_ylabel() and len(ax.collections) == 2  # the CI bands
+        colors = [line.get_color() for line in ax.get_lines()]
+        assert colors == [F.method_colors()["standard_ttt"], F.method_colors()["tempo"]]
+    quality = F.reward_quality(frame)
+    assert [line_labels(ax) for ax in quality.axes] == [["standard TTT", "TEMPO"]] * 2
+    left, right = F.diversity(frame).axes
+    pass_line = left.get_lines()[0]
+    assert list(pass_line.get_xdata()) == [1, 2, 3, 4]  # pass@1..pass@4 at the final step
+    assert np.all(np.diff(pass_line.get_ydata()) >= -1e-12)  # pass@k grows with k
+    assert line_labels(right) == ["standard TTT", "TEMPO"]
+    reliability = load_reliability(frame[frame.method == "tempo"].run_id.iloc[0], store[1])
+    assert sorted(reliability) == [1, 2, 3]
+    fig = F.reliability_diagram(reliability)
+    assert len(fig.axes) == 3 and fig.axes[0].get_title() == "E-step at step 1"
+
+
+def test_recal_sweep_figure_on_a_constructed_sweep():
+    """Three K values (one 'never') x 2 seeds: final accuracy and critic cost per K."""
+    rows, runs = [], []
+    for i, (k, acc, cost) in enumerate([(1, 0.8, 900), (1, 0.7, 1100), (5, 0.6, 300), (5, 0.5, 200),
+                                        (None, 0.4, 0), (None, 0.3, 0)]):
+        run_id = f"r{i}"
+        runs.append({"run_id": run_id, "method": "tempo", "params.methods.tempo.recal_interval": str(k)})
+        for metric, value in (("eval/mean_at_k", acc), ("tokens/critic", cost / 2), ("tokens/estep_rollout", cost / 2)):
+            rows.append({"run_id": run_id, "method": "tempo", "seed": i % 2, "trial": i // 2, "step": 10,
+                         "tokens": 0.0, "metric": metric, "value": value})
+    fig = F.recal_sweep(pd.DataFrame(rows), pd.DataFrame(runs))
+    left, right = fig.axes
+    assert [t.get_text() for t in left.get_xticklabels()] == ["1", "5", "never"]
+    means = left.get_lines()[0].get_ydata()
+    assert np.allclose(means, [0.75, 0.55, 0.35]) and np.allclose(right.get_lines()[0].get_ydata(), [1000, 250, 0])
+    with pytest.raises(ValueError, match="not a recalibration-interval sweep"):
+        F.recal_sweep(pd.DataFrame(rows), pd.DataFrame(runs).drop(columns="params.methods.tempo.recal_interval"))
+
+
+def test_figures_command_writes_figures_and_tables_and_names_what_is_missing(store, tmp_path, capsys):
+    out = tmp_path / "figs"
+    assert main(["figures", "--experiment", EXPERIMENT, "--tracking-uri", store[1], "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for name in ("accuracy_vs_step", "accuracy_vs_compute", "reward_quality", "diversity", "reliability"):
+        assert (out / f"{name}.png").stat().st_size > 10_000 and (out / f"{name}.pdf").is_file()
+    assert "skipped recal_sweep" in text and "tempo-bench sweep sweeps/recal_interval.yaml" in text
+    table = (out / "results.md").read_text()
+    assert "| standard_ttt | 2 |" in table and "| tempo | 2 |" in table and "P(TEMPO > method)" in table
+    assert "\\begin{tabular}" in (out / "results.tex").read_text()
+    assert main(["figures", "--experiment", "nope", "--tracking-uri", store[1], "--out", str(out)]) == 2
