@@ -36,7 +36,7 @@ def load_eval_set(task: str, data: str | None, limit: int | None) -> EvalSet:
 
         toy = load_toy_task(ToyTaskConfig(test_size=64, labeled_size=0))
         questions = toy.test[:limit] if limit else toy.test
-        return EvalSet("generic", questions, toy.answer_key, toy.grader)
+        return EvalSet("toy", questions, toy.answer_key, toy.grader)
     from tempo_bench.tasks.real import get_task
 
     real = get_task(task)

@@ -114,6 +114,8 @@ class RolloutConfig(_Strict):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(96, ge=1)
+    merge_lora: bool = Field(True, description="hf backend: sample from a merged copy of the weights "
+                             "(faster; a second copy of the base model in memory)")
 
 
 class TrainConfig(_Strict):
@@ -129,6 +131,9 @@ class TrainConfig(_Strict):
     minibatches: int = Field(1, ge=1, description="optimiser steps per pass")
     micro_batch_rows: int | None = Field(
         None, ge=1, description="rows per forward/backward, gradients accumulated (None: a whole minibatch)")
+    length_buckets: int = Field(
+        4, ge=1, description="sort each minibatch by length into this many micro-batches (less padding; "
+        "the gradient is the same)")
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every this many steps (0: never)")
     budget_tokens: int | None = Field(
         None, ge=1, description="stop once rollout + policy + critic tokens reach this (equal compute)"
@@ -147,6 +152,7 @@ class CriticConfig(_Strict):
     cliprange_value: float = Field(0.1, gt=0, description="value clip around the pre-update values")
     minibatch_rows: int = Field(256, ge=1, description="rows per optimiser step")
     micro_batch_rows: int | None = Field(None, ge=1, description="rows per forward pass (None: a whole minibatch)")
+    length_buckets: int = Field(4, ge=1, description="rows sorted by length into this many passes (less padding)")
     estep_questions: int = Field(16, ge=1, description="labeled questions rolled out per E-step")
     estep_samples: int = Field(8, ge=1)
     estep_epochs: int = Field(1, ge=1, description="passes over an E-step's rollouts")

@@ -40,10 +40,12 @@ class StateIndex:
 class Critic:
     """A value model and its optimiser."""
 
-    def __init__(self, model, lr: float, weight_decay: float, grad_clip: float, micro_batch_rows: int | None = None):
+    def __init__(self, model, lr: float, weight_decay: float, grad_clip: float, micro_batch_rows: int | None = None,
+                 length_buckets: int = 4):
         self.model = model
         self.lr, self.weight_decay, self.grad_clip = lr, weight_decay, grad_clip
         self.micro_batch_rows = micro_batch_rows  # rows per forward pass (memory), None: all
+        self.length_buckets = length_buckets  # rows sorted by length into this many passes (padding)
         self.optimizer = torch.optim.AdamW(self._params(), lr=lr, weight_decay=weight_decay)
 
     @classmethod
@@ -77,7 +79,7 @@ class Critic:
 
             model = get_peft_model(model, peft_config(lora_cfg, "TOKEN_CLS"))
         model = place(model, model_cfg)
-        return cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.micro_batch_rows)
+        return cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.micro_batch_rows, cfg.length_buckets)
 
     def _params(self):
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -85,7 +87,8 @@ class Critic:
     def clone(self) -> "Critic":
         """An independent copy (weights and optimiser state): each run starts from the same
         starting critic without touching the shared one."""
-        other = Critic(copy.deepcopy(self.model), self.lr, self.weight_decay, self.grad_clip, self.micro_batch_rows)
+        other = Critic(copy.deepcopy(self.model), self.lr, self.weight_decay, self.grad_clip, self.micro_batch_rows,
+                       self.length_buckets)
         other.optimizer.load_state_dict(copy.deepcopy(self.optimizer.state_dict()))
         return other
 
@@ -105,7 +108,8 @@ class Critic:
         self.model.eval()
         states = StateIndex.of(batch)
         values = torch.zeros(states.mask.shape)
-        for rows in micro_batches(torch.arange(states.mask.shape[0]), self.micro_batch_rows):
+        lengths = batch.attention.sum(1)
+        for rows in micro_batches(torch.arange(states.mask.shape[0]), self.micro_batch_rows, lengths, self.length_buckets):
             part = self.state_values(select_rows(batch, rows)).cpu()
             values[rows, : part.shape[1]] = part
         self.model.train(was_training)
@@ -139,7 +143,7 @@ class Critic:
                 total = float(StateIndex.of(select_rows(batch, minibatch)).mask.sum())
                 self.optimizer.zero_grad(set_to_none=True)
                 step_loss = 0.0
-                for rows in micro_batches(minibatch, self.micro_batch_rows):
+                for rows in micro_batches(minibatch, self.micro_batch_rows, batch.attention.sum(1), self.length_buckets):
                     mb = select_rows(batch, rows)
                     states = StateIndex.of(mb)
                     values = self.state_values(mb, states).cpu()
@@ -181,7 +185,7 @@ class Critic:
         else:
             model = AutoModelForTokenClassification.from_pretrained(out_dir, **model_kwargs(model_cfg))
         model = place(model, model_cfg)
-        critic = cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.micro_batch_rows)
+        critic = cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.micro_batch_rows, cfg.length_buckets)
         state = out_dir / "optimizer.pt"
         if state.is_file():
             critic.optimizer.load_state_dict(torch.load(state, weights_only=True, map_location="cpu"))

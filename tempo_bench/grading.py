@@ -225,3 +225,21 @@ class Grader:
 
 
 GENERIC = Grader()
+
+
+class NumericGrader(Grader):
+    """For tasks whose gold answers are integers or decimals (the toy): numbers compare exactly
+    on their canonical form, anything else only as the identical string. math-verify is never
+    called: a malformed final answer ("|66", "14J1") costs no sympy parse, and cannot be read as a
+    number it does not spell."""
+
+    name = "numeric"
+
+    def equivalent(self, gold: str, extracted: str | None) -> bool:
+        if extracted is None:
+            return False
+        a, b = canonical_number(gold), canonical_number(extracted)
+        return a == b if a is not None and b is not None else gold.strip() == extracted.strip()
+
+
+NUMERIC = NumericGrader()

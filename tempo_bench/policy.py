@@ -141,6 +141,24 @@ def load_policy(model_cfg, lora_cfg):
     return get_peft_model(base, peft_config(lora_cfg, "CAUSAL_LM"))
 
 
+def merged_lora_weights(policy) -> list[tuple[str, torch.Tensor]]:
+    """(name, W + delta) of every LoRA-targeted weight of a peft model, named as in the base
+    checkpoint (what a plain copy of the base model, or vLLM's ``load_weights``, expects). The
+    training model is not modified (no merge/unmerge round trip, which drifts bf16 weights)."""
+    from peft.tuners.lora import LoraLayer
+
+    out = []
+    for name, module in policy.named_modules():
+        if isinstance(module, LoraLayer) and module.active_adapters:
+            weight = module.get_base_layer().weight
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
+            base_name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+            out.append((base_name + ".weight", weight.detach()))
+    return out
+
+
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -193,9 +211,17 @@ def response_logits(model, batch: TrainBatch) -> torch.Tensor:
     return logits.gather(1, index)
 
 
-def micro_batches(rows: torch.Tensor, size: int | None) -> list[torch.Tensor]:
-    """Row indices split into micro-batches of at most ``size`` rows (None: one)."""
-    return list(rows.split(size)) if size else [rows]
+def micro_batches(rows: torch.Tensor, size: int | None, lengths: torch.Tensor | None = None,
+                  buckets: int = 1) -> list[torch.Tensor]:
+    """Row indices split into micro-batches of at most ``size`` rows (None: no limit). With
+    ``buckets`` > 1 the rows are first sorted by ``lengths`` and cut into that many groups of
+    similar length, so that each micro-batch pads to its own longest row, not the batch's."""
+    if buckets > 1 and lengths is not None and len(rows) > 1:
+        rows = rows[torch.argsort(lengths[rows], stable=True)]
+        groups = list(rows.chunk(min(buckets, len(rows))))
+    else:
+        groups = [rows]
+    return [part for group in groups for part in (group.split(size) if size else [group])]
 
 
 @torch.no_grad()
@@ -228,6 +254,7 @@ def policy_update(
     device = next(model.parameters()).device
     rows = batch.input_ids.shape[0]
     one_update = train_cfg.ppo_epochs == 1 and train_cfg.minibatches == 1
+    lengths = batch.attention.sum(1)
     old_logp = None
     if not one_update:  # several updates on one batch: the ratio needs the pre-update policy
         old_logp = sampled_logprobs(model, batch, temperature, train_cfg.micro_batch_rows)
@@ -238,7 +265,7 @@ def policy_update(
             total = float(batch.mask[minibatch].sum()) if by_tokens else float(len(minibatch))
             optimizer.zero_grad(set_to_none=True)
             step_stats: dict[str, float] = {}
-            for micro in micro_batches(minibatch, train_cfg.micro_batch_rows):
+            for micro in micro_batches(minibatch, train_cfg.micro_batch_rows, lengths, train_cfg.length_buckets):
                 mb = select_rows(batch, micro)
                 logits = response_logits(model, mb) / temperature
                 logp = token_logprobs(logits, mb.response_ids.to(device))

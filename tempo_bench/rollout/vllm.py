@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from tempo_bench.policy import merged_lora_weights
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's kernels are built for
@@ -38,27 +39,6 @@ def _import_vllm():
             "pip install 'tempo-bench[vllm]', or use rollout.backend=hf"
         ) from None
     return vllm
-
-
-def merged_lora_weights(policy) -> list[tuple[str, torch.Tensor]]:
-    """(name, W + delta) of every LoRA-targeted weight of a peft model, named as in the base
-    checkpoint (what vLLM's ``load_weights`` expects). The training model is not modified (no
-    merge/unmerge round trip, which would drift the base weights in bf16)."""
-    from peft.tuners.lora import LoraLayer
-
-    out = []
-    for name, module in policy.named_modules():
-        if isinstance(module, LoraLayer) and module.active_adapters:
-            weight = module.get_base_layer().weight
-            for adapter in module.active_adapters:
-                if adapter in module.lora_A:
-                    weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
-            out.append((_base_name(name) + ".weight", weight.detach()))
-    return out
-
-
-def _base_name(peft_name: str) -> str:
-    return peft_name.removeprefix("base_model.model.").replace(".base_layer", "")
 
 
 class VLLMBackend(RolloutBackend):

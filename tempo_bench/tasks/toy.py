@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tempo_bench.grading import NUMERIC
 from tempo_bench.tasks.base import AnswerKey, LabeledQuestion, Question, TaskData
 from tempo_bench.toy.task import sample_questions
 
@@ -22,9 +23,10 @@ def load_toy_task(config) -> TaskData:
     return TaskData(
         name="toy_addition",
         test=[Question(id=f"test-{i}", prompt=q.prompt) for i, q in enumerate(test)],
-        answer_key=AnswerKey({f"test-{i}": q.answer for i, q in enumerate(test)}),
+        answer_key=AnswerKey({f"test-{i}": q.answer for i, q in enumerate(test)}, NUMERIC),
         labeled=[
             LabeledQuestion(id=f"lab-{i}", prompt=q.prompt, answer=q.answer)
             for i, q in enumerate(labeled)
         ],
+        grader=NUMERIC,  # integer answers: exact, and no sympy parse of malformed ones
     )

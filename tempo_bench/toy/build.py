@@ -27,7 +27,7 @@ def score_checkpoint(model_dir: Path, k: int = 8, max_new_tokens: int = 96, seed
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     backend = HFBackend(model, tokenizer)
     torch.manual_seed(seed)
-    values, rows, _ = evaluate(backend, task.test, task.answer_key, EvalConfig(k=k), max_new_tokens)
+    values, rows, _ = evaluate(backend, task.test, task.answer_key, EvalConfig(k=k), max_new_tokens, task.grader)
     scores = {
         "test_questions": len(task.test),
         "greedy_acc": values["eval/greedy_acc"],
