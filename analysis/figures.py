@@ -22,10 +22,17 @@ LABELS = {
 NEVER = "never"  # the x label of recal_interval = None (no E-step after the start)
 
 
+# indices into seaborn's colour-blind palette: hues far apart for the four methods the paper
+# compares, grey (dashed) for the oracle
+PALETTE_INDEX = {"standard_ttt": 0, "fixed_critic": 1, "online_critic": 2, "tempo": 4, "labeled_rlvr": 5,
+                 "empo": 9, "oracle": 7}
+
+
 def method_colors() -> dict[str, tuple]:
     import seaborn as sns
 
-    return dict(zip(ALL_METHODS, sns.color_palette("colorblind", len(ALL_METHODS))))
+    palette = sns.color_palette("colorblind", 10)
+    return {m: palette[i] for m, i in PALETTE_INDEX.items()}
 
 
 def _methods(df: pd.DataFrame) -> list[str]:
@@ -58,7 +65,8 @@ def band(values: pd.DataFrame, x: str) -> pd.DataFrame:
 
 def _plot_band(ax, table: pd.DataFrame, x: str, method: str) -> None:
     color = _color(method)
-    ax.plot(table[x], table["mean"], color=color, label=LABELS.get(method, method), lw=1.8)
+    ax.plot(table[x], table["mean"], color=color, label=LABELS.get(method, method), lw=1.8,
+            ls="--" if method == "oracle" else "-")
     ok = table.dropna(subset=["low", "high"])
     ax.fill_between(ok[x], ok["low"], ok["high"], color=color, alpha=0.2, lw=0)
 
@@ -70,8 +78,8 @@ def _metric(df: pd.DataFrame, metric: str, method: str | None = None) -> pd.Data
 
 def _finish(fig, axes, title: str | None = None):
     handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        axes[-1].legend(handles, labels, fontsize=8, frameon=False, loc="best")
+    if handles:  # outside the plots, so that no line hides behind it
+        axes[-1].legend(handles, labels, fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()

@@ -107,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
     fg.add_argument("--refresh", action="store_true", help="ignore the parquet cache of finished runs")
     fg.set_defaults(func=cmd_figures)
 
+    bn = sub.add_parser("bench", help="speed and memory side by side: a step against TRL, rollouts against "
+                        "generate, sweep sharing, peak RSS, a step profile (about 10 minutes on 2 cores)")
+    bn.add_argument("--out", help="write the results as JSON to this file")
+    bn.add_argument("--only", help="comma-separated sections: trl, rollout, sweep, memory, profile")
+    bn.add_argument("--threads", type=int, default=2, help="torch threads in the measured runs (default 2)")
+    bn.set_defaults(func=cmd_bench)
+
     toy = sub.add_parser("toy-model", help="the embedded tiny model")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
     build = toy_sub.add_parser("build", help="pretrain the toy model deterministically and score it")
@@ -373,6 +380,23 @@ def cmd_figures(args) -> int:
         raise ConfigError(str(err)) from None
     print(f"{len(written)} files in {args.out}")
     return 0
+
+
+def cmd_bench(args) -> int:
+    try:
+        from benchmarks.run import SECTIONS, main as bench_main
+    except ImportError as err:
+        raise ConfigError(f"the benchmarks need the bench extra: pip install -e '.[bench]' ({err})") from None
+    sections = args.only.split(",") if args.only else SECTIONS
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"unknown bench sections {unknown}; choose from {', '.join(SECTIONS)}")
+    if "trl" in sections:
+        try:
+            import trl  # noqa: F401
+        except ImportError:
+            raise ConfigError("the TRL comparison needs TRL: pip install -e '.[bench]' (or --only without trl)") from None
+    return bench_main(args.out, sections, args.threads)
 
 
 def cmd_toy_build(args) -> int:

@@ -1,0 +1,57 @@
+"""Rollout speed: the hf backend against bare ``model.generate`` on the same batch (same model,
+prompts, samples per prompt, max new tokens, temperature), and against a teacher-forced forward
+pass over the tokens the backend produced (a floor: the same tokens, computed in parallel)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+
+def _best_of(fn, reps: int) -> float:
+    times = []
+    for rep in range(reps):
+        torch.manual_seed(rep)
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def compare_rollouts(prompts: int = 16, n: int = 8, max_new_tokens: int = 80, reps: int = 5, threads: int = 2) -> dict:
+    from tempo_bench.config import LoraConfig, ModelConfig, ToyTaskConfig
+    from tempo_bench.critic_ops import generation_batch
+    from tempo_bench.policy import load_policy, load_tokenizer
+    from tempo_bench.rollout import SamplingParams, get_backend
+    from tempo_bench.tasks import load_task_data
+
+    torch.set_num_threads(threads)
+    tokenizer = load_tokenizer("toy")
+    policy = load_policy(ModelConfig(), LoraConfig())
+    texts = [q.prompt for q in load_task_data(ToyTaskConfig()).test[:prompts]]
+    backend = get_backend("hf")(policy, tokenizer)
+    sampling = SamplingParams(n=n, temperature=1.0, max_new_tokens=max_new_tokens)
+    ours = _best_of(lambda: backend.generate(texts, sampling), reps)
+
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, ids))
+    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id)
+    attention = torch.zeros_like(input_ids)
+    for row, x in enumerate(ids):
+        input_ids[row, width - len(x):] = torch.tensor(x)
+        attention[row, width - len(x):] = 1
+    policy.eval()
+    bare = _best_of(lambda: policy.generate(
+        input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+        max_new_tokens=max_new_tokens, num_return_sequences=n, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id), reps)
+    torch.manual_seed(0)
+    generation = backend.generate(texts, sampling)
+    batch = generation_batch(generation, tokenizer.pad_token_id)
+    forward = _best_of(lambda: policy(input_ids=batch.input_ids, attention_mask=batch.attention), reps)
+    return {"ours_rollout_s": ours, "generate_rollout_s": bare, "forward_floor_s": forward,
+            "rollout_overhead_vs_generate": ours / bare, "rollout_vs_forward_floor": ours / forward,
+            "rollout_tokens": generation.num_tokens, "rows": prompts * n}
