@@ -107,6 +107,15 @@ def _parser() -> argparse.ArgumentParser:
     fg.add_argument("--refresh", action="store_true", help="ignore the parquet cache of finished runs")
     fg.set_defaults(func=cmd_figures)
 
+    pr = sub.add_parser("probe", help="before TTT: can the critic rank test answers better than majority "
+                        "vote? (within-question AUROC, before and after recalibration)")
+    pr.add_argument("--preset", required=True)
+    pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pr.add_argument("--k", type=int, default=8, help="samples per test question (default 8)")
+    pr.add_argument("--estep-rounds", type=int, default=4, help="E-steps before the second measurement")
+    pr.add_argument("--out", help="write the results as JSON to this file")
+    pr.set_defaults(func=cmd_probe)
+
     bn = sub.add_parser("bench", help="speed and memory side by side: a step against TRL, rollouts against "
                         "generate, sweep sharing, peak RSS, a step profile (about 10 minutes on 2 cores)")
     bn.add_argument("--out", help="write the results as JSON to this file")
@@ -380,6 +389,18 @@ def cmd_figures(args) -> int:
         raise ConfigError(str(err)) from None
     print(f"{len(written)} files in {args.out}")
     return 0
+
+
+def cmd_probe(args) -> int:
+    from tempo_bench.config import load_config
+    from tempo_bench.policy import check_model
+    from tempo_bench.probe import main as probe_main
+
+    config = load_config(args.preset, list(args.overrides))
+    if config.task.labeled_size <= config.critic.probe_questions:
+        raise ConfigError("the probe needs a labeled pool larger than critic.probe_questions")
+    check_model(config.model.path)
+    return probe_main(config, args.k, args.estep_rounds, args.out)
 
 
 def cmd_bench(args) -> int:
