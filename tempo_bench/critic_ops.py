@@ -81,9 +81,15 @@ class CriticOps:
     estep_count: int = 0
     tokens: dict[str, int] = field(default_factory=lambda: {"tokens/critic": 0, "tokens/estep_rollout": 0})
     _probe_cache: tuple[int, dict] | None = None
+    _probe_rollouts: tuple[int, Generation, np.ndarray] | None = None  # (step, probe samples, truth)
 
     def _rollout_labeled(self, questions: list[LabeledQuestion], n: int) -> tuple[Generation, np.ndarray]:
         return rollout_labeled(self.backend, questions, n, self.sampling, self.grader)
+
+    def _has_probe_rollouts(self, step: int) -> bool:
+        """Probe samples of the policy of ``step`` exist (the policy does not change within a step
+        after the M-step, so the E-step's call and the later probe share them)."""
+        return self._probe_rollouts is not None and self._probe_rollouts[0] == step
 
     def counters(self) -> dict[str, float]:
         """Cumulative critic compute, logged every step for accuracy-against-compute plots."""
@@ -94,9 +100,18 @@ class CriticOps:
         questions drawn from the pool (seeded by step)."""
         rng = random.Random(self.seed * 7_919 + step)
         questions = rng.sample(self.pool, min(self.cfg.estep_questions, len(self.pool)))
+        # the probe of this step samples the same policy: one generate call for both (the per-token
+        # cost of a sampling loop is paid once)
+        with_probe = (step % self.cfg.probe_every == 0 and self.cfg.probe_samples == self.cfg.estep_samples
+                      and bool(self.probe_questions) and not self._has_probe_rollouts(step))
+        extra = self.probe_questions if with_probe else []
         with torch.random.fork_rng():
             torch.manual_seed(self.seed * 104_729 + step)
-            generation, correct = self._rollout_labeled(questions, self.cfg.estep_samples)
+            generation, correct = self._rollout_labeled(questions + extra, self.cfg.estep_samples)
+        if with_probe:
+            probe_ids = range(len(questions), len(questions) + len(extra))
+            self._probe_rollouts = (step, generation.prompts(probe_ids), correct[len(questions):])
+            generation, correct = generation.prompts(range(len(questions))), correct[: len(questions)]
         self.tokens["tokens/estep_rollout"] += generation.num_tokens
         batch = generation_batch(generation, self.pad_id)
         targets = torch.as_tensor(correct.reshape(-1), dtype=torch.float) * 2 - 1
@@ -127,9 +142,11 @@ class CriticOps:
         most once per step and critic state)."""
         if self._probe_cache is not None and self._probe_cache[0] == step:
             return self._probe_cache[1]
-        with torch.random.fork_rng():
-            torch.manual_seed(self.seed * 15_485_863 + step)
-            generation, correct = self._rollout_labeled(self.probe_questions, self.cfg.probe_samples)
+        if not self._has_probe_rollouts(step):
+            with torch.random.fork_rng():
+                torch.manual_seed(self.seed * 15_485_863 + step)
+                self._probe_rollouts = (step, *self._rollout_labeled(self.probe_questions, self.cfg.probe_samples))
+        _, generation, correct = self._probe_rollouts
         _, final = self.critic.score(generation_batch(generation, self.pad_id))
         values = critic_quality(final.reshape(correct.shape).numpy(), correct)
         result = {f"critic/probe/{k}": v for k, v in values.items()}

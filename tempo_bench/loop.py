@@ -1,6 +1,6 @@
 """The TTT loop (DESIGN section 3), read top to bottom. Every phase is named and timed:
 
-    rollout -> grade -> reward -> advantage -> policy -> critic -> sync -> eval -> log
+    rollout -> grade -> reward -> advantage -> policy -> sync -> critic -> eval -> log
 
 Methods differ only in ``rewards``, ``advantages`` and their critic schedule. The hidden answers
 of the test questions (``task.answer_key``) are used only by the metrics code below (``truth``,
@@ -165,6 +165,7 @@ def run_ttt(
     first_step, logged_until = 1, -1
     if resume:
         first_step, logged_until = _resume(out_dir, logger, policy, optimizer, ops, method, result, tokens, config)
+        backend.sync_weights()  # the restored adapter, not the one the starting critic was built with
 
     def checkpoint(step: int) -> None:
         state = {"run_id": logger.run_id, "tokens": tokens, "method": method.state_dict(),
@@ -241,12 +242,12 @@ def run_ttt(
                 f"step {step}, phase {timer.current!r}: {err}; checkpoint of step {step - 1} saved in "
                 f"{out_dir / 'checkpoints'}" if step > 1 else f"step {step}, phase {timer.current!r}: {err}"
             ) from None
+        with timer.phase("sync"):  # before the critic phase: E-step rollouts sample the updated policy
+            backend.sync_weights()
         critic_stats = {}
         if ops is not None:
             with timer.phase("critic"):
                 critic_stats = method.update_critic(step, batch, ops)
-        with timer.phase("sync"):
-            backend.sync_weights()
         if ops is not None and step % config.critic.probe_every == 0:
             with timer.phase("critic_probe"):
                 critic_stats.update(critic_diagnostics(ops, batch, truth, step))

@@ -41,6 +41,13 @@ class Generation:
     def num_tokens(self) -> int:
         return sum(len(t) for t in self.token_ids)
 
+    def prompts(self, indices) -> "Generation":
+        """The samples of the prompts at ``indices`` (in that order), as a Generation of their own."""
+        rows = [r for i in indices for r in self.group(i)]
+        return Generation(self.n, [self.prompt_ids[i] for i in indices], [self.token_ids[r] for r in rows],
+                          [self.logprobs[r] for r in rows], [self.texts[r] for r in rows],
+                          [self.finished[r] for r in rows])
+
 
 class RolloutBackend(ABC):
     """Generates from the current policy. ``sync_weights`` is called after every policy update
