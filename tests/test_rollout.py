@@ -49,3 +49,31 @@ def test_questions_for_step_cover_each_epoch_once():
     assert sorted(seen[10:20]) == sorted(q.id for q in questions)  # epoch 1: another one
     assert seen[:10] != seen[10:20]
     assert seen == [q.id for step in range(1, 6) for q in questions_for_step(questions, step, 4, seed=0)]
+
+
+def test_merged_sampling_copy_follows_the_policy_after_sync():
+    """The hf backend samples from a merged copy of the weights: after sync_weights it generates
+    what the live LoRA model generates; before it, the previous weights (hence the loop syncs right
+    after every policy update)."""
+    tokenizer = load_tokenizer("toy")
+    policy = load_policy(ModelConfig(), LoraConfig())
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    merged = get_backend("hf")(policy, tokenizer)
+    live = get_backend("hf")(policy, tokenizer, merge_lora=False)
+    prompts = ["Q:347+285\n", "Q:12+9\n", "Q:999+1\n", "Q:505+495\n"]
+    greedy = SamplingParams(n=1, greedy=True, max_new_tokens=80)
+    a, b = merged.generate(prompts, greedy), live.generate(prompts, greedy)
+    assert a.token_ids == b.token_ids
+    assert all(torch.allclose(torch.tensor(x), torch.tensor(y), atol=1e-4) for x, y in zip(a.logprobs, b.logprobs))
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.mul_(-4.0)
+    stale = merged.generate(prompts, greedy)
+    assert stale.token_ids == a.token_ids  # not synced yet: the old weights
+    merged.sync_weights()
+    assert merged.generate(prompts, greedy).token_ids == live.generate(prompts, greedy).token_ids != a.token_ids
