@@ -86,7 +86,8 @@ class HFBackend(RolloutBackend):
 
 def _cache_keyword(model) -> str:
     """transformers 5 names the KV cache argument ``cache``; 4.x ``past_key_values``."""
-    params = inspect.signature(model.forward).parameters
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps as **kwargs
+    params = inspect.signature(inner.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
