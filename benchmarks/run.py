@@ -6,6 +6,7 @@ separate processes; a toy comparison under 2 GB of RSS."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ def run_bench(sections=SECTIONS, threads: int = 2) -> dict:
         "memory": system.peak_rss,
         "profile": lambda: profile.profile_tempo_step(threads=threads),
     }
-    results: dict = {"machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                  "torch": torch.__version__, "threads": threads}, "seconds": {}}
     bar = tqdm([s for s in SECTIONS if s in sections], desc="bench", unit="section")
     for name in bar:

@@ -413,10 +413,10 @@ def cmd_bench(args) -> int:
     if unknown:
         raise ConfigError(f"unknown bench sections {unknown}; choose from {', '.join(SECTIONS)}")
     if "trl" in sections:
-        try:
-            import trl  # noqa: F401
-        except ImportError:
-            raise ConfigError("the TRL comparison needs TRL: pip install -e '.[bench]' (or --only without trl)") from None
+        import importlib.util
+
+        if importlib.util.find_spec("trl") is None:
+            raise ConfigError("the TRL comparison needs TRL: pip install -e '.[bench]' (or --only without trl)")
     return bench_main(args.out, sections, args.threads)
 
 

@@ -27,3 +27,26 @@ def make_batch(answer_groups, labels=None, final_values=None, response_len=3):
         batch.final_values = torch.tensor(final_values, dtype=torch.float)
         batch.state_values = torch.zeros(len(texts), response_len + 1)
     return batch
+
+
+def trained_toy_policy(seed: int = 0, scale: float = 0.1, device: str = "cpu"):
+    """The toy policy with random non-zero LoRA B matrices: an adapter whose effect shows (a fresh
+    adapter is zero, so serving the wrong weights would go unnoticed)."""
+    from tempo_bench.config import LoraConfig, ModelConfig
+    from tempo_bench.policy import load_policy
+
+    policy = load_policy(ModelConfig(device=device), LoraConfig())
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * scale)
+    return policy
+
+
+def scale_lora(policy, factor: float) -> None:
+    """Change the adapter in place (a stand-in for a policy update)."""
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.mul_(factor)

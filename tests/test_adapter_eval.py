@@ -4,7 +4,7 @@ questions through a task we generate, agree question by question."""
 import re
 
 import pytest
-import torch
+from batches import trained_toy_policy
 
 from tempo_bench.cli import main
 from tempo_bench.config import LoraConfig, ModelConfig
@@ -14,12 +14,7 @@ from tempo_bench.policy import load_policy
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
     """A toy adapter with non-zero LoRA weights (so that loading it, or not, shows)."""
-    policy = load_policy(ModelConfig(), LoraConfig())
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    policy = trained_toy_policy(seed=1)
     path = tmp_path_factory.mktemp("adapter")
     policy.save_pretrained(path)
     return path

@@ -1,6 +1,7 @@
 """The hf rollout backend: shapes, stopping, and log-probs equal to a teacher-forced forward."""
 
 import torch
+from batches import scale_lora, trained_toy_policy
 
 from tempo_bench.algos import token_logprobs
 from tempo_bench.config import LoraConfig, ModelConfig
@@ -56,12 +57,7 @@ def test_merged_sampling_copy_follows_the_policy_after_sync():
     what the live LoRA model generates; before it, the previous weights (hence the loop syncs right
     after every policy update)."""
     tokenizer = load_tokenizer("toy")
-    policy = load_policy(ModelConfig(), LoraConfig())
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    policy = trained_toy_policy()
     merged = get_backend("hf")(policy, tokenizer)
     live = get_backend("hf")(policy, tokenizer, merge_lora=False)
     prompts = ["Q:347+285\n", "Q:12+9\n", "Q:999+1\n", "Q:505+495\n"]
@@ -69,10 +65,7 @@ def test_merged_sampling_copy_follows_the_policy_after_sync():
     a, b = merged.generate(prompts, greedy), live.generate(prompts, greedy)
     assert a.token_ids == b.token_ids
     assert all(torch.allclose(torch.tensor(x), torch.tensor(y), atol=1e-4) for x, y in zip(a.logprobs, b.logprobs))
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.mul_(-4.0)
+    scale_lora(policy, -4.0)
     stale = merged.generate(prompts, greedy)
     assert stale.token_ids == a.token_ids  # not synced yet: the old weights
     merged.sync_weights()

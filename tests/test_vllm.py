@@ -9,9 +9,10 @@ import importlib.util
 
 import pytest
 import torch
+from batches import scale_lora, trained_toy_policy
 
-from tempo_bench.config import LoraConfig, ModelConfig, load_config
-from tempo_bench.policy import load_policy, load_tokenizer
+from tempo_bench.config import load_config
+from tempo_bench.policy import load_tokenizer
 from tempo_bench.rollout import SamplingParams, get_backend
 from tempo_bench.rollout.vllm import merged_lora_weights
 from tempo_bench.tasks import load_task_data
@@ -22,19 +23,8 @@ needs_gpu = pytest.mark.skipif(
 )
 
 
-def trained_policy(device: str = "cpu"):
-    """The toy policy with a non-zero adapter, so that serving the wrong weights shows."""
-    policy = load_policy(ModelConfig(device=device), LoraConfig())
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
-    return policy
-
-
 def test_merged_weights_equal_peft_merge():
-    policy = trained_policy()
+    policy = trained_toy_policy(scale=0.05)
     merged = copy.deepcopy(policy).merge_and_unload().state_dict()
     weights = dict(merged_lora_weights(policy))
     assert len(weights) == 4 * 7  # 4 layers x 7 target modules
@@ -48,7 +38,7 @@ def engine_and_hf(sync: str):
     config = load_config("toy-smoke", ["rollout.backend=vllm", "model.device=cuda", f"rollout.vllm.sync={sync}",
                                        "rollout.vllm.gpu_memory_utilization=0.2", "rollout.vllm.enforce_eager=true"])
     tokenizer = load_tokenizer("toy")
-    policy = trained_policy("cuda")
+    policy = trained_toy_policy(scale=0.05, device="cuda")
     vllm_backend = get_backend("vllm").create(config, policy, tokenizer, "/tmp/tempo-bench-vllm-test")
     return vllm_backend, get_backend("hf")(policy, tokenizer), tokenizer
 
@@ -74,10 +64,7 @@ def test_vllm_greedy_matches_hf(sync):
 def test_vllm_sync_follows_the_policy():
     """After a change to the adapter and sync_weights, vLLM serves the new policy."""
     vllm_backend, hf_backend, _ = engine_and_hf("lora")
-    with torch.no_grad():
-        for name, p in vllm_backend.policy.named_parameters():
-            if "lora_B" in name:
-                p.mul_(-3.0)
+    scale_lora(vllm_backend.policy, -3.0)
     vllm_backend.sync_weights()
     prompts = ["Q:347+285\n", "Q:999+1\n", "Q:12+9\n"]
     greedy = SamplingParams(n=1, greedy=True, max_new_tokens=80)

@@ -17,6 +17,7 @@ the quantity the trainer recomputes by teacher forcing.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 
 import torch
@@ -91,20 +92,19 @@ def _cache_keyword(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _growing_cache(model):
-    """A KV cache that writes each new token into preallocated room (doubling when full) instead
-    of concatenating the whole cache every step (measured: concatenation was a third of decode
-    time on the toy). None where this transformers version or model does not allow it: the model
-    then makes its own cache."""
+@functools.cache
+def _growing_layer_class():
+    """The cache layer class (built once), or None where this transformers version has no
+    per-layer cache API."""
     try:
-        from transformers.cache_utils import Cache, DynamicLayer
+        from transformers.cache_utils import DynamicLayer
     except ImportError:
         return None
-    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
-    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or []):
-        return None  # sliding-window or linear-attention layers keep their own cache types
 
     class GrowingLayer(DynamicLayer):
+        """A DynamicLayer that writes new keys/values into preallocated room (doubling when full)
+        instead of concatenating the whole cache at every token."""
+
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
@@ -121,22 +121,40 @@ def _growing_cache(model):
             self.room_k[..., self.length:end, :] = key_states
             self.room_v[..., self.length:end, :] = value_states
             self.length = end
-            self.keys, self.values = self.room_k[..., :end, :], self.room_v[..., :end, :]
+            return self._views()
+
+        def _views(self):
+            self.keys, self.values = self.room_k[..., : self.length, :], self.room_v[..., : self.length, :]
             return self.keys, self.values
 
         def batch_repeat_interleave(self, repeats: int) -> None:
             if self.is_initialized and self.length:
                 self.room_k = self.room_k.repeat_interleave(repeats, dim=0)
                 self.room_v = self.room_v.repeat_interleave(repeats, dim=0)
-                self.keys, self.values = self.room_k[..., : self.length, :], self.room_v[..., : self.length, :]
+                self._views()
 
         def batch_select_indices(self, indices: torch.Tensor) -> None:
             if self.is_initialized and self.length:
                 self.room_k, self.room_v = self.room_k[indices], self.room_v[indices]
-                self.keys, self.values = self.room_k[..., : self.length, :], self.room_v[..., : self.length, :]
+                self._views()
 
+    return GrowingLayer
+
+
+def _growing_cache(model):
+    """A KV cache of GrowingLayers (measured: concatenation was a third of decode time on the
+    toy), or None where this transformers version or model does not allow it: the model then
+    makes its own cache."""
+    layer = _growing_layer_class()
+    if layer is None:
+        return None
+    from transformers.cache_utils import Cache
+
+    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or []):
+        return None  # sliding-window or linear-attention layers keep their own cache types
     try:
-        return Cache(layers=[GrowingLayer() for _ in range(config.num_hidden_layers)])
+        return Cache(layers=[layer() for _ in range(config.num_hidden_layers)])
     except TypeError:
         return None
 
