@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", help="output folder (default: the preset's `out`)")
     cmp.add_argument("--budget-tokens", type=int, help="equal compute: token budget per run")
     cmp.add_argument("--table", help="also write the results table (markdown) to this file")
+    cmp.add_argument("--workers", type=int, default=1,
+                     help="runs at a time, each in its own process (default 1; threads per run: CPUs / workers)")
     cmp.set_defaults(func=cmd_compare)
 
     sw = sub.add_parser("sweep", help="an Optuna sweep (e.g. over TEMPO's recalibration interval)")
@@ -125,10 +127,16 @@ def _parser() -> argparse.ArgumentParser:
 
     toy = sub.add_parser("toy-model", help="the embedded tiny model")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
-    build = toy_sub.add_parser("build", help="pretrain the toy model deterministically and score it")
-    build.add_argument("--out", help="checkpoint folder (default: the one shipped in the package)")
+    build = toy_sub.add_parser(
+        "build", help="build the toy starting point deterministically: pretrain (about 5 minutes on one core), "
+        "then RLVR with PPO and a critic on the labeled pool (about 20 minutes), then measure it")
+    build.add_argument("--stage", choices=["all", "pretrain", "rlvr"], default="all",
+                       help="pretrain: the base checkpoint only; rlvr: the RLVR stage from the existing base")
+    build.add_argument("--out", help="folder for the base checkpoint, with the RLVR stage in <out>/rlvr "
+                       "(default: the ones shipped in the package)")
     build.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a ToyModelSpec field, e.g. steps=200")
+                       help="override a ToyModelSpec field (e.g. steps=200) or, prefixed rlvr., an RLVRSpec "
+                       "field (e.g. rlvr.steps=50)")
     build.add_argument("--quiet", action="store_true")
     build.set_defaults(func=cmd_toy_build)
     return parser
@@ -310,8 +318,10 @@ def cmd_compare(args) -> int:
         raise ConfigError(str(err)) from None
     overrides = list(args.overrides) + (
         [f"train.budget_tokens={args.budget_tokens}"] if args.budget_tokens else [])
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     outcomes, uri = run_compare(args.preset, methods, seeds, overrides, args.tracking_uri, args.out,
-                                args.experiment)
+                                args.experiment, args.workers)
     table = results_table(outcomes)
     print("\nFinal metrics, mean [95% bootstrap CI] over seeds (pb = reward point-biserial, "
           "mean of the first / last 5 steps; critic gap = test - probe ECE at the end):\n")
@@ -420,24 +430,42 @@ def cmd_bench(args) -> int:
     return bench_main(args.out, sections, args.threads)
 
 
-def cmd_toy_build(args) -> int:
+def _spec_overrides(overrides: list[str], prefix: str, cls) -> dict:
     import yaml
 
-    from tempo_bench.toy.build import build_and_score
-    from tempo_bench.toy.model import SHIPPED_DIR, ToyModelSpec
-
     fields = {}
-    for assignment in args.overrides:
+    for assignment in overrides:
         key, _, raw = assignment.partition("=")
-        if key not in ToyModelSpec.__dataclass_fields__:
-            raise SystemExit(f"unknown toy-model field {key!r}; allowed: {', '.join(ToyModelSpec.__dataclass_fields__)}")
-        fields[key] = yaml.safe_load(raw)
-    spec = ToyModelSpec(**fields)
-    out = Path(args.out) if args.out else SHIPPED_DIR
-    manifest = build_and_score(out, spec, show_progress=not args.quiet)
-    print(f"wrote {out} ({manifest['num_parameters']:,} parameters, weights {manifest['weights_hash']})")
-    for name, value in manifest["scores"].items():
-        print(f"  {name:<24} {value}")
+        if key.startswith("rlvr.") != (prefix == "rlvr."):
+            continue
+        name = key[len(prefix):]
+        if name not in cls.__dataclass_fields__:
+            raise SystemExit(f"unknown {cls.__name__} field {name!r}; allowed: {', '.join(cls.__dataclass_fields__)}")
+        fields[name] = yaml.safe_load(raw)
+    return fields
+
+
+def cmd_toy_build(args) -> int:
+    from tempo_bench.toy.build import build_and_score, build_rlvr
+    from tempo_bench.toy.model import RLVR_DIR, SHIPPED_DIR, ToyModelSpec
+    from tempo_bench.toy.rlvr import RLVRSpec
+
+    spec = ToyModelSpec(**_spec_overrides(args.overrides, "", ToyModelSpec))
+    rlvr_spec = RLVRSpec(**_spec_overrides(args.overrides, "rlvr.", RLVRSpec))
+    base = Path(args.out) if args.out else SHIPPED_DIR
+    if args.stage in ("all", "pretrain"):
+        manifest = build_and_score(base, spec, show_progress=not args.quiet)
+        print(f"wrote {base} ({manifest['num_parameters']:,} parameters, weights {manifest['weights_hash']})")
+        for name, value in manifest["scores"].items():
+            print(f"  {name:<24} {value}")
+    if args.stage in ("all", "rlvr"):
+        from tempo_bench.probe import report
+
+        out = base / "rlvr" if args.out else RLVR_DIR
+        manifest = build_rlvr(out, rlvr_spec, base_dir=base, show_progress=not args.quiet)
+        print(f"wrote {out}: actor {manifest['actor_weights_hash']}, critic {manifest['critic_weights_hash']} "
+              f"({manifest['build_seconds']:.0f} s)")
+        print(report(manifest["probe"]))
     return 0
 
 

@@ -19,17 +19,21 @@ from tempo_bench.stats import mean_ci
 ALL_METHODS = ["standard_ttt", "fixed_critic", "online_critic", "tempo", "labeled_rlvr", "empo", "oracle"]
 CORE_METHODS = ALL_METHODS[:4]
 
-# (column, metric key, where): "final" = last eval, "start"/"end" = first / last training step
+# (column, metric key, where): "initial" / "final" = first / last eval, "start" / "end" = first /
+# last training steps
 TABLE = [
     ("mean@k", "eval/mean_at_k", "final"),
     ("maj@k", "eval/maj_at_k", "final"),
     ("pass@k", "eval/pass_at_k", "final"),
     ("greedy", "eval/greedy_acc", "final"),
-    ("distinct", "eval/distinct_answers", "final"),
+    ("distinct start", "eval/distinct_answers", "initial"),
+    ("distinct end", "eval/distinct_answers", "final"),
     ("pb start", "reward/pointbiserial", "start"),
     ("pb end", "reward/pointbiserial", "end"),
+    ("auroc_w start", "reward/auroc_within", "start"),
     ("auroc_w end", "reward/auroc_within", "end"),
     ("critic gap ece", "critic/gap/ece", "end"),
+    ("critic gap auroc_w", "critic/gap/auroc_within", "end"),
 ]
 
 
@@ -68,11 +72,11 @@ def summarise(result, window: int = 5) -> dict[str, float]:
     """The table's numbers from one run: the last evaluation, and reward quality averaged over the
     first and the last ``window`` training steps (one step's figure is noisy)."""
     out: dict[str, float] = {}
-    last_eval = result.evals[max(result.evals)]
+    evals = {"initial": result.evals[min(result.evals)], "final": result.evals[max(result.evals)]}
     steps = sorted(result.steps)
     for _, key, where in TABLE:
-        if where == "final":
-            out[f"{key}@final"] = last_eval.get(key, math.nan)
+        if where in evals:
+            out[f"{key}@{where}"] = evals[where].get(key, math.nan)
         else:
             chosen = steps[:window] if where == "start" else steps[-window:]
             vals = [result.steps[s].get(key, math.nan) for s in chosen]
@@ -126,38 +130,88 @@ def results_table(outcomes: list[Outcome], fmt: str = "markdown") -> str:
 
 
 def run_compare(preset: str, methods: list[str], seeds: list[int], overrides: list[str],
-                tracking_uri: str | None, out: str | None, experiment: str | None) -> tuple[list[Outcome], str]:
+                tracking_uri: str | None, out: str | None, experiment: str | None,
+                workers: int = 1) -> tuple[list[Outcome], str]:
+    """Every (method, seed) run of ``preset``, one after another or, with ``workers`` > 1, in that
+    many spawned processes (each run's torch threads default to the CPU count over ``workers``:
+    on a small model two 1-thread runs side by side do more than one 2-thread run)."""
+    import os
+
     from tempo_bench.config import load_config
-    from tempo_bench.loggers import MLflowLogger, default_tracking_uri
-    from tempo_bench.loop import run_name_of, run_ttt
     from tempo_bench.policy import check_model
 
     base = list(overrides) + ([f"out={out}"] if out else [])
+    if workers > 1 and not any(o.startswith("threads=") for o in base):
+        base.append(f"threads={max(1, (os.cpu_count() or 1) // workers)}")
     configs = {(m, s): load_config(preset, base + [f"method={m}", f"seed={s}"]) for m in methods for s in seeds}
     first = next(iter(configs.values()))
     check_model(first.model.path)  # every bad input fails here, before the first run
     out_dir = Path(first.out)
+    from tempo_bench.loggers import default_tracking_uri
+
     uri = tracking_uri or first.log.tracking_uri or default_tracking_uri(out_dir)
     from tempo_bench.cli import check_tracking
 
     check_tracking(uri)
     experiment = experiment or f"compare-{first.preset}"
-    print(f"tempo-bench compare: {len(methods)} methods x {len(seeds)} seeds on preset {first.preset}")
+    print(f"tempo-bench compare: {len(methods)} methods x {len(seeds)} seeds on preset {first.preset}"
+          + (f", {workers} runs at a time" if workers > 1 else ""))
     print(f"  MLflow: {uri}  experiment={experiment}")
-    outcomes = []
-    for i, ((method, seed), config) in enumerate(configs.items(), 1):
-        print(f"[{i}/{len(configs)}] {method} seed {seed}")
-        name = run_name_of(method, seed)
-        outcome = Outcome(method, seed)
-        try:
-            logger = MLflowLogger(uri, experiment, name, artifact_root=out_dir / "mlartifacts")
-            outcome.run_id = logger.run_id
-            with logger:
-                result = run_ttt(config, logger, out_dir=out_dir / experiment / f"{name}-{logger.run_id[:8]}")
-            outcome.values = summarise(result)
-        except Exception as err:  # one failed run must not lose the others
-            outcome.error = f"{type(err).__name__}: {err}"
-            print(f"  FAILED: {outcome.error}")
-            traceback.print_exc()
-        outcomes.append(outcome)
-    return outcomes, uri
+    jobs = [(method, seed, config.model_dump(), uri, experiment, str(out_dir), workers == 1)
+            for (method, seed), config in configs.items()]
+    if workers == 1:
+        outcomes = []
+        for i, job in enumerate(jobs, 1):
+            print(f"[{i}/{len(jobs)}] {job[0]} seed {job[1]}")
+            outcomes.append(_run_one(*job))
+        return outcomes, uri
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from mlflow.tracking import MlflowClient
+    from tqdm.auto import tqdm
+
+    from tempo_bench.loggers import ensure_experiment
+
+    ensure_experiment(MlflowClient(tracking_uri=uri), experiment, out_dir / "mlartifacts")
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_one, *job): job for job in jobs}
+        done: dict[tuple[str, int], Outcome] = {}
+        with tqdm(total=len(jobs), desc="runs") as bar:
+            for future in as_completed(futures):
+                method, seed = futures[future][:2]
+                try:
+                    outcome = future.result()
+                except Exception as err:  # a worker that died: the other runs go on
+                    outcome = Outcome(method, seed, error=f"{type(err).__name__}: {err}")
+                done[(method, seed)] = outcome
+                final = outcome.values.get("eval/mean_at_k@final", math.nan)
+                bar.write(f"{method} seed {seed}: " + (f"FAILED: {outcome.error}" if outcome.error
+                                                      else f"final mean@k {final:.3f}"))
+                bar.update(1)
+    return [done[job[:2]] for job in jobs], uri
+
+
+def _run_one(method: str, seed: int, config_dict: dict, uri: str, experiment: str, out_dir: str,
+             progress: bool) -> Outcome:
+    """One run of a comparison, logged to MLflow; a failure is recorded, not raised."""
+    from tempo_bench.config import RunConfig
+    from tempo_bench.loggers import MLflowLogger
+    from tempo_bench.loop import run_name_of, run_ttt
+
+    config = RunConfig.model_validate(config_dict)
+    name = run_name_of(method, seed)
+    outcome = Outcome(method, seed)
+    try:
+        logger = MLflowLogger(uri, experiment, name, artifact_root=Path(out_dir) / "mlartifacts")
+        outcome.run_id = logger.run_id
+        with logger:
+            result = run_ttt(config, logger, out_dir=Path(out_dir) / experiment / f"{name}-{logger.run_id[:8]}",
+                             progress=progress)
+        outcome.values = summarise(result)
+    except Exception as err:  # one failed run must not lose the others
+        outcome.error = f"{type(err).__name__}: {err}"
+        print(f"  FAILED {method} seed {seed}: {outcome.error}")
+        traceback.print_exc()
+    return outcome

@@ -30,12 +30,17 @@ class ToyTaskConfig(_Strict):
     """The embedded column-addition task (tempo_bench/toy/task.py)."""
 
     name: Literal["toy_addition"] = "toy_addition"
+    kind: Literal["addition", "missing_addend"] = Field(
+        "addition", description="addition (Q:347+285) or missing addend (Q:?+285=632: hard to produce, "
+        "easy to check)")
     test_size: int = Field(64, ge=1, description="unlabeled test questions (D_U)")
     test_digits: list[int] = Field([3], description="operand digit counts of test questions")
     test_chain_fraction: float | None = Field(
-        0.5, ge=0, le=1, description="share of test questions with a chain carry (None: natural)"
+        0.5, ge=0, le=1, description="share of test questions in their hard case: a chain carry (addition), "
+        "a borrow (missing addend); None: the natural share"
     )
-    labeled_size: int = Field(256, ge=0, description="labeled pool size (D_L)")
+    labeled_size: int = Field(256, ge=0, description="labeled questions D_L: the first of the pool")
+    pool_size: int = Field(4096, ge=1, description="the large labeled pool (the RLVR stage trains on it)")
     labeled_digits: list[int] = Field([1, 2, 3], description="digit counts of labeled questions")
     labeled_chain_fraction: float | None = Field(None, ge=0, le=1)
     seed: int = Field(1234, description="data seed: the same questions for every method and run")
@@ -46,6 +51,8 @@ class ToyTaskConfig(_Strict):
             bad = [d for d in getattr(self, field) if not 1 <= d <= 6]
             if bad or not getattr(self, field):
                 raise ValueError(f"{field} must list digit counts between 1 and 6, got {bad or '[]'}")
+        if self.labeled_size > self.pool_size:
+            raise ValueError(f"labeled_size ({self.labeled_size}) must not exceed pool_size ({self.pool_size})")
         return self
 
 
@@ -146,6 +153,9 @@ class CriticConfig(_Strict):
     path: str | None = Field(None, description="backbone checkpoint (None: model.path, a self-critic)")
     lora: bool = Field(False, description="train the backbone through a LoRA adapter (the `lora` section), "
                        "the value head in full: a large critic on one GPU")
+    init: str | None = Field(None, description="a trained critic to start from ('toy-rlvr': the shipped RLVR "
+                             "stage's critic, or a folder a critic was saved to); None: warm up a fresh value "
+                             "head on labeled rollouts of the initial policy (the warmup_* settings)")
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float = Field(1.0, gt=0)

@@ -181,16 +181,24 @@ def starting_critic_key(config) -> str:
 
 def starting_critic(config, backend: RolloutBackend, pad_id: int, pool: list[LabeledQuestion],
                     sampling: SamplingParams, cache_dir, grader: Grader = GENERIC) -> Critic:
-    """The critic every critic method starts from: a fresh value head on the backbone, warmed up
-    on labeled rollouts of the initial policy. Built once per key (starting_critic_key) and cached
-    in memory and under ``cache_dir``; each run gets its own copy."""
+    """The critic every critic method starts from: a trained critic (``critic.init``: the RLVR
+    stage's, as in the paper), or else a fresh value head on the backbone, warmed up on labeled
+    rollouts of the initial policy. Built once per key (starting_critic_key) and cached in memory
+    and under ``cache_dir``; each run gets its own copy."""
     from pathlib import Path
+
+    from tempo_bench.policy import resolve_model_path
 
     cfg = config.critic
     key = starting_critic_key(config)
     path = Path(cache_dir) / key
     if key not in _STARTING_CRITICS:
-        if (path / "config.json").is_file():
+        if cfg.init is not None:
+            init = Path(resolve_model_path(cfg.init, part="critic"))
+            if not (init / "config.json").is_file():
+                raise FileNotFoundError(f"critic.init: no saved critic in {init} (config.json missing)")
+            critic = Critic.load(init, cfg, config.model)
+        elif (path / "config.json").is_file():
             critic = Critic.load(path, cfg)
         else:
             critic = Critic.from_pretrained(cfg.path or config.model.path, cfg, config.model, config.lora)

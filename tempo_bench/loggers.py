@@ -108,6 +108,19 @@ def default_tracking_uri(out_dir: Path) -> str:
     return f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
 
 
+def ensure_experiment(client, experiment: str, artifact_root: Path | None) -> str:
+    """The id of ``experiment``, created (with the store itself, for a new sqlite file) if absent.
+    Parallel workers call this in their parent first: workers racing to create a new sqlite store
+    collide in its schema migration."""
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+    # MLflow 3's UI shows an untagged experiment as a GenAI one; ours are training runs.
+    return client.create_experiment(experiment, artifact_location=location,
+                                    tags={"mlflow.experimentKind": "custom_model_development"})
+
+
 class MLflowLogger(Logger):
     """Logs to one MLflow run through MlflowClient (no global active-run state).
 
@@ -148,16 +161,7 @@ class MLflowLogger(Logger):
                 self.pending = [json.loads(line) for line in spool_path.read_text().splitlines() if line]
                 self.flush()
             return
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-            # MLflow 3's UI shows an untagged experiment as a GenAI one; ours are training runs.
-            experiment_id = self.client.create_experiment(
-                experiment, artifact_location=location,
-                tags={"mlflow.experimentKind": "custom_model_development"},
-            )
-        else:
-            experiment_id = found.experiment_id
+        experiment_id = ensure_experiment(self.client, experiment, artifact_root)
         self.experiment_id = experiment_id
         run = self.client.create_run(experiment_id, run_name=run_name, tags=tags or {})
         self.run_id = run.info.run_id

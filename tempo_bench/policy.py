@@ -13,20 +13,23 @@ import torch
 from tempo_bench.algos import LOSS_AVERAGES_OVER, POLICY_LOSSES, masked_mean, token_entropy, token_logprobs
 
 TOY_MODEL = "toy"
+TOY_RLVR = "toy-rlvr"
 
 
-def resolve_model_path(path: str) -> str:
-    """'toy' -> the checkpoint shipped in the package; anything else is a hub id or local dir."""
-    if path == TOY_MODEL:
-        from tempo_bench.toy.model import SHIPPED_DIR
+def resolve_model_path(path: str, part: str = "actor") -> str:
+    """'toy' -> the pretrained checkpoint shipped in the package; 'toy-rlvr' -> the shipped RLVR
+    stage's ``part`` ('actor' or 'critic'); anything else is a hub id or local dir."""
+    if path not in (TOY_MODEL, TOY_RLVR):
+        return path
+    from tempo_bench.toy.model import RLVR_DIR, SHIPPED_DIR
 
-        if not (SHIPPED_DIR / "config.json").is_file():
-            raise FileNotFoundError(
-                f"the shipped toy model is missing from {SHIPPED_DIR}; rebuild it with "
-                "`tempo-bench toy-model build`"
-            )
-        return str(SHIPPED_DIR)
-    return path
+    folder = SHIPPED_DIR if path == TOY_MODEL else RLVR_DIR / part
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the shipped toy checkpoint {path!r} is missing from {folder}; rebuild it with "
+            "`tempo-bench toy-model build`"
+        )
+    return str(folder)
 
 
 class ModelLoadError(ValueError):

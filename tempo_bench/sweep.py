@@ -214,13 +214,10 @@ def parent_run_id(tracking_uri: str, experiment: str, study_name: str, artifact_
     """The study's parent run, created by the first process that asks and found by the others."""
     from mlflow.tracking import MlflowClient
 
+    from tempo_bench.loggers import ensure_experiment
+
     client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        exp_id = client.create_experiment(experiment, artifact_location=artifact_root.resolve().as_uri(),
-                                          tags={"mlflow.experimentKind": "custom_model_development"})
-    else:
-        exp_id = exp.experiment_id
+    exp_id = ensure_experiment(client, experiment, artifact_root)
     found = client.search_runs([exp_id], filter_string=f"tags.sweep_parent = '{study_name}'", max_results=1)
     if found:
         return found[0].info.run_id

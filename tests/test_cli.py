@@ -73,11 +73,33 @@ def test_compare_runs_methods_into_one_experiment_and_prints_table(tmp_path, cap
     assert "Final metrics, mean [95% bootstrap CI]" in capsys.readouterr().out
 
 
+def test_parallel_compare_equals_the_sequential_one(tmp_path):
+    """Runs in spawned worker processes log the same numbers as the same runs one after another
+    (each run's randomness is its own seed's; both with one torch thread per run)."""
+    from tempo_bench.compare import run_compare
+
+    common = ["train.steps=2", "eval.size=4", "threads=1"]
+    runs = {}
+    for workers in (1, 2):
+        outcomes, _ = run_compare("toy-smoke", ["standard_ttt"], [0, 1], common, None,
+                                  str(tmp_path / f"w{workers}"), None, workers=workers)
+        assert all(o.error is None for o in outcomes)
+        runs[workers] = {(o.method, o.seed): o.values for o in outcomes}
+    import pytest
+
+    for key, values in runs[1].items():  # NaN-aware (a method without a critic has no critic gap)
+        assert runs[2][key] == pytest.approx(values, nan_ok=True, rel=0, abs=0)
+    assert runs[1][("standard_ttt", 0)]["reward/pointbiserial@start"] != runs[1][("standard_ttt", 1)][
+        "reward/pointbiserial@start"]
+
+
 def test_compare_rejects_unknown_methods_and_bad_seeds(tmp_path, capsys):
     assert main(["compare", "--preset", "toy-smoke", "--methods", "tempo,nope", "--out", str(tmp_path)]) == 2
     assert "unknown methods ['nope']" in capsys.readouterr().err
     assert main(["compare", "--preset", "toy-smoke", "--seeds", "a,b", "--out", str(tmp_path)]) == 2
     assert "--seeds takes comma-separated integers" in capsys.readouterr().err
+    assert main(["compare", "--preset", "toy-smoke", "--workers", "0", "--out", str(tmp_path)]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
 
 
 def test_dry_run_prints_the_resolved_config_and_loads_nothing(tmp_path, capsys):

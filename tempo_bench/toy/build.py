@@ -52,3 +52,58 @@ def _is_chain(prompt: str, prefix: str, cls) -> bool:
 
 def build_and_score(out_dir: Path, spec: ToyModelSpec, show_progress: bool = True) -> dict:
     return build(out_dir, spec, score_fn=score_checkpoint, show_progress=show_progress)
+
+
+def build_rlvr(out_dir: Path, spec, preset: str = "toy", base_dir: Path | None = None,
+               probe_rounds: int = 4, show_progress: bool = True) -> dict:
+    """The RLVR stage (tempo_bench/toy/rlvr.py) from the pretrained checkpoint on the labeled pool of
+    ``preset``'s task; writes ``actor/``, ``critic/`` and ``manifest.json`` to ``out_dir``, the
+    manifest with what `tempo-bench probe` measures on the result (the asymmetry TTT needs)."""
+    import json
+    import time
+
+    from tempo_bench.config import load_config
+    from tempo_bench.policy import load_tokenizer
+    from tempo_bench.probe import probe_asymmetry
+    from tempo_bench.toy.model import SHIPPED_DIR, _portable_tokenizer_config, weights_hash
+    from tempo_bench.toy.rlvr import run_rlvr
+
+    from dataclasses import asdict
+
+    base_dir = Path(base_dir or SHIPPED_DIR)
+    config = load_config(preset)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)  # bitwise determinism, as in pretraining
+    torch.use_deterministic_algorithms(True)
+    start = time.perf_counter()
+    try:
+        actor, critic, trajectory = run_rlvr(base_dir, spec, config.task, show_progress)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    seconds = time.perf_counter() - start
+    actor_dir, critic_dir = out_dir / "actor", out_dir / "critic"
+    actor.save_pretrained(actor_dir, safe_serialization=True)
+    load_tokenizer(str(base_dir)).save_pretrained(actor_dir)
+    _portable_tokenizer_config(actor_dir)
+    critic.save(critic_dir)
+    (critic_dir / "optimizer.pt").unlink()  # TTT starts a fresh optimiser with its own lr
+    probe_config = load_config(preset, [f"model.path={actor_dir}", f"critic.init={critic_dir}",
+                                        f"out={out_dir / '.probe'}", "threads=1"])
+    probe = probe_asymmetry(probe_config, k=8, estep_rounds=probe_rounds, progress=show_progress)
+    manifest = {
+        "stage": "rlvr",
+        "spec": asdict(spec),
+        "task": config.task.model_dump(),
+        "preset": preset,
+        "base_weights_hash": json.loads((base_dir / "manifest.json").read_text())["weights_hash"],
+        "actor_weights_hash": weights_hash(actor),
+        "critic_weights_hash": weights_hash(critic.model),
+        "trajectory": trajectory,
+        "probe": probe,
+        "torch_version": torch.__version__,
+        "build_seconds": round(seconds, 1),
+        "rebuild": "tempo-bench toy-model build --stage rlvr",
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -23,7 +23,8 @@ from tempo_bench.toy.task import data_hash, pretraining_corpus
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 # Printable ASCII without the exotic whitespace: room for other toy formats without a new tokenizer.
 CHARACTERS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_model"
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_model"  # pretrained
+RLVR_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_rlvr"  # actor/ and critic/ after RLVR
 
 
 def build_tokenizer():
@@ -60,7 +61,9 @@ class ToyModelSpec:
     corpus_digits: tuple[int, ...] = (1, 2, 3, 4)
     misconception_rate: float = 0.95
     corpus_chain_fraction: float = 0.3
-    steps: int = 800
+    missing_addend_share: float = 0.5
+    borrow_misconception_rate: float = 0.7
+    steps: int = 1000
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 100
@@ -165,7 +168,7 @@ def build(out_dir: Path, spec: ToyModelSpec, score_fn=None, show_progress: bool 
         tokenizer = build_tokenizer()
         texts = pretraining_corpus(
             spec.corpus_size, spec.seed, spec.corpus_digits, spec.misconception_rate,
-            spec.corpus_chain_fraction,
+            spec.corpus_chain_fraction, spec.missing_addend_share, spec.borrow_misconception_rate,
         )
         model = build_model(spec, tokenizer)
         with tqdm(total=spec.steps, desc="pretrain toy model", disable=not show_progress) as bar:

@@ -1,0 +1,164 @@
+"""The RLVR stage of the embedded default: the paper's starting point, in miniature.
+
+Before TTT, the paper's actor and critic come out of a PPO run with true rewards on a large labeled
+pool that has converged (DESIGN section 2). :func:`run_rlvr` does the same to the pretrained toy
+model: each step samples ``n`` responses to ``prompts_per_step`` pool questions, grades them
+against their answers (+1/-1), scores every state with the critic, and makes one PPO update of the
+whole actor with token advantages R - V(x, y_<t) (whitened) and one fit of the critic to the
+outcomes (clipped value loss). The actor and critic it returns are what every toy TTT run starts
+from (``model.path: toy-rlvr``, ``critic.init: toy-rlvr``).
+
+Deterministic from its spec on one CPU thread: the questions of a step, the sampling and the
+updates are all seeded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from tempo_bench import metrics as M
+
+
+@dataclass
+class RLVRSpec:
+    """Everything the RLVR stage depends on; stored in the manifest."""
+
+    seed: int = 0
+    steps: int = 200
+    prompts_per_step: int = 32
+    n: int = 8
+    max_new_tokens: int = 96
+    temperature: float = 1.0
+    lr: float = 5e-5  # the actor, trained in full (no LoRA: 269k parameters)
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    critic_lr: float = 3e-4
+    critic_epochs: int = 2
+    critic_minibatch_rows: int = 64
+    eval_every: int = 25
+    eval_questions: int = 128  # held-out pool questions and test questions scored on the way
+    eval_k: int = 4
+    extra: dict = field(default_factory=dict)  # free-form notes carried into the manifest
+
+    def train_config(self):
+        from tempo_bench.config import TrainConfig
+
+        return TrainConfig(lr=self.lr, clip_low=self.clip_low, clip_high=self.clip_high, loss="ppo")
+
+    def critic_config(self):
+        from tempo_bench.config import CriticConfig
+
+        return CriticConfig(lr=self.critic_lr, minibatch_rows=self.critic_minibatch_rows)
+
+
+def questions_of_step(pool: list, step: int, per_step: int, seed: int) -> list:
+    """Epochs of seeded permutations of the pool (the same scheme as the TTT loop)."""
+    from tempo_bench.loop import questions_for_step
+
+    return questions_for_step(pool, step, per_step, seed)
+
+
+def rlvr_step(step: int, spec: RLVRSpec, actor, optimizer, critic, backend, questions, grader, pad_id: int,
+              train_cfg) -> dict[str, float]:
+    """One PPO step on labeled ``questions``: sample, grade, score, update actor then critic."""
+    from tempo_bench.algos import em_token_advantages
+    from tempo_bench.critic_ops import generation_batch, rollout_labeled
+    from tempo_bench.policy import policy_update
+    from tempo_bench.rollout import SamplingParams
+
+    sampling = SamplingParams(n=spec.n, temperature=spec.temperature, max_new_tokens=spec.max_new_tokens)
+    generation, correct = rollout_labeled(backend, questions, spec.n, sampling, grader)
+    batch = generation_batch(generation, pad_id)
+    targets = torch.as_tensor(correct.reshape(-1), dtype=torch.float) * 2 - 1
+    values, final = critic.score(batch)
+    advantages = em_token_advantages(values[:, : batch.mask.shape[1]], targets, batch.mask)
+    policy_stats = policy_update(actor, optimizer, batch, advantages, train_cfg, spec.temperature)
+    critic_stats = critic.fit(batch, targets, torch.ones(len(targets)), spec.critic_epochs, 0.1,
+                              spec.critic_minibatch_rows, torch.Generator().manual_seed(spec.seed * 31 + step))
+    final = final.reshape(correct.shape).numpy()
+    return {
+        "accuracy": float(correct.mean()),
+        "critic_auroc_within": M.auroc_within(final, correct),
+        "value_loss": critic_stats["critic/value_loss"],
+        "entropy": policy_stats.get("entropy", float("nan")),
+    }
+
+
+def score_on(backend, questions, answers: list[str], k: int, max_new_tokens: int, grader) -> dict[str, float]:
+    """mean@k and maj@k of the current actor on ``questions`` (true answers given)."""
+    from tempo_bench.evaluation import grade
+    from tempo_bench.rollout import SamplingParams
+
+    generation = backend.generate([q.prompt for q in questions],
+                                  SamplingParams(n=k, temperature=1.0, max_new_tokens=max_new_tokens))
+    got, clusters = grade(generation, grader)
+    correct = np.array(grader.check(answers, got), dtype=bool).reshape(len(questions), k)
+    return {"mean_at_k": M.mean_at_k(correct), "maj_at_k": M.maj_at_k(clusters, correct)}
+
+
+def run_rlvr(base_dir, spec: RLVRSpec, task_config, show_progress: bool = True):
+    """PPO with a critic on the toy task's labeled pool, from the pretrained checkpoint at
+    ``base_dir``. Returns (actor, critic, trajectory); the trajectory scores held-out pool
+    questions and the test questions every ``eval_every`` steps (evidence of convergence)."""
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM
+
+    from tempo_bench.critic import Critic
+    from tempo_bench.policy import load_tokenizer
+    from tempo_bench.rollout.hf import HFBackend
+    from tempo_bench.tasks.toy import toy_pool
+    from tempo_bench.tasks import load_task_data
+
+    task = load_task_data(task_config)
+    pool = toy_pool(task_config)
+    # D_L of the TTT runs is the pool's head (tasks/toy.py): held out here is its tail
+    held_out, train_pool = pool[-spec.eval_questions:], pool[: -spec.eval_questions]
+    test = task.test[: spec.eval_questions]
+    test_answers = [task.answer_key.answer(q.id) for q in test]
+    tokenizer = load_tokenizer(str(base_dir))
+    torch.manual_seed(spec.seed)
+    actor = AutoModelForCausalLM.from_pretrained(base_dir)
+    backend = HFBackend(actor, tokenizer)
+    critic = Critic.from_pretrained(str(base_dir), spec.critic_config())
+    optimizer = torch.optim.AdamW(actor.parameters(), lr=spec.lr, weight_decay=0.0)
+    train_cfg = spec.train_config()
+    grader = task.grader
+
+    def checkpoint_scores(step: int) -> dict:
+        with torch.random.fork_rng():
+            torch.manual_seed(spec.seed * 7_919 + step)
+            pool_scores = score_on(backend, held_out, [q.answer for q in held_out], spec.eval_k,
+                                   spec.max_new_tokens, grader)
+            test_scores = score_on(backend, test, test_answers, spec.eval_k, spec.max_new_tokens, grader)
+        return {"step": step, **{f"pool_{k}": round(v, 4) for k, v in pool_scores.items()},
+                **{f"test_{k}": round(v, 4) for k, v in test_scores.items()}}
+
+    trajectory = [checkpoint_scores(0)]
+    recent: list[dict] = []
+    with tqdm(range(1, spec.steps + 1), desc="RLVR (PPO + critic on the labeled pool)",
+              disable=not show_progress) as bar:
+        for step in bar:
+            torch.manual_seed(spec.seed * 1_000_003 + step)
+            questions = questions_of_step(train_pool, step, spec.prompts_per_step, spec.seed)
+            stats = rlvr_step(step, spec, actor, optimizer, critic, backend, questions, grader,
+                              tokenizer.pad_token_id, train_cfg)
+            recent = (recent + [stats])[-spec.eval_every:]
+            bar.set_postfix(acc=f"{stats['accuracy']:.2f}", critic_auc=f"{stats['critic_auroc_within']:.2f}")
+            if step % spec.eval_every == 0 or step == spec.steps:
+                trajectory.append({**checkpoint_scores(step), **{
+                    f"train_{k}": round(float(np.nanmean([s[k] for s in recent])), 4) for k in recent[0]}})
+                if show_progress:
+                    bar.write(_trajectory_line(trajectory[-1]))
+    actor.eval()
+    return actor, critic, trajectory
+
+
+def _trajectory_line(point: dict) -> str:
+    return (f"step {point['step']:4d}: pool mean@k {point['pool_mean_at_k']:.3f} maj@k {point['pool_maj_at_k']:.3f}"
+            f" | test mean@k {point['test_mean_at_k']:.3f} maj@k {point['test_maj_at_k']:.3f}"
+            f" | train acc {point.get('train_accuracy', float('nan')):.3f}"
+            f" critic AUROC-within {point.get('train_critic_auroc_within', float('nan')):.3f}")
+
