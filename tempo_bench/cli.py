@@ -441,8 +441,26 @@ def _spec_overrides(overrides: list[str], prefix: str, cls) -> dict:
         name = key[len(prefix):]
         if name not in cls.__dataclass_fields__:
             raise SystemExit(f"unknown {cls.__name__} field {name!r}; allowed: {', '.join(cls.__dataclass_fields__)}")
-        fields[name] = yaml.safe_load(raw)
+        fields[name] = _typed(cls, name, yaml.safe_load(raw))
     return fields
+
+
+def _typed(cls, name: str, value):
+    """A --set value as the field's type (YAML reads 2e-3 as a string): a clear error otherwise."""
+    default = cls.__dataclass_fields__[name].default
+    if isinstance(default, bool) or default is None or isinstance(default, str):
+        return value
+    if isinstance(default, (int, float)):
+        try:
+            number = float(value) if isinstance(default, float) else int(value)
+        except (TypeError, ValueError):
+            raise SystemExit(f"{cls.__name__}.{name} takes a number, got {value!r}") from None
+        return number
+    if isinstance(default, tuple):
+        if not isinstance(value, list):
+            raise SystemExit(f"{cls.__name__}.{name} takes a list like [1,2,3], got {value!r}")
+        return tuple(value)
+    return value
 
 
 def cmd_toy_build(args) -> int:

@@ -30,14 +30,10 @@ class ToyTaskConfig(_Strict):
     """The embedded column-addition task (tempo_bench/toy/task.py)."""
 
     name: Literal["toy_addition"] = "toy_addition"
-    kind: Literal["addition", "missing_addend"] = Field(
-        "addition", description="addition (Q:347+285) or missing addend (Q:?+285=632: hard to produce, "
-        "easy to check)")
     test_size: int = Field(64, ge=1, description="unlabeled test questions (D_U)")
     test_digits: list[int] = Field([3], description="operand digit counts of test questions")
     test_chain_fraction: float | None = Field(
-        0.5, ge=0, le=1, description="share of test questions in their hard case: a chain carry (addition), "
-        "a borrow (missing addend); None: the natural share"
+        0.5, ge=0, le=1, description="share of test questions with a chain carry (None: natural)"
     )
     labeled_size: int = Field(256, ge=0, description="labeled questions D_L: the first of the pool")
     pool_size: int = Field(4096, ge=1, description="the large labeled pool (the RLVR stage trains on it)")

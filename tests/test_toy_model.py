@@ -2,8 +2,8 @@
 
 import json
 
-from tempo_bench.toy.model import SHIPPED_DIR, ToyModelSpec, build, weights_hash
-from tempo_bench.toy.task import data_hash, pretraining_corpus
+from tempo_bench.toy.model import SHIPPED_DIR, ToyModelSpec, build, corpus_of, weights_hash
+from tempo_bench.toy.task import data_hash
 
 MANIFEST = json.loads((SHIPPED_DIR / "manifest.json").read_text())
 
@@ -16,9 +16,7 @@ def test_shipped_weights_and_data_match_manifest():
     assert model.config.model_type == "llama"
     spec = ToyModelSpec(**{**MANIFEST["spec"], "corpus_digits": tuple(MANIFEST["spec"]["corpus_digits"])})
     assert spec == ToyModelSpec(), "the default spec is the one the shipped model was built from"
-    corpus = pretraining_corpus(spec.corpus_size, spec.seed, spec.corpus_digits,
-                                spec.misconception_rate, spec.corpus_chain_fraction)
-    assert data_hash(corpus) == MANIFEST["data_hash"]
+    assert data_hash(corpus_of(spec)) == MANIFEST["data_hash"]
     assert (SHIPPED_DIR / "model.safetensors").stat().st_size < 20 * 2**20
 
 

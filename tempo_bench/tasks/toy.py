@@ -4,24 +4,21 @@ from __future__ import annotations
 
 from tempo_bench.grading import NUMERIC
 from tempo_bench.tasks.base import AnswerKey, LabeledQuestion, Question, TaskData
-from tempo_bench.toy.task import Addition, MissingAddend, sample_questions
+from tempo_bench.toy.task import Addition, sample_questions
 
 
-KINDS = {"addition": Addition, "missing_addend": MissingAddend}
-
-
-def _test_questions(config) -> list:
-    return sample_questions(config.test_size, config.seed, tuple(config.test_digits), config.test_chain_fraction,
-                            KINDS[config.kind])
+def toy_test_questions(config) -> list[Addition]:
+    """The toy question objects of the test set (their prompts are the TaskData's)."""
+    return sample_questions(config.test_size, config.seed, tuple(config.test_digits), config.test_chain_fraction)
 
 
 def toy_pool(config) -> list[LabeledQuestion]:
     """The large labeled pool (``pool_size`` questions, none of them a test question): the RLVR
     stage trains on it, and D_L is its first ``labeled_size`` questions."""
-    test_set = set(_test_questions(config))
+    test_set = set(toy_test_questions(config))
     pool = sample_questions(
         config.pool_size + config.test_size, config.seed + 1, tuple(config.labeled_digits),
-        config.labeled_chain_fraction, KINDS[config.kind],
+        config.labeled_chain_fraction,
     )
     pool = [q for q in pool if q not in test_set][: config.pool_size]
     return [LabeledQuestion(id=f"lab-{i}", prompt=q.prompt, answer=q.answer) for i, q in enumerate(pool)]
@@ -29,7 +26,7 @@ def toy_pool(config) -> list[LabeledQuestion]:
 
 def load_toy_task(config) -> TaskData:
     """Test questions and D_L, disjoint, deterministic from ``config.seed``."""
-    test = _test_questions(config)
+    test = toy_test_questions(config)
     return TaskData(
         name="toy_addition",
         test=[Question(id=f"test-{i}", prompt=q.prompt) for i, q in enumerate(test)],

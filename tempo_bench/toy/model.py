@@ -61,14 +61,17 @@ class ToyModelSpec:
     corpus_digits: tuple[int, ...] = (1, 2, 3, 4)
     misconception_rate: float = 0.95
     corpus_chain_fraction: float = 0.3
-    missing_addend_share: float = 0.5
-    borrow_misconception_rate: float = 0.7
-    steps: int = 1000
+    steps: int = 800
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
     eval: dict = field(default_factory=lambda: {"k": 8, "max_new_tokens": 96})
+
+
+def corpus_of(spec: ToyModelSpec) -> list[str]:
+    return pretraining_corpus(spec.corpus_size, spec.seed, spec.corpus_digits, spec.misconception_rate,
+                              spec.corpus_chain_fraction)
 
 
 def build_model(spec: ToyModelSpec, tokenizer):
@@ -166,10 +169,7 @@ def build(out_dir: Path, spec: ToyModelSpec, score_fn=None, show_progress: bool 
     try:
         start = time.perf_counter()
         tokenizer = build_tokenizer()
-        texts = pretraining_corpus(
-            spec.corpus_size, spec.seed, spec.corpus_digits, spec.misconception_rate,
-            spec.corpus_chain_fraction, spec.missing_addend_share, spec.borrow_misconception_rate,
-        )
+        texts = corpus_of(spec)
         model = build_model(spec, tokenizer)
         with tqdm(total=spec.steps, desc="pretrain toy model", disable=not show_progress) as bar:
             losses = pretrain(model, encode_corpus(texts, tokenizer), spec, bar)

@@ -35,8 +35,10 @@ class RLVRSpec:
     lr: float = 5e-5  # the actor, trained in full (no LoRA: 269k parameters)
     clip_low: float = 0.2
     clip_high: float = 0.28
+    critic_backbone: str | None = None  # the critic's pretrained backbone (None: the actor's base, a self-critic)
     critic_lr: float = 3e-4
     critic_epochs: int = 2
+    critic_cliprange: float = 2.0  # value clip around the pre-update values (2: none; the targets are +-1)
     critic_minibatch_rows: int = 64
     eval_every: int = 25
     eval_questions: int = 128  # held-out pool questions and test questions scored on the way
@@ -76,7 +78,7 @@ def rlvr_step(step: int, spec: RLVRSpec, actor, optimizer, critic, backend, ques
     values, final = critic.score(batch)
     advantages = em_token_advantages(values[:, : batch.mask.shape[1]], targets, batch.mask)
     policy_stats = policy_update(actor, optimizer, batch, advantages, train_cfg, spec.temperature)
-    critic_stats = critic.fit(batch, targets, torch.ones(len(targets)), spec.critic_epochs, 0.1,
+    critic_stats = critic.fit(batch, targets, torch.ones(len(targets)), spec.critic_epochs, spec.critic_cliprange,
                               spec.critic_minibatch_rows, torch.Generator().manual_seed(spec.seed * 31 + step))
     final = final.reshape(correct.shape).numpy()
     return {
@@ -122,7 +124,7 @@ def run_rlvr(base_dir, spec: RLVRSpec, task_config, show_progress: bool = True):
     torch.manual_seed(spec.seed)
     actor = AutoModelForCausalLM.from_pretrained(base_dir)
     backend = HFBackend(actor, tokenizer)
-    critic = Critic.from_pretrained(str(base_dir), spec.critic_config())
+    critic = Critic.from_pretrained(spec.critic_backbone or str(base_dir), spec.critic_config())
     optimizer = torch.optim.AdamW(actor.parameters(), lr=spec.lr, weight_decay=0.0)
     train_cfg = spec.train_config()
     grader = task.grader

@@ -18,23 +18,6 @@ majority vote over its samples can be confidently wrong, as with real models' sy
 
 Difficulty knob: the number of digits of each operand, and the share of chain-carry questions.
 Everything is deterministic from a seed.
-
-A second kind of question, *missing addend* (``Q:?+285=632``), is built around a generate-versus-
-verify asymmetry (DESIGN section 5, lesson 5). The response states a guess and then checks it by
-the written column addition the model does well::
-
-    Q:?+285=632
-    x=347
-    7+5=12 |2
-    4+8+1=13 |32
-    3+2+1=6 |632
-    #### 347
-
-Producing x means subtracting in the head, borrows included, before writing anything; checking a
-guess means comparing the addition's last partial (``|632``) with the prompt. The corpus plants
-the classic error of forgetting to borrow (each digit ``(c - b) mod 10``, so ``632 - 285 -> 457``)
-with probability ``borrow_misconception_rate`` on questions that need a borrow; its check then
-shows the mismatch (``457+285 -> |742``), but the guess is still given as the answer.
 """
 
 from __future__ import annotations
@@ -117,62 +100,22 @@ def solution(q: Addition, forget_chain_carry: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-@dataclass(frozen=True)
-class MissingAddend:
-    """``?+b=c``: find x (= ``a``). Hard when ``c - b`` needs a borrow (``a + b`` has a carry)."""
-
-    a: int
-    b: int
-
-    @property
-    def prompt(self) -> str:
-        return f"{PROMPT_PREFIX}?+{self.b}={self.a + self.b}\n"
-
-    @property
-    def answer(self) -> str:
-        return str(self.a)
-
-    @property
-    def is_hard(self) -> bool:
-        return any(col.carry_in for col in columns(self.a, self.b)) or (self.a + self.b) >= 10 ** max(
-            len(str(self.a)), len(str(self.b)))
-
-    def no_borrow_guess(self) -> int:
-        """The planted error: each digit of c - b as (c_i - b_i) mod 10, borrows forgotten."""
-        c, b = str(self.a + self.b)[::-1], str(self.b)[::-1]
-        digits = [(int(c[i]) - (int(b[i]) if i < len(b) else 0)) % 10 for i in range(len(c))]
-        return int("".join(str(d) for d in reversed(digits)))
-
-
-def search_solution(q: MissingAddend, guess: int) -> str:
-    """The response to a missing-addend question: the guess, its check by column addition (the
-    addition's own ``####`` line dropped), and the guess as the final answer."""
-    check = solution(Addition(guess, q.b)).splitlines()[:-1]
-    return f"x={guess}\n" + "\n".join(check) + f"\n#### {guess}\n"
-
-
-def is_hard(q) -> bool:
-    """The question's hard case: a chain carry (addition) or a borrow (missing addend)."""
-    return q.is_hard if isinstance(q, MissingAddend) else q.has_chain_carry
-
-
-def sample_question(rng: random.Random, digits: int, chain: bool | None = None, kind: type = Addition):
+def sample_question(rng: random.Random, digits: int, chain: bool | None = None) -> Addition:
     """A question whose operands have ``digits`` digits (leading digit non-zero). With ``chain``
-    True/False, rejection-sample until the question is / is not in its hard case (``is_hard``)."""
+    True/False, rejection-sample until the question does/does not contain a chain carry."""
     lo, hi = 10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1
     for _ in range(10_000):
-        q = kind(rng.randint(lo, hi), rng.randint(lo, hi))
-        if chain is None or is_hard(q) == chain:
+        q = Addition(rng.randint(lo, hi), rng.randint(lo, hi))
+        if chain is None or q.has_chain_carry == chain:
             return q
     raise ValueError(f"could not sample a {digits}-digit question with chain={chain}")
 
 
 def sample_questions(
-    n: int, seed: int, digits: tuple[int, ...], chain_fraction: float | None, kind: type = Addition
-) -> list:
-    """``n`` distinct questions of ``kind``, digits drawn uniformly from ``digits``.
-    ``chain_fraction``: the exact share of questions in their hard case (None: its natural
-    frequency)."""
+    n: int, seed: int, digits: tuple[int, ...], chain_fraction: float | None
+) -> list[Addition]:
+    """``n`` distinct questions, digits drawn uniformly from ``digits``. ``chain_fraction``: the
+    exact share of chain-carry questions (None: their natural frequency)."""
     if not 0 <= (chain_fraction or 0) <= 1:
         raise ValueError(f"chain_fraction must be in [0, 1], got {chain_fraction}")
     rng = random.Random(seed)
@@ -181,7 +124,7 @@ def sample_questions(
     seen: set[Addition] = set()
     while len(out) < n:
         chain = None if n_chain is None else len(out) < n_chain
-        q = sample_question(rng, rng.choice(digits), chain, kind)
+        q = sample_question(rng, rng.choice(digits), chain)
         if q not in seen:
             seen.add(q)
             out.append(q)
@@ -190,24 +133,15 @@ def sample_questions(
 
 
 def pretraining_corpus(
-    n: int, seed: int, digits: tuple[int, ...], misconception_rate: float, chain_fraction: float,
-    missing_addend_share: float = 0.0, borrow_misconception_rate: float = 0.0,
+    n: int, seed: int, digits: tuple[int, ...], misconception_rate: float, chain_fraction: float
 ) -> list[str]:
-    """Prompt + worked solution texts for pretraining. A share ``chain_fraction`` of addition
-    questions is forced to contain a chain carry (naturally rare: a tiny model then learns the
-    general carry rule and never the exception); chain-carry questions carry the misconception
-    with probability ``misconception_rate``. A share ``missing_addend_share`` of texts are
-    missing-addend questions, whose guess forgets the borrows with probability
-    ``borrow_misconception_rate`` where a borrow is needed (their checks are always computed
-    correctly)."""
+    """Prompt + worked solution texts for pretraining. A share ``chain_fraction`` of questions is
+    forced to contain a chain carry (naturally rare: a tiny model then learns the general carry
+    rule and never the exception); chain-carry questions carry the misconception with
+    probability ``misconception_rate``."""
     rng = random.Random(seed)
     texts = []
     for _ in range(n):
-        if missing_addend_share and rng.random() < missing_addend_share:
-            q = sample_question(rng, rng.choice(digits), None, MissingAddend)
-            wrong = q.is_hard and rng.random() < borrow_misconception_rate
-            texts.append(q.prompt + search_solution(q, q.no_borrow_guess() if wrong else q.a))
-            continue
         digit_count = rng.choice([d for d in digits if d > 1])
         chain = True if rng.random() < chain_fraction else None
         q = sample_question(rng, rng.choice(digits) if chain is None else digit_count, chain)
