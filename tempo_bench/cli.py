@@ -5,7 +5,7 @@
     tempo-bench sweep sweeps/recal_interval.yaml [--workers 2]
     tempo-bench eval --adapter runs/.../adapter --task toy [--lm-eval]
     tempo-bench figures --experiment compare-toy --out figures/
-    tempo-bench toy-model build [--out DIR] [--set key=value ...]
+    tempo-bench toy-model build [--stage S] [--out DIR] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -67,8 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", help="output folder (default: the preset's `out`)")
     cmp.add_argument("--budget-tokens", type=int, help="equal compute: token budget per run")
     cmp.add_argument("--table", help="also write the results table (markdown) to this file")
-    cmp.add_argument("--workers", type=int, default=1,
-                     help="runs at a time, each in its own process (default 1; threads per run: CPUs / workers)")
+    cmp.add_argument("--workers", default="auto",
+                     help="runs at a time, each in its own process with CPUs / workers torch threads (default "
+                     "auto: one per CPU core for a model on the CPU, where small runs side by side beat one "
+                     "run on all cores; 1 on a GPU)")
     cmp.set_defaults(func=cmd_compare)
 
     sw = sub.add_parser("sweep", help="an Optuna sweep (e.g. over TEMPO's recalibration interval)")
@@ -128,12 +130,14 @@ def _parser() -> argparse.ArgumentParser:
     toy = sub.add_parser("toy-model", help="the embedded tiny model")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
     build = toy_sub.add_parser(
-        "build", help="build the toy starting point deterministically: pretrain (about 5 minutes on one core), "
-        "then RLVR with PPO and a critic on the labeled pool (about 20 minutes), then measure it")
-    build.add_argument("--stage", choices=["all", "pretrain", "rlvr"], default="all",
-                       help="pretrain: the base checkpoint only; rlvr: the RLVR stage from the existing base")
-    build.add_argument("--out", help="folder for the base checkpoint, with the RLVR stage in <out>/rlvr "
-                       "(default: the ones shipped in the package)")
+        "build", help="build the toy starting point deterministically on one core: pretrain the policy (about 4 "
+        "minutes) and the critic's backbone (about 13), RLVR with PPO and the critic on the labeled pool, "
+        "then measure the result (tempo-bench probe)")
+    build.add_argument("--stage", choices=["all", "pretrain", "critic-pretrain", "rlvr"], default="all",
+                       help="pretrain: the policy's base; critic-pretrain: the critic's larger backbone; rlvr: "
+                       "the RLVR stage from both (all three by default)")
+    build.add_argument("--out", help="folder for toy_model/, toy_critic_base/ and toy_rlvr/ (default: the "
+                       "package's assets, what the presets load)")
     build.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a ToyModelSpec field (e.g. steps=200) or, prefixed rlvr., an RLVRSpec "
                        "field (e.g. rlvr.steps=50)")
@@ -309,6 +313,23 @@ def _print_summary(result, uri: str) -> None:
         print(f"Browse it: mlflow ui --backend-store-uri {uri}")
 
 
+def _compare_workers(text: str, preset: str, overrides: list[str], runs: int) -> int:
+    if text != "auto":
+        try:
+            workers = int(text)
+        except ValueError:
+            workers = 0
+        if workers < 1:
+            raise ConfigError(f"--workers takes 'auto' or a whole number >= 1, got {text!r}")
+        return workers
+    from tempo_bench.config import load_config
+    from tempo_bench.policy import resolve_device
+
+    if resolve_device(load_config(preset, overrides).model.device) != "cpu":
+        return 1
+    return max(1, min(os.cpu_count() or 1, runs))
+
+
 def cmd_compare(args) -> int:
     from tempo_bench.compare import parse_methods, parse_seeds, results_table, run_compare
 
@@ -318,10 +339,9 @@ def cmd_compare(args) -> int:
         raise ConfigError(str(err)) from None
     overrides = list(args.overrides) + (
         [f"train.budget_tokens={args.budget_tokens}"] if args.budget_tokens else [])
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    workers = _compare_workers(args.workers, args.preset, overrides, len(methods) * len(seeds))
     outcomes, uri = run_compare(args.preset, methods, seeds, overrides, args.tracking_uri, args.out,
-                                args.experiment, args.workers)
+                                args.experiment, workers)
     table = results_table(outcomes)
     print("\nFinal metrics, mean [95% bootstrap CI] over seeds (pb = reward point-biserial, "
           "mean of the first / last 5 steps; critic gap = test - probe ECE at the end):\n")
@@ -465,22 +485,27 @@ def _typed(cls, name: str, value):
 
 def cmd_toy_build(args) -> int:
     from tempo_bench.toy.build import build_and_score, build_rlvr
-    from tempo_bench.toy.model import RLVR_DIR, SHIPPED_DIR, ToyModelSpec
+    from tempo_bench.toy.model import CRITIC_BASE_DIR, RLVR_DIR, SHIPPED_DIR, ToyModelSpec, critic_backbone_spec
     from tempo_bench.toy.rlvr import RLVRSpec
 
     spec = ToyModelSpec(**_spec_overrides(args.overrides, "", ToyModelSpec))
     rlvr_spec = RLVRSpec(**_spec_overrides(args.overrides, "rlvr.", RLVRSpec))
-    base = Path(args.out) if args.out else SHIPPED_DIR
-    if args.stage in ("all", "pretrain"):
-        manifest = build_and_score(base, spec, show_progress=not args.quiet)
-        print(f"wrote {base} ({manifest['num_parameters']:,} parameters, weights {manifest['weights_hash']})")
-        for name, value in manifest["scores"].items():
-            print(f"  {name:<24} {value}")
+    root = Path(args.out) if args.out else None
+    base = root / "toy_model" if root else SHIPPED_DIR
+    critic_base = root / "toy_critic_base" if root else CRITIC_BASE_DIR
+    pretrain = [("pretrain", base, spec), ("critic-pretrain", critic_base, critic_backbone_spec())]
+    for stage, out, stage_spec in pretrain:
+        if args.stage in ("all", stage):
+            manifest = build_and_score(out, stage_spec, show_progress=not args.quiet)
+            print(f"wrote {out} ({manifest['num_parameters']:,} parameters, weights {manifest['weights_hash']})")
+            for name, value in manifest["scores"].items():
+                print(f"  {name:<24} {value}")
     if args.stage in ("all", "rlvr"):
         from tempo_bench.probe import report
 
-        out = base / "rlvr" if args.out else RLVR_DIR
-        manifest = build_rlvr(out, rlvr_spec, base_dir=base, show_progress=not args.quiet)
+        out = root / "toy_rlvr" if root else RLVR_DIR
+        manifest = build_rlvr(out, rlvr_spec, base_dir=base, critic_base_dir=critic_base,
+                              show_progress=not args.quiet)
         print(f"wrote {out}: actor {manifest['actor_weights_hash']}, critic {manifest['critic_weights_hash']} "
               f"({manifest['build_seconds']:.0f} s)")
         print(report(manifest["probe"]))

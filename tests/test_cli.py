@@ -99,7 +99,7 @@ def test_compare_rejects_unknown_methods_and_bad_seeds(tmp_path, capsys):
     assert main(["compare", "--preset", "toy-smoke", "--seeds", "a,b", "--out", str(tmp_path)]) == 2
     assert "--seeds takes comma-separated integers" in capsys.readouterr().err
     assert main(["compare", "--preset", "toy-smoke", "--workers", "0", "--out", str(tmp_path)]) == 2
-    assert "--workers must be at least 1" in capsys.readouterr().err
+    assert "--workers takes 'auto' or a whole number >= 1, got '0'" in capsys.readouterr().err
 
 
 def test_dry_run_prints_the_resolved_config_and_loads_nothing(tmp_path, capsys):

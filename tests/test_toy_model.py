@@ -34,3 +34,16 @@ def test_build_is_deterministic(tmp_path):
     assert a["weights_hash"] == b["weights_hash"] and a["data_hash"] == b["data_hash"]
     assert build(tmp_path / "c", ToyModelSpec(**{**spec.__dict__, "seed": 1}), show_progress=False)[
         "weights_hash"] != a["weights_hash"]
+
+
+def test_shipped_critic_backbone_matches_its_manifest():
+    from transformers import AutoModelForCausalLM
+
+    from tempo_bench.toy.model import CRITIC_BASE_DIR, critic_backbone_spec
+
+    manifest = json.loads((CRITIC_BASE_DIR / "manifest.json").read_text())
+    spec = ToyModelSpec(**{**manifest["spec"], "corpus_digits": tuple(manifest["spec"]["corpus_digits"])})
+    assert spec == critic_backbone_spec() and manifest["data_hash"] == MANIFEST["data_hash"], "same corpus"
+    model = AutoModelForCausalLM.from_pretrained(CRITIC_BASE_DIR)
+    assert weights_hash(model) == manifest["weights_hash"]
+    assert manifest["num_parameters"] > 3 * MANIFEST["num_parameters"]

@@ -20,7 +20,7 @@ def test_shipped_weights_are_the_manifests():
     base = json.loads((RLVR_DIR.parent / "toy_model" / "manifest.json").read_text())
     assert MANIFEST["base_weights_hash"] == base["weights_hash"], "the RLVR stage ran on the shipped base"
     for part in ("actor", "critic"):
-        assert sum(f.stat().st_size for f in (RLVR_DIR / part).iterdir()) < 5 * 2**20
+        assert sum(f.stat().st_size for f in (RLVR_DIR / part).iterdir()) < 8 * 2**20
 
 
 def test_toy_preset_starts_from_the_shipped_rlvr_stage():

@@ -46,7 +46,7 @@ def build_and_score(out_dir: Path, spec: ToyModelSpec, show_progress: bool = Tru
 
 
 def build_rlvr(out_dir: Path, spec, preset: str = "toy", base_dir: Path | None = None,
-               probe_rounds: int = 4, show_progress: bool = True) -> dict:
+               critic_base_dir: Path | None = None, probe_rounds: int = 4, show_progress: bool = True) -> dict:
     """The RLVR stage (tempo_bench/toy/rlvr.py) from the pretrained checkpoint on the labeled pool of
     ``preset``'s task; writes ``actor/``, ``critic/`` and ``manifest.json`` to ``out_dir``, the
     manifest with what `tempo-bench probe` measures on the result (the asymmetry TTT needs)."""
@@ -68,7 +68,7 @@ def build_rlvr(out_dir: Path, spec, preset: str = "toy", base_dir: Path | None =
     torch.use_deterministic_algorithms(True)
     start = time.perf_counter()
     try:
-        actor, critic, trajectory = run_rlvr(base_dir, spec, config.task, show_progress)
+        actor, critic, trajectory = run_rlvr(base_dir, spec, config.task, show_progress, critic_base_dir)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
@@ -88,13 +88,15 @@ def build_rlvr(out_dir: Path, spec, preset: str = "toy", base_dir: Path | None =
         "task": config.task.model_dump(),
         "preset": preset,
         "base_weights_hash": json.loads((base_dir / "manifest.json").read_text())["weights_hash"],
+        "critic_base_weights_hash": json.loads(((critic_base_dir or base_dir) / "manifest.json").read_text())[
+            "weights_hash"],
         "actor_weights_hash": weights_hash(actor),
         "critic_weights_hash": weights_hash(critic.model),
         "trajectory": trajectory,
         "probe": probe,
         "torch_version": torch.__version__,
         "build_seconds": round(seconds, 1),
-        "rebuild": "tempo-bench toy-model build --stage rlvr",
+        "rebuild": "tempo-bench toy-model build --stage rlvr (after the pretrain stages)",
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

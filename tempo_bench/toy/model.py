@@ -25,6 +25,7 @@ SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARACTERS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_model"  # pretrained
 RLVR_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_rlvr"  # actor/ and critic/ after RLVR
+CRITIC_BASE_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_critic_base"  # the critic's backbone
 
 
 def build_tokenizer():
@@ -67,6 +68,13 @@ class ToyModelSpec:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     eval: dict = field(default_factory=lambda: {"k": 8, "max_new_tokens": 96})
+
+
+def critic_backbone_spec() -> ToyModelSpec:
+    """The critic's backbone: the same corpus and recipe at about 4x the parameters (hidden 128, 6
+    layers). A self-critic of the policy's size could not rank its answers on the toy (README, "The
+    embedded default"); the capacity gap stands in for the paper's verify-easier-than-generate."""
+    return ToyModelSpec(hidden_size=128, num_layers=6, intermediate_size=512, lr=0.002)
 
 
 def corpus_of(spec: ToyModelSpec) -> list[str]:

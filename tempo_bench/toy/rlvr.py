@@ -14,7 +14,7 @@ updates are all seeded.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ class RLVRSpec:
     """Everything the RLVR stage depends on; stored in the manifest."""
 
     seed: int = 0
-    steps: int = 200
+    steps: int = 150
     prompts_per_step: int = 32
     n: int = 8
     max_new_tokens: int = 96
@@ -35,7 +35,6 @@ class RLVRSpec:
     lr: float = 5e-5  # the actor, trained in full (no LoRA: 269k parameters)
     clip_low: float = 0.2
     clip_high: float = 0.28
-    critic_backbone: str | None = None  # the critic's pretrained backbone (None: the actor's base, a self-critic)
     critic_lr: float = 3e-4
     critic_epochs: int = 2
     critic_cliprange: float = 2.0  # value clip around the pre-update values (2: none; the targets are +-1)
@@ -101,9 +100,9 @@ def score_on(backend, questions, answers: list[str], k: int, max_new_tokens: int
     return {"mean_at_k": M.mean_at_k(correct), "maj_at_k": M.maj_at_k(clusters, correct)}
 
 
-def run_rlvr(base_dir, spec: RLVRSpec, task_config, show_progress: bool = True):
+def run_rlvr(base_dir, spec: RLVRSpec, task_config, show_progress: bool = True, critic_base_dir=None):
     """PPO with a critic on the toy task's labeled pool, from the pretrained checkpoint at
-    ``base_dir``. Returns (actor, critic, trajectory); the trajectory scores held-out pool
+    ``base_dir`` (the critic: a value head on ``critic_base_dir``, default ``base_dir``). Returns (actor, critic, trajectory); the trajectory scores held-out pool
     questions and the test questions every ``eval_every`` steps (evidence of convergence)."""
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
@@ -124,7 +123,7 @@ def run_rlvr(base_dir, spec: RLVRSpec, task_config, show_progress: bool = True):
     torch.manual_seed(spec.seed)
     actor = AutoModelForCausalLM.from_pretrained(base_dir)
     backend = HFBackend(actor, tokenizer)
-    critic = Critic.from_pretrained(spec.critic_backbone or str(base_dir), spec.critic_config())
+    critic = Critic.from_pretrained(str(critic_base_dir or base_dir), spec.critic_config())
     optimizer = torch.optim.AdamW(actor.parameters(), lr=spec.lr, weight_decay=0.0)
     train_cfg = spec.train_config()
     grader = task.grader
