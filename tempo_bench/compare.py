@@ -196,7 +196,10 @@ def run_compare(preset: str, methods: list[str], seeds: list[int], overrides: li
 def _run_one(method: str, seed: int, config_dict: dict, uri: str, experiment: str, out_dir: str,
              progress: bool) -> Outcome:
     """One run of a comparison, logged to MLflow; a failure is recorded, not raised."""
+    from tempo_bench.cli import _quiet_libraries
     from tempo_bench.config import RunConfig
+
+    _quiet_libraries()  # a spawned worker starts without the CLI's settings
     from tempo_bench.loggers import MLflowLogger
     from tempo_bench.loop import run_name_of, run_ttt
 

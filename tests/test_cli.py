@@ -122,3 +122,14 @@ def test_dry_run_of_a_paper_preset_without_gpu_or_network(tmp_path, capsys, monk
     assert "4096 questions drawn from dapo17k (hub BytedTsinghua-SIA/DAPO-Math-17k" in out
     assert "vllm (weights synced as lora" in out and "critic:   a value head on the policy model (LoRA)" in out
     assert not any(tmp_path.iterdir())
+
+
+def test_compare_workers_default_to_one_run_per_core_on_cpu(monkeypatch):
+    import os
+
+    from tempo_bench.cli import _compare_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert _compare_workers("auto", "toy-smoke", [], runs=21) == 2
+    assert _compare_workers("auto", "toy-smoke", [], runs=1) == 1  # never more workers than runs
+    assert _compare_workers("3", "toy-smoke", [], runs=21) == 3

@@ -53,14 +53,16 @@ def test_starting_policy_scores_match_the_manifest(recomputed):
     assert abs(got["maj_at_k"] - shipped["maj_at_k"]) < _binomial_tolerance(shipped["maj_at_k"], recomputed["questions"])
 
 
-def test_the_asymmetry_the_manifest_records_holds(recomputed):
-    """The starting critic ranks a test question's answers better than majority vote does, as the
-    manifest says (the reason the toy exists); both AUROCs within noise of the manifest's."""
+def test_the_asymmetry_the_manifest_records_is_reproduced(recomputed):
+    """How the starting critic and majority vote rank a test question's answers (the reason the
+    toy exists, whichever way it goes): the recomputed AUROCs are within noise of the manifest's,
+    and order the two scores the same way."""
     shipped = MANIFEST["probe"]
-    assert shipped["critic_start"]["auroc_within"] > shipped["majority_vote_auroc_within"]
-    assert recomputed["critic_start"]["auroc_within"] > recomputed["majority_vote_auroc_within"]
-    assert abs(recomputed["critic_start"]["auroc_within"] - shipped["critic_start"]["auroc_within"]) < 0.15
-    assert abs(recomputed["majority_vote_auroc_within"] - shipped["majority_vote_auroc_within"]) < 0.2
+    critic, majority = recomputed["critic_start"]["auroc_within"], recomputed["majority_vote_auroc_within"]
+    assert abs(critic - shipped["critic_start"]["auroc_within"]) < 0.15
+    assert abs(majority - shipped["majority_vote_auroc_within"]) < 0.1
+    assert (critic > majority) == (shipped["critic_start"]["auroc_within"] > shipped["majority_vote_auroc_within"])
+    assert abs(recomputed["critic_start"]["ece"] - shipped["critic_start"]["ece"]) < 0.15  # the transfer gap
 
 
 def test_rlvr_stage_is_deterministic_and_trains(tmp_path):
@@ -78,7 +80,7 @@ def test_rlvr_stage_is_deterministic_and_trains(tmp_path):
         torch.set_num_threads(threads)
     (actor_a, critic_a, traj_a), (actor_b, critic_b, traj_b) = runs
     assert weights_hash(actor_a) == weights_hash(actor_b) and weights_hash(critic_a.model) == weights_hash(critic_b.model)
-    assert traj_a == traj_b and [p["step"] for p in traj_a] == [0, 2]
+    assert json.dumps(traj_a) == json.dumps(traj_b) and [p["step"] for p in traj_a] == [0, 2]  # NaN-aware
     from transformers import AutoModelForCausalLM
 
     assert weights_hash(actor_a) != weights_hash(AutoModelForCausalLM.from_pretrained(SHIPPED_DIR)), "the actor trained"

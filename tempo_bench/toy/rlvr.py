@@ -150,11 +150,18 @@ def run_rlvr(base_dir, spec: RLVRSpec, task_config, show_progress: bool = True, 
             bar.set_postfix(acc=f"{stats['accuracy']:.2f}", critic_auc=f"{stats['critic_auroc_within']:.2f}")
             if step % spec.eval_every == 0 or step == spec.steps:
                 trajectory.append({**checkpoint_scores(step), **{
-                    f"train_{k}": round(float(np.nanmean([s[k] for s in recent])), 4) for k in recent[0]}})
+                    f"train_{k}": _finite_mean([s[k] for s in recent]) for k in recent[0]}})
                 if show_progress:
                     bar.write(_trajectory_line(trajectory[-1]))
     actor.eval()
     return actor, critic, trajectory
+
+
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the finite values (AUROC-within is NaN on a batch where no group has both right and
+    wrong samples), rounded; NaN if there are none."""
+    finite = [v for v in values if np.isfinite(v)]
+    return round(float(np.mean(finite)), 4) if finite else float("nan")
 
 
 def _trajectory_line(point: dict) -> str:
