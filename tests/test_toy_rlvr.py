@@ -23,6 +23,12 @@ def test_shipped_weights_are_the_manifests():
         assert sum(f.stat().st_size for f in (RLVR_DIR / part).iterdir()) < 8 * 2**20
 
 
+def test_manifest_spec_is_the_default_build():
+    from tempo_bench.toy.rlvr import RLVRSpec
+
+    assert RLVRSpec(**MANIFEST["spec"]) == RLVRSpec(), "`tempo-bench toy-model build` rebuilds what is shipped"
+
+
 def test_toy_preset_starts_from_the_shipped_rlvr_stage():
     from tempo_bench.config import load_config
 

@@ -1,4 +1,5 @@
-"""`tempo-bench toy-model build`: pretrain, then score the base policy on the toy test set."""
+"""`tempo-bench toy-model build`: pretrain and score the policy's base and the critic's backbone,
+then the RLVR stage and its measurements (the manifest of every TTT run's starting point)."""
 
 from __future__ import annotations
 
@@ -53,13 +54,14 @@ def build_rlvr(out_dir: Path, spec, preset: str = "toy", base_dir: Path | None =
     import json
     import time
 
+    import tempfile
+    from dataclasses import asdict
+
     from tempo_bench.config import load_config
     from tempo_bench.policy import load_tokenizer
     from tempo_bench.probe import probe_asymmetry
     from tempo_bench.toy.model import SHIPPED_DIR, _portable_tokenizer_config, weights_hash
     from tempo_bench.toy.rlvr import run_rlvr
-
-    from dataclasses import asdict
 
     base_dir = Path(base_dir or SHIPPED_DIR)
     config = load_config(preset)
@@ -79,9 +81,10 @@ def build_rlvr(out_dir: Path, spec, preset: str = "toy", base_dir: Path | None =
     _portable_tokenizer_config(actor_dir)
     critic.save(critic_dir)
     (critic_dir / "optimizer.pt").unlink()  # TTT starts a fresh optimiser with its own lr
-    probe_config = load_config(preset, [f"model.path={actor_dir}", f"critic.init={critic_dir}",
-                                        f"out={out_dir / '.probe'}", "threads=1"])
-    probe = probe_asymmetry(probe_config, k=8, estep_rounds=probe_rounds, progress=show_progress)
+    with tempfile.TemporaryDirectory() as scratch:  # the probe's E-steps train a copy: nothing to keep
+        probe_config = load_config(preset, [f"model.path={actor_dir}", f"critic.init={critic_dir}",
+                                            f"out={scratch}", "threads=1"])
+        probe = probe_asymmetry(probe_config, k=8, estep_rounds=probe_rounds, progress=show_progress)
     manifest = {
         "stage": "rlvr",
         "spec": asdict(spec),

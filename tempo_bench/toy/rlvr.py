@@ -14,7 +14,7 @@ updates are all seeded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,7 +42,6 @@ class RLVRSpec:
     eval_every: int = 25
     eval_questions: int = 128  # held-out pool questions and test questions scored on the way
     eval_k: int = 4
-    extra: dict = field(default_factory=dict)  # free-form notes carried into the manifest
 
     def train_config(self):
         from tempo_bench.config import TrainConfig
@@ -53,13 +52,6 @@ class RLVRSpec:
         from tempo_bench.config import CriticConfig
 
         return CriticConfig(lr=self.critic_lr, minibatch_rows=self.critic_minibatch_rows)
-
-
-def questions_of_step(pool: list, step: int, per_step: int, seed: int) -> list:
-    """Epochs of seeded permutations of the pool (the same scheme as the TTT loop)."""
-    from tempo_bench.loop import questions_for_step
-
-    return questions_for_step(pool, step, per_step, seed)
 
 
 def rlvr_step(step: int, spec: RLVRSpec, actor, optimizer, critic, backend, questions, grader, pad_id: int,
@@ -102,12 +94,14 @@ def score_on(backend, questions, answers: list[str], k: int, max_new_tokens: int
 
 def run_rlvr(base_dir, spec: RLVRSpec, task_config, show_progress: bool = True, critic_base_dir=None):
     """PPO with a critic on the toy task's labeled pool, from the pretrained checkpoint at
-    ``base_dir`` (the critic: a value head on ``critic_base_dir``, default ``base_dir``). Returns (actor, critic, trajectory); the trajectory scores held-out pool
-    questions and the test questions every ``eval_every`` steps (evidence of convergence)."""
+    ``base_dir`` (the critic: a value head on ``critic_base_dir``, default ``base_dir``). Returns
+    (actor, critic, trajectory); the trajectory scores held-out pool questions and the test
+    questions every ``eval_every`` steps (evidence of convergence)."""
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
     from tempo_bench.critic import Critic
+    from tempo_bench.loop import questions_for_step
     from tempo_bench.policy import load_tokenizer
     from tempo_bench.rollout.hf import HFBackend
     from tempo_bench.tasks.toy import toy_pool
@@ -143,7 +137,7 @@ def run_rlvr(base_dir, spec: RLVRSpec, task_config, show_progress: bool = True, 
               disable=not show_progress) as bar:
         for step in bar:
             torch.manual_seed(spec.seed * 1_000_003 + step)
-            questions = questions_of_step(train_pool, step, spec.prompts_per_step, spec.seed)
+            questions = questions_for_step(train_pool, step, spec.prompts_per_step, spec.seed)  # as TTT does
             stats = rlvr_step(step, spec, actor, optimizer, critic, backend, questions, grader,
                               tokenizer.pad_token_id, train_cfg)
             recent = (recent + [stats])[-spec.eval_every:]
