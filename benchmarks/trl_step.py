@@ -44,7 +44,8 @@ def ours_step_seconds(work: StepWork, threads: int) -> list[float]:
 
     # the pretrained toy model on the default addition questions: the TRL side's model and prompts
     config = load_config("toy-smoke", [
-        "method=standard_ttt", "model.path=toy", "task.test_size=64", f"methods.standard_ttt.n_vote={work.generations}", f"rollout.n={work.generations}",
+        "method=standard_ttt", "model.path=toy", "task.test_size=64",
+        f"methods.standard_ttt.n_vote={work.generations}", f"rollout.n={work.generations}",
         f"rollout.max_new_tokens={work.max_new_tokens}", f"train.prompts_per_step={work.prompts}",
         f"train.lr={work.lr}", f"train.steps={work.steps}", f"eval.every={work.steps}", "eval.size=1", "eval.k=1",
         "eval.greedy=false", "log.rollouts_jsonl=false", f"threads={threads}",

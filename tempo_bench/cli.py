@@ -162,9 +162,9 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(describe_run(config))
         return 0
-    from tempo_bench.policy import check_model
+    from tempo_bench.policy import check_inputs
 
-    check_model(config.model.path)
+    check_inputs(config)
 
     from tempo_bench.loggers import MLflowLogger, default_tracking_uri
     from tempo_bench.loop import run_name_of, run_ttt
@@ -423,13 +423,13 @@ def cmd_figures(args) -> int:
 
 def cmd_probe(args) -> int:
     from tempo_bench.config import load_config
-    from tempo_bench.policy import check_model
+    from tempo_bench.policy import check_inputs
     from tempo_bench.probe import main as probe_main
 
     config = load_config(args.preset, list(args.overrides))
     if config.task.labeled_size <= config.critic.probe_questions:
         raise ConfigError("the probe needs a labeled pool larger than critic.probe_questions")
-    check_model(config.model.path)
+    check_inputs(config)
     return probe_main(config, args.k, args.estep_rounds, args.out)
 
 

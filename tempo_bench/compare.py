@@ -138,14 +138,14 @@ def run_compare(preset: str, methods: list[str], seeds: list[int], overrides: li
     import os
 
     from tempo_bench.config import load_config
-    from tempo_bench.policy import check_model
+    from tempo_bench.policy import check_inputs
 
     base = list(overrides) + ([f"out={out}"] if out else [])
     if workers > 1 and not any(o.startswith("threads=") for o in base):
         base.append(f"threads={max(1, (os.cpu_count() or 1) // workers)}")
     configs = {(m, s): load_config(preset, base + [f"method={m}", f"seed={s}"]) for m in methods for s in seeds}
     first = next(iter(configs.values()))
-    check_model(first.model.path)  # every bad input fails here, before the first run
+    check_inputs(first)  # every bad input fails here, before the first run
     out_dir = Path(first.out)
     from tempo_bench.loggers import default_tracking_uri
 
@@ -183,7 +183,8 @@ def run_compare(preset: str, methods: list[str], seeds: list[int], overrides: li
                 method, seed = futures[future][:2]
                 try:
                     outcome = future.result()
-                except Exception as err:  # a worker that died: the other runs go on
+                except Exception as err:  # a worker died (the pool then fails what it had left):
+                    # recorded as failed; the finished runs and their MLflow data are kept
                     outcome = Outcome(method, seed, error=f"{type(err).__name__}: {err}")
                 done[(method, seed)] = outcome
                 final = outcome.values.get("eval/mean_at_k@final", math.nan)

@@ -36,6 +36,20 @@ class ModelLoadError(ValueError):
     """The model a config names cannot be loaded."""
 
 
+def check_inputs(config) -> None:
+    """Every checkpoint a run config names can be read: the policy's model and a critic to start
+    from (``critic.init``). Called before any run is created."""
+    check_model(config.model.path)
+    if config.critic.init is not None:
+        try:
+            folder = Path(resolve_model_path(config.critic.init, part="critic"))
+        except FileNotFoundError as err:
+            raise ModelLoadError(str(err)) from None
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"critic.init={config.critic.init!r}: no saved critic in {folder} "
+                                 "(config.json missing); use 'toy-rlvr', a folder a critic was saved to, or null")
+
+
 def check_model(path: str) -> None:
     """Fail fast, before any run is created, when the model's config cannot be read (a typo in a
     local path, or a hub id on a machine without hub access)."""

@@ -44,6 +44,9 @@ def test_bad_inputs_fail_before_work_with_named_problem(capsys, tmp_path):
     assert "unknown method 'tempoo'" in capsys.readouterr().err
     assert main(["run", "--preset", "toy-smoke", "--set", "model.path=/no/such/model", "--out", str(tmp_path)]) == 2
     assert "could not load model '/no/such/model': no such local folder" in capsys.readouterr().err
+    assert main(["run", "--preset", "toy-smoke", "--method", "tempo", "--set", "critic.init=/no/critic",
+                 "--out", str(tmp_path)]) == 2
+    assert "critic.init='/no/critic': no saved critic in /no/critic" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists(), "a bad config must not create a run"
 
 
