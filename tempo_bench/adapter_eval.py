@@ -28,13 +28,13 @@ class EvalSet:
 
 
 def load_eval_set(task: str, data: str | None, limit: int | None) -> EvalSet:
-    """The test questions of ``task``: 'toy' (the embedded task's 64 test questions) or a real
-    benchmark from ``data`` (a local file) or the hub."""
+    """The test questions of ``task``: 'toy' (the 64 test questions of the `toy` preset, where its
+    runs train) or a real benchmark from ``data`` (a local file) or the hub."""
     if task == TOY:
-        from tempo_bench.config import ToyTaskConfig
+        from tempo_bench.config import load_config
         from tempo_bench.tasks.toy import load_toy_task
 
-        toy = load_toy_task(ToyTaskConfig(test_size=64, labeled_size=0))
+        toy = load_toy_task(load_config("toy").task)
         questions = toy.test[:limit] if limit else toy.test
         return EvalSet("toy", questions, toy.answer_key, toy.grader)
     from tempo_bench.tasks.real import get_task
