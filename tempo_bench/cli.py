@@ -147,6 +147,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 from tempo_bench.config import ConfigError  # noqa: E402  (after the environment is set)
+from tempo_bench.errors import Interrupted, StorageError, UserError  # noqa: E402
+from tempo_bench.tracking import check_tracking, ensure_writable  # noqa: E402
+from tempo_bench.workers import quiet_libraries  # noqa: E402
 
 
 def cmd_run(args) -> int:
@@ -165,6 +168,7 @@ def cmd_run(args) -> int:
     from tempo_bench.policy import check_inputs
 
     check_inputs(config)
+    ensure_writable(config.out)
 
     from tempo_bench.loggers import MLflowLogger, default_tracking_uri
     from tempo_bench.loop import run_name_of, run_ttt
@@ -177,6 +181,7 @@ def cmd_run(args) -> int:
     if method_class(config.method).uses_test_labels:
         print(f"  NOTE: {config.method} trains on the TEST labels: an upper bound, not a TTT method")
     print(f"  MLflow: {uri}  experiment={config.log.experiment}")
+    check_tracking(uri)
     if args.resume:
         from tempo_bench.checkpoint import check_resumable, find_resumable, latest_checkpoint
 
@@ -188,14 +193,32 @@ def cmd_run(args) -> int:
         logger = MLflowLogger(uri, config.log.experiment, run_name, run_id=run_id,
                               spool_path=run_dir / SPOOL)
     else:
-        check_tracking(uri)
         logger = MLflowLogger(uri, config.log.experiment, run_name, artifact_root=out / "mlartifacts")
         run_dir = out / config.log.experiment / f"{run_name}-{logger.run_id[:8]}"
         logger.spool_path = run_dir / SPOOL
-    with logger:
-        result = run_ttt(config, logger, out_dir=run_dir, progress=not args.quiet, resume=args.resume)
+    try:
+        with logger:
+            result = run_ttt(config, logger, out_dir=run_dir, progress=not args.quiet, resume=args.resume)
+    except KeyboardInterrupt:
+        raise Interrupted(_resume_hint(args.argv, run_dir, config)) from None
     _print_summary(result, uri)
     return 0
+
+
+def _resume_hint(argv: list[str], run_dir: Path, config) -> str:
+    """What an interrupted run left behind, and the command that continues it."""
+    import shlex
+
+    from tempo_bench.checkpoint import latest_checkpoint, load_state
+
+    again = shlex.join(["tempo-bench", *argv])
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        return (f"MLflow run marked KILLED; no checkpoint was written yet (train.checkpoint_every="
+                f"{config.train.checkpoint_every}). Start again: {again}")
+    resume = again if "--resume" in argv else f"{again} --resume"
+    return (f"MLflow run marked KILLED; checkpoint of step {load_state(checkpoint)['step']} kept in "
+            f"{checkpoint.parent}. Continue it: {resume}")
 
 
 def describe_run(config) -> str:
@@ -279,19 +302,6 @@ def _describe_task(task) -> str:
 SPOOL = "mlflow_spool.jsonl"  # writes buffered while the tracking server is unreachable
 
 
-def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
-    """A tracking server that does not answer is an error before any work starts."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).read()
-    except OSError as err:
-        raise ConfigError(f"the MLflow tracking server at {uri} does not answer ({err}); start it, "
-                          "or drop --tracking-uri to log to a local sqlite store") from None
-
-
 def _print_summary(result, uri: str) -> None:
     first, last = min(result.evals), max(result.evals)
     print(f"\nEvaluation on the test questions (step {first} -> step {last}):")
@@ -361,9 +371,16 @@ def cmd_sweep(args) -> int:
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-    study = run_sweep(args.spec, args.study, args.storage, args.n_trials, args.workers,
-                      args.tracking_uri, args.out, progress=not args.quiet)
+    import shlex
+
+    study, left = run_sweep(args.spec, args.study, args.storage, args.n_trials, args.workers,
+                            args.tracking_uri, args.out, progress=not args.quiet,
+                            command=shlex.join(["tempo-bench", *args.argv]))
     print(describe(study))
+    if left:
+        print("the sweep is incomplete:\n  " + "\n  ".join(left) + "\nrun the same command again to "
+              "finish it (completed trials are kept)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -512,31 +529,24 @@ def cmd_toy_build(args) -> int:
     return 0
 
 
-def _quiet_libraries() -> None:
-    """Keep the terminal for our progress bar and summary: MLflow's schema-migration INFO lines
-    and a deprecation warning peft triggers inside transformers say nothing to the user."""
-    import logging
-    import warnings
-
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Expected failures (a bad config, a malformed file, an unreachable store,
+    an unwritable folder) end in one ``error:`` line and exit code 2; Ctrl-C in one line that says
+    how to continue, exit code 130."""
     args = _parser().parse_args(argv)
-    _quiet_libraries()
-    from tempo_bench.policy import ModelLoadError
-
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_libraries()
     try:
         return args.func(args)
-    except (ConfigError, ModelLoadError, FileNotFoundError, FloatingPointError) as err:
+    except (UserError, FileNotFoundError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        print(f"\ninterrupted: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -15,10 +15,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tempo_bench.errors import DataError, UserError
 from tempo_bench.registry import unknown_name
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration problem, phrased for the person who wrote the config."""
 
 
@@ -137,7 +138,8 @@ class TrainConfig(_Strict):
     length_buckets: int = Field(
         4, ge=1, description="sort each minibatch by length into this many micro-batches (less padding; "
         "the gradient is the same)")
-    checkpoint_every: int = Field(0, ge=0, description="checkpoint every this many steps (0: never)")
+    checkpoint_every: int = Field(10, ge=0, description="checkpoint every this many steps and at the end (0: never); "
+                                  "what `run --resume` and `compare --resume` continue from")
     budget_tokens: int | None = Field(
         None, ge=1, description="stop once rollout + policy + critic tokens reach this (equal compute)"
     )
@@ -255,7 +257,7 @@ def _read_preset(name: str, seen: tuple[str, ...] = ()) -> dict:
         text = (resources.files("tempo_bench") / "presets" / f"{name}.yaml").read_text()
     else:
         raise ConfigError(unknown_name("preset", name, preset_names(), ", or a path to a .yaml file"))
-    data = yaml.safe_load(text) or {}
+    data = parse_yaml(text, str(path) if path.suffix in {".yaml", ".yml"} else f"preset {name!r}")
     if not isinstance(data, dict):
         raise ConfigError(f"preset {name!r} must be a YAML mapping")
     base = data.pop("base", None)
@@ -264,6 +266,17 @@ def _read_preset(name: str, seen: tuple[str, ...] = ()) -> dict:
     if base in seen + (name,):
         raise ConfigError(f"preset {name!r}: circular base chain {' -> '.join(seen + (name, base))}")
     return deep_merge(_read_preset(base, seen + (name,)), data)
+
+
+def parse_yaml(text: str, where: str):
+    """YAML text as Python data; a syntax error names the file, the line and the column."""
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        place = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark is not None else where
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise DataError(f"{place}: not valid YAML ({problem})") from None
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -384,3 +397,19 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+# settings that change where and how fast a run is recorded, not what it computes
+_NOT_IN_IDENTITY = ("out", "log", "threads")
+
+
+def config_identity(config) -> str:
+    """A short hash of everything that determines a run's numbers (not its output folder, logging
+    or thread count): two runs with one identity are repeats of one experiment, and the analysis
+    counts only the latest finished one."""
+    import hashlib
+    import json
+
+    data = {k: v for k, v in config.model_dump().items() if k not in _NOT_IN_IDENTITY}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+

@@ -22,6 +22,14 @@ def check_answers(grader: Grader, answer_key: AnswerKey, questions: list[Questio
     return np.array(grader.check([answer_key.answer(q.id) for q in questions], answers), dtype=bool)
 
 
+def eval_metric_names(cfg) -> set[str]:
+    """The metric keys ``evaluate`` logs for an EvalConfig (a sweep checks its objective here
+    before its first trial)."""
+    names = {"eval/mean_at_k", "eval/maj_at_k", "eval/pass_at_k", "eval/distinct_answers",
+             "eval/answer_entropy", "eval/distinct_2", *(f"eval/pass_at_{j}" for j in range(1, cfg.k + 1))}
+    return names | ({"eval/greedy_acc"} if cfg.greedy else set())
+
+
 def evaluate(
     backend: RolloutBackend,
     questions: list[Question],

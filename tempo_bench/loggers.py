@@ -109,16 +109,26 @@ def default_tracking_uri(out_dir: Path) -> str:
 
 
 def ensure_experiment(client, experiment: str, artifact_root: Path | None) -> str:
-    """The id of ``experiment``, created (with the store itself, for a new sqlite file) if absent.
-    Parallel workers call this in their parent first: workers racing to create a new sqlite store
-    collide in its schema migration."""
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
-    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-    # MLflow 3's UI shows an untagged experiment as a GenAI one; ours are training runs.
-    return client.create_experiment(experiment, artifact_location=location,
-                                    tags={"mlflow.experimentKind": "custom_model_development"})
+    """The id of ``experiment``, created if absent. Safe when several processes ask at once: a
+    sqlite store is locked meanwhile, and a creation that loses a race reads the winner's id."""
+    from mlflow.exceptions import MlflowException
+
+    from tempo_bench.tracking import store_lock
+
+    with store_lock(client.tracking_uri):
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+        try:
+            # MLflow 3's UI shows an untagged experiment as a GenAI one; ours are training runs.
+            return client.create_experiment(experiment, artifact_location=location,
+                                            tags={"mlflow.experimentKind": "custom_model_development"})
+        except MlflowException:  # created meanwhile by a process on another machine
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+            return found.experiment_id
 
 
 class MLflowLogger(Logger):
@@ -143,13 +153,13 @@ class MLflowLogger(Logger):
         spool_path: Path | None = None,
     ):
         """Start a new run named ``run_name``, or with ``run_id`` reopen that run (resume)."""
-        from mlflow.tracking import MlflowClient
+        from tempo_bench.tracking import tracking_client
 
         if tracking_uri.startswith("http"):  # fail fast during an outage instead of retrying for minutes
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = tracking_client(tracking_uri)
         self.pending: list[dict] = []
         self.spool_path = spool_path
         self._next_try = 0.0

@@ -23,7 +23,7 @@ import torch
 
 from tempo_bench import metrics as M
 from tempo_bench.checkpoint import check_resumable, latest_checkpoint, restore_policy, save_checkpoint
-from tempo_bench.config import RunConfig, flatten
+from tempo_bench.config import RunConfig, config_identity, flatten
 from tempo_bench.critic import Critic
 from tempo_bench.evaluation import evaluate, grade
 from tempo_bench.loggers import Logger
@@ -153,7 +153,7 @@ def run_ttt(
     if not resume:  # a resumed run keeps the params and tags it was started with
         logger.set_tags({
             "method": config.method, "task": task.name, "seed": str(config.seed),
-            "preset": config.preset, "git_commit": git_commit(),
+            "preset": config.preset, "git_commit": git_commit(), "config_identity": config_identity(config),
             "uses_test_labels": str(cls.uses_test_labels).lower(),
             **({"oracle": "USES TEST LABELS"} if cls.uses_test_labels else {}),
         })
@@ -204,6 +204,7 @@ def run_ttt(
         log_metrics(run_eval(0), 0)
     bar = tqdm(range(first_step, config.train.steps + 1), desc=f"{config.method} s{config.seed}",
                disable=not progress, initial=first_step - 1, total=config.train.steps)
+    step, over_budget = first_step - 1, False
     for step in bar:
         timer = PhaseTimer()
         torch.manual_seed(step_seed(config.seed, step, stream=1))
@@ -282,6 +283,8 @@ def run_ttt(
             print(f"token budget reached after step {step} ({spent:,} >= {config.train.budget_tokens:,})")
             break
 
+    # what the analysis reads to tell a run that ran its course from one that stopped early
+    logger.set_tags({"stop_reason": "token budget" if over_budget else "steps", "steps_done": str(step)})
     adapter_dir = save_adapter(policy, out_dir / "adapter")
     logger.log_artifacts(adapter_dir, "adapter")
     if ops is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from tempo_bench.errors import UserError
 from tempo_bench.algos import LOSS_AVERAGES_OVER, POLICY_LOSSES, masked_mean, token_entropy, token_logprobs
 
 TOY_MODEL = "toy"
@@ -32,13 +33,17 @@ def resolve_model_path(path: str, part: str = "actor") -> str:
     return str(folder)
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError):
     """The model a config names cannot be loaded."""
 
 
 def check_inputs(config) -> None:
-    """Every checkpoint a run config names can be read: the policy's model and a critic to start
-    from (``critic.init``). Called before any run is created."""
+    """Every checkpoint and file a run config names can be read: the policy's model, a critic to
+    start from (``critic.init``) and the task's questions (a malformed file is a DataError naming
+    file and line). Called before any run is created."""
+    from tempo_bench.tasks import load_task_data
+
+    load_task_data(config.task)
     check_model(config.model.path)
     if config.critic.init is not None:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
+from tempo_bench.errors import DataError
 from tempo_bench.grading import GENERIC, Grader
 
 
@@ -69,13 +70,13 @@ class TaskData:
 
     def __post_init__(self):
         if not self.test:
-            raise ValueError(f"task {self.name!r} has no test questions")
+            raise DataError(f"task {self.name!r} has no test questions")
         missing = [q.id for q in self.test if q.id not in self.answer_key]
         if missing:
-            raise ValueError(f"task {self.name!r}: no gold answer for test questions {missing[:5]}")
+            raise DataError(f"task {self.name!r}: no gold answer for test questions {missing[:5]}")
         ids = [q.id for q in self.test]
         if len(set(ids)) != len(ids):
-            raise ValueError(f"task {self.name!r}: duplicate question ids in the test set")
+            raise DataError(f"task {self.name!r}: duplicate question ids in the test set")
 
     def with_prompts(self, render) -> "TaskData":
         """The same task with every prompt passed through ``render`` (a chat template)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from tempo_bench.errors import DataError
 from tempo_bench.grading import Grader, answers_equivalent, canonical_number, extract_answer
 from tempo_bench.registry import unknown_name
 from tempo_bench.tasks.base import LabeledQuestion
@@ -95,14 +96,15 @@ class Task(Grader):
         rows = read_rows(source) if source is not None else self._hub_rows()
         where = str(source or self.spec.hub_id)
         if not rows:
-            raise ValueError(f"{where}: no rows")
+            raise DataError(f"{where}: no rows")
         out = []
         for i, row in enumerate(rows[:limit] if limit else rows):
             question, answer = row_question(row), self.row_answer(row)
             if not question:
-                raise ValueError(f"{where} row {i}: no question field (looked for {', '.join(_QUESTION_KEYS)})")
+                raise DataError(f"{where} row {i}: no question field (looked for {', '.join(_QUESTION_KEYS)})")
             if not answer:
-                raise ValueError(f"{where} row {i}: no parseable gold answer")
+                raise DataError(f"{where} row {i}: no parseable gold answer (looked for answer, solution, "
+                                "reward_model.ground_truth)")
             out.append(LabeledQuestion(id=str(row.get("id", i)), prompt=self.prompt(question), answer=answer))
         return out
 
@@ -126,7 +128,7 @@ class Task(Grader):
         try:
             ds = load_dataset(self.spec.hub_id, self.spec.hub_config, split=self.spec.split)
         except Exception as err:  # offline, gated or renamed: say which and how to work around it
-            raise ValueError(
+            raise DataError(
                 f"could not load {self.spec.hub_id} from the hub ({type(err).__name__}: {err}); "
                 f"download it and pass a local file instead"
             ) from None
@@ -153,20 +155,43 @@ def row_question(row: dict) -> str | None:
 
 
 def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a local task file (JSON list, JSONL, parquet). Raises DataError naming the
+    file and, for JSON, the line of the first problem."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"task file {path} does not exist")
-    if path.suffix == ".parquet":
-        import pandas as pd
+        raise DataError(f"task file {path} does not exist")
+    try:
+        if path.suffix == ".parquet":
+            import pandas as pd
 
-        return pd.read_parquet(path).to_dict("records")
-    text = path.read_text()
+            return _check_rows(pd.read_parquet(path).to_dict("records"), path)
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # pyarrow raises ValueError subclasses
+        raise DataError(f"task file {path} cannot be read: {err}") from None
     if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
+        return _check_rows(rows, path, first_line=True)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of rows")
-    return data
+        raise DataError(f"{path}: expected a JSON list of rows (or one JSON object per line)")
+    return _check_rows(data, path)
+
+
+def _check_rows(rows: list, path: Path, first_line: bool = False) -> list[dict]:
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            where = f"{path}:{i + 1}" if first_line else f"{path} row {i}"
+            raise DataError(f"{where}: expected an object with a question and an answer, got {type(row).__name__}")
+    return rows
 
 
 def get_task(name: str) -> Task:
@@ -193,7 +218,7 @@ def load_real_task(config) -> "TaskData":
         test_prompts = {q.prompt.strip() for q in test}
         pool = [q for q in pool if q.prompt.strip() not in test_prompts]
         if len(pool) < config.labeled_size:
-            raise ValueError(f"labeled pool {config.labeled!r} has {len(pool)} questions (after "
+            raise DataError(f"labeled pool {config.labeled!r} has {len(pool)} questions (after "
                              f"removing test questions), fewer than task.labeled_size={config.labeled_size}")
         order = list(range(len(pool)))
         random.Random(config.seed).shuffle(order)

@@ -1,0 +1,112 @@
+"""Worker processes of compare and sweep: quiet libraries, and interruption that ends in clean
+records rather than tracebacks.
+
+A terminal's Ctrl-C reaches every process of the foreground group at once. Workers therefore
+ignore SIGINT and leave the decision to their parent, which sends them SIGTERM; a worker in the
+middle of a run turns SIGTERM into KeyboardInterrupt, so the run's own cleanup marks it KILLED in
+MLflow (and its trial as interrupted) before the worker exits; an idle worker exits at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from contextlib import contextmanager
+
+_IN_RUN = False
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for our progress bars and summaries: MLflow's schema-migration INFO lines
+    and a deprecation warning peft triggers inside transformers say nothing to the user."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _on_terminate(signum, frame):
+    if _IN_RUN:
+        raise KeyboardInterrupt  # unwinds through the run's cleanup: MLflow run KILLED, trial marked
+    os._exit(128 + signum)
+
+
+def init_worker() -> None:
+    """Call first in a spawned worker process."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_terminate)
+    quiet_libraries()
+
+
+@contextmanager
+def interruptible_run():
+    """While inside, SIGTERM interrupts the run as Ctrl-C would."""
+    global _IN_RUN
+    _IN_RUN = True
+    try:
+        yield
+    finally:
+        _IN_RUN = False
+
+
+def stop_processes(pids: list[int], timeout_s: float = 60.0) -> None:
+    """SIGTERM each live worker and wait up to ``timeout_s`` for all of them to finish their
+    cleanup; SIGKILL what is left."""
+    import time
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if _alive(pid)]
+        time.sleep(0.1)
+    for pid in alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)  # our own child: reap it if it ended
+        return waited == 0
+    except ChildProcessError:  # not our child (or already reaped)
+        return process_alive(pid)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class ParentWatch:
+    """A run hook that stops an orphaned worker: if the parent was killed (SIGKILL gives it no
+    chance to stop its workers), the run ends as interrupted at the next step instead of writing
+    on while the user resumes the same work elsewhere."""
+
+    def __init__(self):
+        self.parent = os.getppid()
+
+    def __call__(self, step, evals) -> None:
+        if os.getppid() != self.parent:
+            print(f"parent process {self.parent} is gone: stopping after step {step}", file=sys.stderr)
+            raise KeyboardInterrupt
