@@ -49,15 +49,23 @@ def improvement_table(outcomes, reference: str = "tempo", key: str = f"{MAIN_MET
     return "\n".join(lines)
 
 
-def write_report(experiment: str, tracking_uri: str | None, out: Path, refresh: bool = False) -> list[Path]:
-    """Write every figure the experiment's runs allow, and the tables; returns the files written."""
+def write_report(experiment: str, tracking_uri: str | None, out: Path, refresh: bool = False,
+                 include_partial: bool = False) -> list[Path]:
+    """Write every figure the experiment's runs allow, and the tables; returns the files written.
+    Only finished runs count, each experiment once (analysis.runs.select_runs), unless
+    ``include_partial`` adds unfinished ones labelled "(partial)"."""
+    from analysis.runs import describe_skipped
     from tempo_bench.compare import results_table
 
     out.mkdir(parents=True, exist_ok=True)
-    df = load_experiment(experiment, tracking_uri, cache_dir=out / ".cache", refresh=refresh)
+    df = load_experiment(experiment, tracking_uri, cache_dir=out / ".cache", refresh=refresh,
+                         include_partial=include_partial)
+    skipped = df.attrs.get("skipped", [])
+    print(f"  counted {df.run_id.nunique() if not df.empty else 0} run(s); {describe_skipped(skipped)}")
     if df.empty:
-        raise ValueError(f"experiment {experiment!r} has no training runs")
-    runs = load_run_table(experiment, tracking_uri)
+        raise ValueError(f"experiment {experiment!r} has no finished training runs"
+                         + (f" ({describe_skipped(skipped)})" if skipped else ""))
+    runs = load_run_table(experiment, tracking_uri, include_partial=include_partial)
     written: list[Path] = []
 
     def save(name: str, make, needs: str | None, command: str) -> None:

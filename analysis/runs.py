@@ -22,13 +22,83 @@ COLUMNS = ["run_id", "run_name", "method", "task", "seed", "trial", "step", "tok
 # the compute axis: every token a method spent (rollouts, policy training, critic training and
 # the E-steps' own rollouts), cumulative
 TOKEN_KEYS = ["tokens/rollout", "tokens/policy", "tokens/critic", "tokens/estep_rollout"]
-FINISHED = {"FINISHED", "FAILED", "KILLED"}
+FINISHED = {"FINISHED", "FAILED", "KILLED"}  # ended: their cached rows stay valid
+PARTIAL = " (partial)"  # the method label of a run that did not finish, with include_partial
 
 
 def _client(tracking_uri: str | None):
+    from tempo_bench.tracking import tracking_client
+
+    return tracking_client(tracking_uri) if tracking_uri else _default_client()
+
+
+def _default_client():
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    return MlflowClient()
+
+
+def _unfinished_reason(client, run, by_id: dict) -> str | None:
+    """Why a run does not count as a finished result (None: it does). A run counts when MLflow
+    says FINISHED, its sweep trial was not pruned, and it ran every planned step (or stopped at
+    its token budget)."""
+    tags = run.data.tags
+    if run.info.status != "FINISHED":
+        return f"status {run.info.status}"
+    parent = by_id.get(tags.get("mlflow.parentRunId"))
+    if "PRUNED" in (tags.get("trial_state"), parent.data.tags.get("trial_state") if parent else None):
+        return "pruned by the sweep"
+    if tags.get("stop_reason") == "token budget":
+        return None
+    planned = run.data.params.get("train.steps")
+    if planned is None:
+        return None
+    done = tags.get("steps_done")
+    if done is None:  # runs logged before the steps_done tag: read the step history
+        done = max((m.step for m in client.get_metric_history(run.info.run_id, "time/step")), default=0)
+    if int(done) < int(planned):
+        return f"stopped at step {done} of {planned}"
+    return None
+
+
+def select_runs(client, runs: list, include_partial: bool = False) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Which training runs the analysis counts: ({run_id: method label}, [(run name, why skipped)]).
+
+    Runs that did not finish (still RUNNING, KILLED, FAILED, pruned, or stopped before their last
+    step) are skipped, or with ``include_partial`` kept under the label "<method> (partial)".
+    Repeats of one experiment (same method, seed, sweep trial and config identity, e.g. a compare
+    run twice) count once: the latest finished one."""
+    by_id = {r.info.run_id: r for r in runs}
+    labels, skipped, seen = {}, [], set()
+    for run in sorted(runs, key=lambda r: -(r.info.start_time or 0)):  # newest first
+        tags = run.data.tags
+        if "method" not in tags:
+            continue
+        why = _unfinished_reason(client, run, by_id)
+        if why is not None and not include_partial:
+            skipped.append((run.info.run_name, why))
+            continue
+        key = (tags["method"], tags.get("seed"), _trial_of(run, by_id), tags.get("config_identity") or run.info.run_id)
+        if why is None:
+            if key in seen:
+                skipped.append((run.info.run_name, "an earlier repeat of the same method, seed and config"))
+                continue
+            seen.add(key)
+        labels[run.info.run_id] = tags["method"] + (PARTIAL if why is not None else "")
+    return labels, skipped
+
+
+def describe_skipped(skipped: list[tuple[str, str]]) -> str:
+    """One line: how many runs were left out and why."""
+    from collections import Counter
+
+    if not skipped:
+        return "every training run finished"
+    reasons = Counter(why if not why.startswith("stopped at") else "stopped before their last step"
+                      for _, why in skipped)
+    return (f"skipped {len(skipped)} run(s) that do not count as results: "
+            + ", ".join(f"{n} {why}" for why, n in reasons.most_common())
+            + " (--include-partial shows unfinished ones, labelled '(partial)')")
 
 
 def _experiment_id(client, experiment: str) -> str:
@@ -74,17 +144,20 @@ def _run_rows(client, run, trial: int | None) -> pd.DataFrame:
 
 
 def load_experiment(experiment: str, tracking_uri: str | None = None, cache_dir: str | Path | None = None,
-                    refresh: bool = False) -> pd.DataFrame:
-    """Every logged value of every training run of ``experiment`` in one tidy DataFrame (columns
-    COLUMNS; seed and trial are -1 where they do not apply). Sweep parents and trial runs that
-    only hold their objective are left out: runs without a ``method`` tag.
+                    refresh: bool = False, include_partial: bool = False) -> pd.DataFrame:
+    """Every logged value of every counted training run of ``experiment`` in one tidy DataFrame
+    (columns COLUMNS; seed and trial are -1 where they do not apply). Sweep parents and trial runs
+    that only hold their objective are left out (runs without a ``method`` tag), and so are runs
+    that did not finish and earlier repeats (see select_runs); ``df.attrs["skipped"]`` lists them
+    as (run name, why).
 
     With ``cache_dir``, runs that have ended are stored in a parquet file per experiment and read
     from it next time; runs still going (or new) are fetched again."""
     client = _client(tracking_uri)
     runs = _all_runs(client, _experiment_id(client, experiment))
     by_id = {r.info.run_id: r for r in runs}
-    runs = [r for r in runs if "method" in r.data.tags]
+    labels, skipped = select_runs(client, runs, include_partial)
+    runs = [r for r in runs if r.info.run_id in labels]
     cache = cached = None
     if cache_dir is not None:
         key = hashlib.sha256(f"{client.tracking_uri}|{experiment}".encode()).hexdigest()[:12]
@@ -102,31 +175,35 @@ def load_experiment(experiment: str, tracking_uri: str | None = None, cache_dir:
                 continue
         parts.append(_run_rows(client, run, _trial_of(run, by_id)))
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
+    if not df.empty:
+        df["method"] = df.run_id.map(labels)
     df = df.sort_values(["method", "seed", "trial", "run_id", "metric", "step"], ignore_index=True)
     if cache is not None:
         stamps = {r.info.run_id: f"{r.info.status}:{r.info.end_time}" for r in runs}
         cache.parent.mkdir(parents=True, exist_ok=True)
         df.assign(stamp=df.run_id.map(stamps)).to_parquet(cache, index=False)
+    df.attrs["skipped"] = skipped
     return df
 
 
-def load_run_table(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
-    """One row per training run: run_id, run_name, method, task, seed, trial, status, and every
-    logged parameter (``params.<key>``, strings as MLflow stores them)."""
+def load_run_table(experiment: str, tracking_uri: str | None = None, include_partial: bool = False) -> pd.DataFrame:
+    """One row per counted training run (as load_experiment): run_id, run_name, method, task, seed,
+    trial, status, and every logged parameter (``params.<key>``, strings as MLflow stores them)."""
     client = _client(tracking_uri)
     runs = _all_runs(client, _experiment_id(client, experiment))
     by_id = {r.info.run_id: r for r in runs}
+    labels, _ = select_runs(client, runs, include_partial)
     rows = []
     for run in runs:
         tags = run.data.tags
-        if "method" not in tags:
+        if run.info.run_id not in labels:
             continue
         trial = _trial_of(run, by_id)
         params = dict(run.data.params)
         parent = by_id.get(tags.get("mlflow.parentRunId"))
         if parent is not None:  # a sweep's per-seed run: the trial's parameters are on its parent
             params = {**parent.data.params, **params}
-        rows.append({"run_id": run.info.run_id, "run_name": run.info.run_name, "method": tags.get("method"),
+        rows.append({"run_id": run.info.run_id, "run_name": run.info.run_name, "method": labels[run.info.run_id],
                      "task": tags.get("task"), "seed": int(tags.get("seed", -1)),
                      "trial": -1 if trial is None else trial, "status": run.info.status,
                      **{f"params.{k}": v for k, v in params.items()}})

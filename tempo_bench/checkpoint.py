@@ -69,7 +69,7 @@ def find_resumable(out: Path, experiment: str, run_name: str) -> Path | None:
 
 
 # config fields a resumed run may change (extend a run, evaluate or checkpoint more or less often)
-RESUMABLE_CHANGES = {"train.steps", "eval.every", "train.checkpoint_every", "train.budget_tokens"}
+RESUMABLE_CHANGES = {"train.steps", "eval.every", "train.checkpoint_every", "train.budget_tokens", "threads"}
 
 
 def check_resumable(path: Path, config) -> dict:

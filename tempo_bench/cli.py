@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="runs at a time, each in its own process with CPUs / workers torch threads (default "
                      "auto: one per CPU core for a model on the CPU, where small runs side by side beat one "
                      "run on all cores; 1 on a GPU)")
+    cmp.add_argument("--resume", action="store_true", help="after an interruption: reuse the experiment's "
+                     "finished runs of the same config, continue unfinished ones from their last checkpoint, "
+                     "run the rest")
     cmp.set_defaults(func=cmd_compare)
 
     sw = sub.add_parser("sweep", help="an Optuna sweep (e.g. over TEMPO's recalibration interval)")
@@ -109,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
                     "sqlite:///runs/mlflow.db)")
     fg.add_argument("--out", required=True, help="folder for the figures and tables")
     fg.add_argument("--refresh", action="store_true", help="ignore the parquet cache of finished runs")
+    fg.add_argument("--include-partial", action="store_true", help="also plot runs that did not finish "
+                    "(killed, failed, pruned, still running), labelled '<method> (partial)'; by default "
+                    "only finished runs count, and the command says how many it skipped and why")
     fg.set_defaults(func=cmd_figures)
 
     pr = sub.add_parser("probe", help="before TTT: can the critic rank test answers better than majority "
@@ -350,8 +356,11 @@ def cmd_compare(args) -> int:
     overrides = list(args.overrides) + (
         [f"train.budget_tokens={args.budget_tokens}"] if args.budget_tokens else [])
     workers = _compare_workers(args.workers, args.preset, overrides, len(methods) * len(seeds))
+    import shlex
+
     outcomes, uri = run_compare(args.preset, methods, seeds, overrides, args.tracking_uri, args.out,
-                                args.experiment, workers)
+                                args.experiment, workers, resume=args.resume,
+                                command=shlex.join(["tempo-bench", *args.argv]))
     table = results_table(outcomes)
     print("\nFinal metrics, mean [95% bootstrap CI] over seeds (pb = reward point-biserial, "
           "mean of the first / last 5 steps; critic gap = test - probe ECE at the end):\n")
@@ -429,9 +438,12 @@ def cmd_figures(args) -> int:
             raise ConfigError(f"no MLflow store at {store}; pass --tracking-uri (e.g. sqlite:///OUT/mlflow.db "
                               "of the run's --out folder)")
         uri = f"sqlite:///{store.resolve()}"
+    check_tracking(uri)
+    ensure_writable(args.out)
     print(f"tempo-bench figures: experiment {args.experiment} at {uri} -> {args.out}")
     try:
-        written = write_report(args.experiment, uri, Path(args.out), refresh=args.refresh)
+        written = write_report(args.experiment, uri, Path(args.out), refresh=args.refresh,
+                               include_partial=args.include_partial)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     print(f"{len(written)} files in {args.out}")
@@ -447,6 +459,8 @@ def cmd_probe(args) -> int:
     if config.task.labeled_size <= config.critic.probe_questions:
         raise ConfigError("the probe needs a labeled pool larger than critic.probe_questions")
     check_inputs(config)
+    if args.out:
+        ensure_writable(Path(args.out).parent or Path("."))
     return probe_main(config, args.k, args.estep_rounds, args.out)
 
 
@@ -507,7 +521,7 @@ def cmd_toy_build(args) -> int:
 
     spec = ToyModelSpec(**_spec_overrides(args.overrides, "", ToyModelSpec))
     rlvr_spec = RLVRSpec(**_spec_overrides(args.overrides, "rlvr.", RLVRSpec))
-    root = Path(args.out) if args.out else None
+    root = ensure_writable(args.out) if args.out else None
     base = root / "toy_model" if root else SHIPPED_DIR
     critic_base = root / "toy_critic_base" if root else CRITIC_BASE_DIR
     pretrain = [("pretrain", base, spec), ("critic-pretrain", critic_base, critic_backbone_spec())]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tempo_bench.errors import Interrupted, StorageError
 from tempo_bench.stats import mean_ci
 
 ALL_METHODS = ["standard_ttt", "fixed_critic", "online_critic", "tempo", "labeled_rlvr", "empo", "oracle"]
@@ -129,16 +130,36 @@ def results_table(outcomes: list[Outcome], fmt: str = "markdown") -> str:
     raise ValueError(f"unknown table format {fmt!r}: markdown or latex")
 
 
+@dataclass
+class Job:
+    method: str
+    seed: int
+    config: dict
+    identity: str
+    resume_run_id: str | None = None  # continue this unfinished run from its checkpoint
+    reuse: Outcome | None = None  # a finished run of the same config (compare --resume)
+
+
 def run_compare(preset: str, methods: list[str], seeds: list[int], overrides: list[str],
                 tracking_uri: str | None, out: str | None, experiment: str | None,
-                workers: int = 1) -> tuple[list[Outcome], str]:
+                workers: int = 1, resume: bool = False, command: str | None = None) -> tuple[list[Outcome], str]:
     """Every (method, seed) run of ``preset``, one after another or, with ``workers`` > 1, in that
     many spawned processes (each run's torch threads default to the CPU count over ``workers``:
-    on a small model two 1-thread runs side by side do more than one 2-thread run)."""
+    on a small model two 1-thread runs side by side do more than one 2-thread run).
+
+    One compare at a time writes an experiment (a lock file beside its run folders), so a run
+    left RUNNING by a killed compare is known to be dead and is marked KILLED. With ``resume``,
+    finished runs of the same config are reused, not repeated, and unfinished ones continue
+    from their last checkpoint. Ctrl-C stops the workers, marks their runs KILLED and raises
+    Interrupted with the command that continues."""
     import os
 
-    from tempo_bench.config import load_config
+    from filelock import FileLock, Timeout
+
+    from tempo_bench.config import config_identity, load_config
+    from tempo_bench.loggers import default_tracking_uri, ensure_experiment
     from tempo_bench.policy import check_inputs
+    from tempo_bench.tracking import check_tracking, ensure_writable, tracking_client
 
     base = list(overrides) + ([f"out={out}"] if out else [])
     if workers > 1 and not any(o.startswith("threads=") for o in base):
@@ -146,76 +167,179 @@ def run_compare(preset: str, methods: list[str], seeds: list[int], overrides: li
     configs = {(m, s): load_config(preset, base + [f"method={m}", f"seed={s}"]) for m in methods for s in seeds}
     first = next(iter(configs.values()))
     check_inputs(first)  # every bad input fails here, before the first run
-    out_dir = Path(first.out)
-    from tempo_bench.loggers import default_tracking_uri
-
+    out_dir = ensure_writable(first.out)
     uri = tracking_uri or first.log.tracking_uri or default_tracking_uri(out_dir)
-    from tempo_bench.cli import check_tracking
-
     check_tracking(uri)
     experiment = experiment or f"compare-{first.preset}"
-    print(f"tempo-bench compare: {len(methods)} methods x {len(seeds)} seeds on preset {first.preset}"
-          + (f", {workers} runs at a time" if workers > 1 else ""))
-    print(f"  MLflow: {uri}  experiment={experiment}")
-    jobs = [(method, seed, config.model_dump(), uri, experiment, str(out_dir), workers == 1)
-            for (method, seed), config in configs.items()]
+    client = tracking_client(uri)
+    experiment_id = ensure_experiment(client, experiment, out_dir / "mlartifacts")
+    lock = FileLock(str(ensure_writable(out_dir / experiment) / ".compare.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise StorageError(f"another tempo-bench compare is writing experiment {experiment!r} in {out_dir} "
+                           f"(lock {lock.lock_file}); wait for it, or use another --experiment") from None
+    try:
+        jobs = plan_jobs(client, experiment_id, configs, config_identity, out_dir / experiment, resume)
+        print(f"tempo-bench compare: {len(methods)} methods x {len(seeds)} seeds on preset {first.preset}"
+              + (f", {workers} runs at a time" if workers > 1 else ""))
+        print(f"  MLflow: {uri}  experiment={experiment}")
+        reused = [j for j in jobs if j.reuse is not None]
+        resumed = [j for j in jobs if j.resume_run_id is not None]
+        if reused or resumed:
+            print(f"  resuming: {len(reused)} finished runs reused, {len(resumed)} continued from a checkpoint, "
+                  f"{len(jobs) - len(reused) - len(resumed)} to run from the start")
+        outcomes = _execute(jobs, uri, experiment, str(out_dir), workers)
+    except KeyboardInterrupt:
+        done = _finished_count(client, experiment_id, configs, config_identity)
+        again = command or "the same tempo-bench compare command"
+        raise Interrupted(f"{done} of {len(configs)} runs finished and kept in MLflow; unfinished ones are marked "
+                          f"KILLED. Continue: {again if '--resume' in again else again + ' --resume'}") from None
+    finally:
+        lock.release()
+    return outcomes, uri
+
+
+def plan_jobs(client, experiment_id: str, configs: dict, identity_of, run_root: Path, resume: bool) -> list[Job]:
+    """One job per (method, seed). Runs this experiment left RUNNING are dead (the caller holds
+    the experiment's lock) and are marked KILLED. With ``resume``, a FINISHED run of the same
+    config is reused and an unfinished one with a checkpoint is continued."""
+    from tempo_bench.checkpoint import latest_checkpoint
+    from tempo_bench.loop import run_name_of
+
+    runs = client.search_runs([experiment_id], max_results=10000, order_by=["attributes.start_time DESC"])
+    for run in runs:
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "interrupted", "its compare process was stopped")
+            client.set_terminated(run.info.run_id, "KILLED")
+    jobs = []
+    for (method, seed), config in configs.items():
+        job = Job(method, seed, config.model_dump(), identity_of(config))
+        same = [r for r in runs if r.data.tags.get("config_identity") == job.identity
+                and r.data.tags.get("method") == method and r.data.tags.get("seed") == str(seed)]
+        if resume and same:
+            finished = [r for r in same if r.info.status == "FINISHED"]
+            if finished:
+                evals, steps = run_history(client, finished[0].info.run_id)
+                job.reuse = Outcome(method, seed, finished[0].info.run_id, summarise_history(evals, steps))
+            else:
+                folder = run_root / f"{run_name_of(method, seed)}-{same[0].info.run_id[:8]}"
+                if latest_checkpoint(folder) is not None:
+                    job.resume_run_id = same[0].info.run_id
+        jobs.append(job)
+    return jobs
+
+
+def _finished_count(client, experiment_id: str, configs: dict, identity_of) -> int:
+    identities = {identity_of(c) for c in configs.values()}
+    runs = client.search_runs([experiment_id], max_results=10000)
+    return len({(r.data.tags.get("method"), r.data.tags.get("seed")) for r in runs
+                if r.info.status == "FINISHED" and r.data.tags.get("config_identity") in identities})
+
+
+def run_history(client, run_id: str) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, float]]]:
+    """(evals, steps) of a logged run, as run_ttt returns them: eval metrics per evaluated step,
+    every metric per training step."""
+    run = client.get_run(run_id)
+    rows = [(m.step, key, m.value) for key in run.data.metrics for m in client.get_metric_history(run_id, key)]
+    return split_history(rows)
+
+
+def split_history(rows) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, float]]]:
+    """(step, key, value) rows -> (evals: step -> eval/* values, steps: step >= 1 -> all values)."""
+    evals: dict[int, dict[str, float]] = {}
+    steps: dict[int, dict[str, float]] = {}
+    for step, key, value in rows:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        step = int(step)
+        if key.startswith("eval/"):
+            evals.setdefault(step, {})[key] = float(value)
+        if step >= 1:
+            steps.setdefault(step, {})[key] = float(value)
+    return evals, steps
+
+
+def summarise_history(evals, steps) -> dict[str, float]:
+    from types import SimpleNamespace
+
+    return summarise(SimpleNamespace(evals=evals, steps=steps))
+
+
+def _execute(jobs: list[Job], uri: str, experiment: str, out_dir: str, workers: int) -> list[Outcome]:
+    """Run the jobs (reused ones are not run), sequentially or in spawned worker processes."""
+    todo = [j for j in jobs if j.reuse is None]
+    done: dict[tuple[str, int], Outcome] = {(j.method, j.seed): j.reuse for j in jobs if j.reuse is not None}
     if workers == 1:
-        outcomes = []
-        for i, job in enumerate(jobs, 1):
-            print(f"[{i}/{len(jobs)}] {job[0]} seed {job[1]}")
-            outcomes.append(_run_one(*job))
-        return outcomes, uri
+        for i, job in enumerate(todo, 1):
+            print(f"[{i}/{len(todo)}] {job.method} seed {job.seed}")
+            done[(job.method, job.seed)] = _run_one(job, uri, experiment, out_dir, progress=True, worker=False)
+        return [done[(j.method, j.seed)] for j in jobs]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from mlflow.tracking import MlflowClient
     from tqdm.auto import tqdm
 
-    from tempo_bench.loggers import ensure_experiment
+    from tempo_bench.workers import init_worker, stop_processes
 
-    ensure_experiment(MlflowClient(tracking_uri=uri), experiment, out_dir / "mlartifacts")
-
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_one, *job): job for job in jobs}
-        done: dict[tuple[str, int], Outcome] = {}
-        with tqdm(total=len(jobs), desc="runs") as bar:
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=init_worker)
+    try:
+        futures = {pool.submit(_run_one, job, uri, experiment, out_dir, False, True): job for job in todo}
+        with tqdm(total=len(todo), desc="runs") as bar:
             for future in as_completed(futures):
-                method, seed = futures[future][:2]
+                job = futures[future]
                 try:
                     outcome = future.result()
                 except Exception as err:  # a worker died (the pool then fails what it had left):
                     # recorded as failed; the finished runs and their MLflow data are kept
-                    outcome = Outcome(method, seed, error=f"{type(err).__name__}: {err}")
-                done[(method, seed)] = outcome
+                    outcome = Outcome(job.method, job.seed, error=f"{type(err).__name__}: {err}")
+                done[(job.method, job.seed)] = outcome
                 final = outcome.values.get("eval/mean_at_k@final", math.nan)
-                bar.write(f"{method} seed {seed}: " + (f"FAILED: {outcome.error}" if outcome.error
-                                                      else f"final mean@k {final:.3f}"))
+                bar.write(f"{job.method} seed {job.seed}: " + (f"FAILED: {outcome.error}" if outcome.error
+                                                              else f"final mean@k {final:.3f}"))
                 bar.update(1)
-    return [done[job[:2]] for job in jobs], uri
+    except KeyboardInterrupt:
+        # the workers ignore SIGINT; SIGTERM makes each mark its run KILLED before it exits
+        stop_processes(list(pool._processes or {}))  # noqa: SLF001 (the pool's worker pids)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return [done[(j.method, j.seed)] for j in jobs]
 
 
-def _run_one(method: str, seed: int, config_dict: dict, uri: str, experiment: str, out_dir: str,
-             progress: bool) -> Outcome:
-    """One run of a comparison, logged to MLflow; a failure is recorded, not raised."""
-    from tempo_bench.cli import _quiet_libraries
+def _run_one(job: Job, uri: str, experiment: str, out_dir: str, progress: bool, worker: bool) -> Outcome:
+    """One run of a comparison, logged to MLflow; a failure is recorded, not raised. In a worker
+    process an interruption is recorded too (the run is marked KILLED); in the main process it
+    propagates."""
+    from tempo_bench.cli import SPOOL
     from tempo_bench.config import RunConfig
-
-    _quiet_libraries()  # a spawned worker starts without the CLI's settings
     from tempo_bench.loggers import MLflowLogger
     from tempo_bench.loop import run_name_of, run_ttt
+    from tempo_bench.workers import ParentWatch, interruptible_run
 
-    config = RunConfig.model_validate(config_dict)
-    name = run_name_of(method, seed)
-    outcome = Outcome(method, seed)
+    config = RunConfig.model_validate(job.config)
+    name = run_name_of(job.method, job.seed)
+    outcome = Outcome(job.method, job.seed)
     try:
-        logger = MLflowLogger(uri, experiment, name, artifact_root=Path(out_dir) / "mlartifacts")
-        outcome.run_id = logger.run_id
-        with logger:
-            result = run_ttt(config, logger, out_dir=Path(out_dir) / experiment / f"{name}-{logger.run_id[:8]}",
-                             progress=progress)
+        with interruptible_run():
+            if job.resume_run_id is not None:
+                run_dir = Path(out_dir) / experiment / f"{name}-{job.resume_run_id[:8]}"
+                logger = MLflowLogger(uri, experiment, name, run_id=job.resume_run_id, spool_path=run_dir / SPOOL)
+            else:
+                logger = MLflowLogger(uri, experiment, name, artifact_root=Path(out_dir) / "mlartifacts")
+                run_dir = Path(out_dir) / experiment / f"{name}-{logger.run_id[:8]}"
+                logger.spool_path = run_dir / SPOOL
+            outcome.run_id = logger.run_id
+            with logger:
+                result = run_ttt(config, logger, out_dir=run_dir, progress=progress,
+                                 on_step=ParentWatch() if worker else None, resume=job.resume_run_id is not None)
         outcome.values = summarise(result)
+    except KeyboardInterrupt:
+        if not worker:
+            raise
+        outcome.error = "interrupted"
     except Exception as err:  # one failed run must not lose the others
         outcome.error = f"{type(err).__name__}: {err}"
-        print(f"  FAILED {method} seed {seed}: {outcome.error}")
+        print(f"  FAILED {job.method} seed {job.seed}: {outcome.error}")
         traceback.print_exc()
     return outcome

@@ -1,0 +1,220 @@
+"""Fault injection: SIGINT (a terminal's Ctrl-C, sent to the whole process group) and SIGKILL at
+seeded random points of `run`, `compare` and `sweep`, then the recovery command the README gives
+(the one the interrupted command printed). Nothing logged may be lost or counted twice.
+
+The kill points are drawn from FAULT_SEED (environment variable, default 0) and printed, so a
+failure can be replayed."""
+
+import os
+import random
+import re
+import shlex
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+SEED = int(os.environ.get("FAULT_SEED", "0"))
+SMOKE = ["--preset", "toy-smoke", "--quiet", "--set", "eval.size=4", "--set", "train.checkpoint_every=1"]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tempo_bench.cli", *args]
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    # a session of its own: the signal reaches every process of the command, as Ctrl-C would
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def logged_steps(db: Path, metric: str = "time/step") -> dict[str, list[int]]:
+    """run_id -> the steps at which ``metric`` was logged, read straight from the sqlite store
+    (while the command writes it)."""
+    if not db.is_file():
+        return {}
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            rows = con.execute("select run_uuid, step from metrics where key = ? order by step", (metric,)).fetchall()
+    except sqlite3.Error:  # the store is still being created
+        return {}
+    out: dict[str, list[int]] = {}
+    for run, step in rows:
+        out.setdefault(run, []).append(step)
+    return out
+
+
+def checkpointed_step(root: Path) -> int:
+    from tempo_bench.checkpoint import latest_checkpoint, load_state
+
+    steps = [load_state(c)["step"] for c in map(latest_checkpoint, root.glob("*-s*-*")) if c is not None]
+    return max(steps, default=0)
+
+
+def interrupt_when(proc: subprocess.Popen, ready, sig: int, timeout: float = 400) -> tuple[str, str]:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ready():
+            os.killpg(proc.pid, sig)
+            break
+        time.sleep(0.1)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode in (130, -signal.SIGKILL), (
+        f"the command was not interrupted mid-way (exit {proc.returncode}):\n{out[-2000:]}\n{err[-3000:]}")
+    return out, err
+
+
+def recovery_command(stderr: str) -> list[str]:
+    """The command an interrupted tempo-bench printed on its last line, runnable here."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = [line for line in stderr.strip().splitlines() if line.strip()][-1]
+    assert last.startswith("interrupted:"), stderr[-2000:]
+    command = shlex.split(re.split(r"(?:Continue(?: it| the sweep)?): ", last)[-1])
+    assert command[0] == "tempo-bench"
+    return cli(*command[1:])
+
+
+def runs_of(db: Path, experiment: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
+
+
+def assert_each_step_once(db: Path, run_id: str, steps: int) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    for key in ("time/step", "reward/mean", "tokens/rollout"):
+        logged = [m.step for m in client.get_metric_history(run_id, key)]
+        assert logged == list(range(1, steps + 1)), f"{key}: steps {logged}"
+    evals = [m.step for m in client.get_metric_history(run_id, "eval/mean_at_k")]
+    assert evals == sorted(set(evals)) and evals[0] == 0 and evals[-1] == steps, evals
+
+
+def test_run_ctrl_c_prints_the_resume_command_and_it_finishes_the_same_run(tmp_path):
+    steps = 5
+    stop_at = random.Random(f"{SEED}-run").randint(1, steps - 2)
+    print(f"FAULT_SEED={SEED}: SIGINT after step {stop_at}")
+    db = tmp_path / "mlflow.db"
+    proc = start(cli("run", *SMOKE, "--method", "tempo", "--set", f"train.steps={steps}", "--out", str(tmp_path)))
+    _, err = interrupt_when(proc, lambda: checkpointed_step(tmp_path / "tempo-bench") >= stop_at, signal.SIGINT)
+    assert proc.returncode == 130
+    command = recovery_command(err)
+    assert command[-1] == "--resume"
+    (run,) = runs_of(db, "tempo-bench")
+    assert run.info.status == "KILLED"
+    subprocess.run(command, check=True, timeout=400, capture_output=True)
+    (run,) = runs_of(db, "tempo-bench")
+    assert run.info.status == "FINISHED" and run.data.tags["steps_done"] == str(steps)
+    assert_each_step_once(db, run.info.run_id, steps)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,workers", [(signal.SIGINT, "2"), (signal.SIGKILL, "1")], ids=["sigint-2-workers", "sigkill-sequential"])
+def test_compare_interrupted_then_resumed_counts_every_run_once(tmp_path, sig, workers):
+    from analysis.runs import load_experiment
+
+    steps = 4
+    db = tmp_path / "mlflow.db"
+    args = ["compare", *[a for a in SMOKE if a != "--quiet"], "--methods", "standard_ttt,tempo", "--seeds", "0",
+            "--set", f"train.steps={steps}", "--set", "threads=1", "--workers", workers, "--out", str(tmp_path)]
+    # sequential: stop in the second run (the first is finished and must be reused, not repeated)
+    want_runs = 2 if workers == "1" else 1
+    stop_at = random.Random(f"{SEED}-compare-{sig}").randint(1, steps - 1)
+    print(f"FAULT_SEED={SEED}: signal {sig} once {want_runs} run(s) logged step {stop_at}")
+    proc = start(cli(*args))
+
+    def ready():
+        logged = logged_steps(db)
+        return len(logged) >= want_runs and max(logged[r][-1] for r in logged) >= stop_at and (
+            workers == "2" or sorted(len(v) for v in logged.values())[0] >= 1)
+
+    _, err = interrupt_when(proc, ready, sig)
+    before = {r.info.run_id: r.info.status for r in runs_of(db, "compare-toy-smoke")}
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "RUNNING" not in before.values(), before
+        command = recovery_command(err)
+    else:
+        command = cli(*args, "--resume")  # what the README says to run after a kill
+    assert command[-1] == "--resume"
+    done = subprocess.run(command, timeout=600, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = runs_of(db, "compare-toy-smoke")
+    finished = [r for r in after if r.info.status == "FINISHED"]
+    assert sorted(r.data.tags["method"] for r in finished) == ["standard_ttt", "tempo"]
+    assert {r.info.run_id for r in after} >= set(before), "a logged run was lost"
+    for run in finished:
+        assert_each_step_once(db, run.info.run_id, steps)
+        if before.get(run.info.run_id) == "FINISHED":
+            assert run.info.end_time <= max(r.info.end_time or 0 for r in after)
+    df = load_experiment("compare-toy-smoke", f"sqlite:///{db}")
+    assert df.groupby("method").run_id.nunique().to_dict() == {"standard_ttt": 1, "tempo": 1}
+    assert "| standard_ttt | 1 |" in done.stdout and "| tempo | 1 |" in done.stdout
+
+
+def _grid_spec(tmp_path: Path) -> Path:
+    spec = {"preset": "toy-smoke", "study": "faults", "n_trials": 3, "sampler": {"name": "grid"},
+            "pruner": {"name": "none"}, "seeds": [0],
+            "overrides": ["method=tempo", "train.steps=3", "eval.every=3", "eval.size=4"],
+            "space": {"methods.tempo.recal_interval": {"type": "categorical", "choices": [1, 2, 3]}},
+            "objective": {"metric": "eval/mean_at_k"}}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_grid_sweep_interrupted_then_rerun_completes_every_point_once(tmp_path, sig):
+    from analysis.runs import load_experiment
+    from tempo_bench.sweep import load_spec, make_storage, open_study
+
+    spec = _grid_spec(tmp_path)
+    db = tmp_path / "mlflow.db"
+    command = cli("sweep", str(spec), "--out", str(tmp_path), "--quiet")
+    stop_at = random.Random(f"{SEED}-sweep-{sig}").randint(1, 2)
+    print(f"FAULT_SEED={SEED}: signal {sig} in the second trial after step {stop_at}")
+    proc = start(command)
+
+    def ready():  # the first trial complete, the second at step stop_at
+        logged = logged_steps(db)
+        return len(logged) >= 2 and sorted(v[-1] for v in logged.values())[0] >= stop_at
+
+    _, err = interrupt_when(proc, ready, sig)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130
+        assert recovery_command(err) == command
+    rerun = subprocess.run(command, timeout=600, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
+    assert "interrupted" in rerun.stdout
+    study = open_study(load_spec(spec), "faults", make_storage(None, tmp_path / "sweeps" / "faults"))
+    complete = [t.params["methods.tempo.recal_interval"] for t in study.trials if t.state.name == "COMPLETE"]
+    assert sorted(complete) == [1, 2, 3], [(t.number, t.state.name, t.params) for t in study.trials]
+    (failed,) = [t for t in study.trials if t.state.name == "FAIL"]
+    assert "interrupted" in failed.user_attrs
+    runs = runs_of(db, "sweep-faults")
+    (parent,) = [r for r in runs if r.data.tags.get("sweep_parent") == "faults"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep_state"].startswith("complete")
+    assert sorted(r.info.status for r in runs if "trial_number" in r.data.tags) == ["FINISHED"] * 3 + ["KILLED"]
+    df = load_experiment("sweep-faults", f"sqlite:///{db}")
+    assert df.run_id.nunique() == 3 and sorted(df.trial.unique()) == sorted(
+        t.number for t in study.trials if t.state.name == "COMPLETE")
+
+
+def test_interrupted_sweep_marks_its_parent_run_killed(tmp_path):
+    """Ctrl-C in the first trial: exit 130, the trial interrupted, the parent run KILLED with the
+    count in its tag; nothing claims to be running."""
+    spec = _grid_spec(tmp_path)
+    db = tmp_path / "mlflow.db"
+    proc = start(cli("sweep", str(spec), "--out", str(tmp_path), "--quiet"))
+    _, err = interrupt_when(proc, lambda: bool(logged_steps(db)), signal.SIGINT)
+    assert proc.returncode == 130 and "0/3 trials finished" in err
+    runs = runs_of(db, "sweep-faults")
+    (parent,) = [r for r in runs if r.data.tags.get("sweep_parent") == "faults"]
+    assert parent.info.status == "KILLED" and parent.data.tags["sweep_state"].startswith("interrupted")
+    assert all(r.info.status != "RUNNING" for r in runs)
