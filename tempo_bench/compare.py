@@ -276,12 +276,17 @@ def _execute(jobs: list[Job], uri: str, experiment: str, out_dir: str, workers: 
             done[(job.method, job.seed)] = _run_one(job, uri, experiment, out_dir, progress=True, worker=False)
         return [done[(j.method, j.seed)] for j in jobs]
     import multiprocessing as mp
+    import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from tqdm.auto import tqdm
 
     from tempo_bench.workers import init_worker, stop_processes
 
+    # after Ctrl-C the pool's queue semaphores are reclaimed by multiprocessing's resource tracker,
+    # which would report it in a warning that says nothing to the user (the tracker starts with
+    # the pool and reads its warning filter from the environment)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=init_worker)
     try:
         futures = {pool.submit(_run_one, job, uri, experiment, out_dir, False, True): job for job in todo}
@@ -301,7 +306,7 @@ def _execute(jobs: list[Job], uri: str, experiment: str, out_dir: str, workers: 
     except KeyboardInterrupt:
         # the workers ignore SIGINT; SIGTERM makes each mark its run KILLED before it exits
         stop_processes(list(pool._processes or {}))  # noqa: SLF001 (the pool's worker pids)
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)  # the workers are gone: this returns at once
         raise
     pool.shutdown()
     return [done[(j.method, j.seed)] for j in jobs]

@@ -410,6 +410,13 @@ def config_identity(config) -> str:
     import hashlib
     import json
 
-    data = {k: v for k, v in config.model_dump().items() if k not in _NOT_IN_IDENTITY}
+    def canonical(value):  # 16 and 16.0 are one setting (a float field keeps an int as given)
+        if isinstance(value, dict):
+            return {k: canonical(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [canonical(v) for v in value]
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    data = canonical({k: v for k, v in config.model_dump().items() if k not in _NOT_IN_IDENTITY})
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -253,17 +253,36 @@ def worker_gone(trial, stale_after_s: float, now: float | None = None) -> str | 
     return None
 
 
-def fail_dead_trials(study, stale_after_s: float) -> list[tuple[int, str]]:
-    """Mark RUNNING trials whose worker is gone as interrupted and FAIL; returns (number, why)."""
+def fail_dead_trials(study, stale_after_s: float, tracking_uri: str) -> list[tuple[int, str]]:
+    """Mark RUNNING trials whose worker is gone as interrupted and FAIL, and their MLflow runs
+    (the trial's and its per-seed ones) KILLED; returns (number, why)."""
     from optuna.trial import TrialState
+
+    from tempo_bench.tracking import tracking_client
 
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         why = worker_gone(t, stale_after_s)
-        if why is not None:
-            study._storage.set_trial_user_attr(t._trial_id, "interrupted", why)
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            out.append((t.number, why))
+        if why is None:
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "interrupted", why)
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id:
+            from mlflow.exceptions import MlflowException
+
+            client = tracking_client(tracking_uri)
+            try:
+                run = client.get_run(run_id)
+            except MlflowException:  # logged to another tracking store than this invocation's
+                out.append((t.number, why))
+                continue
+            children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+            for r in [run, *children]:
+                if r.info.status == "RUNNING":
+                    client.set_tag(r.info.run_id, "trial_state", "KILLED")
+                    client.set_terminated(r.info.run_id, "KILLED")
+        out.append((t.number, why))
     return out
 
 
@@ -539,7 +558,7 @@ def run_sweep(spec_path: str, study_name: str | None, storage_url: str | None, n
     study = open_study(spec, study_name, storage)  # created once, before any worker starts
     experiment, artifacts = f"sweep-{study_name}", out / "mlartifacts"
     parent = parent_run_id(tracking_uri, experiment, study_name, artifacts)
-    for number, why in fail_dead_trials(study, spec.stale_after_s):
+    for number, why in fail_dead_trials(study, spec.stale_after_s, tracking_uri):
         print(f"trial {number} marked interrupted: {why}")
     notes = plan_trials(study, spec, n_trials)
     print(f"study {study_name!r}: {count_finished(study)}/{n_trials} trials finished; "

@@ -218,3 +218,70 @@ def test_interrupted_sweep_marks_its_parent_run_killed(tmp_path):
     (parent,) = [r for r in runs if r.data.tags.get("sweep_parent") == "faults"]
     assert parent.info.status == "KILLED" and parent.data.tags["sweep_state"].startswith("interrupted")
     assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_two_runs_started_at_once_on_a_new_store_both_succeed(tmp_path):
+    """Both create the sqlite store and the experiment at the same moment (an alembic migration
+    race without the store lock)."""
+    args = cli("run", *SMOKE, "--set", "train.steps=1", "--set", "eval.size=2", "--set", "threads=1",
+               "--out", str(tmp_path))
+    procs = [start(args + ["--seed", str(seed)]) for seed in (0, 1)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for proc, (out, err) in zip(procs, results):
+        assert proc.returncode == 0, err[-3000:]
+    runs = runs_of(tmp_path / "mlflow.db", "tempo-bench")
+    assert sorted(r.data.tags["seed"] for r in runs) == ["0", "1"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def _fake_run(client, experiment_id, method, seed, status, steps_done, planned=4, identity="same", start=None):
+    """A run as run_ttt logs it (tags, train.steps param, eval metric per step), without training."""
+    from mlflow.entities import Metric
+
+    run = client.create_run(experiment_id, run_name=f"{method}-s{seed}", start_time=start,
+                            tags={"method": method, "seed": str(seed), "config_identity": identity})
+    client.log_param(run.info.run_id, "train.steps", planned)
+    client.log_batch(run.info.run_id, metrics=[Metric("eval/mean_at_k", 0.1 * s, 0, s) for s in range(steps_done + 1)]
+                     + [Metric("time/step", 1.0, 0, s) for s in range(1, steps_done + 1)])
+    if status == "FINISHED":
+        client.set_tag(run.info.run_id, "steps_done", str(steps_done))
+    if status != "RUNNING":
+        client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
+
+
+def test_analysis_counts_only_finished_runs_once_and_says_what_it_skipped(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from analysis.runs import PARTIAL, load_experiment, load_run_table
+    from tempo_bench.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("faults")
+    repeat = _fake_run(client, exp, "tempo", 0, "FINISHED", 4, start=1_000)  # an earlier repeat
+    latest = _fake_run(client, exp, "tempo", 0, "FINISHED", 4, start=2_000)
+    other = _fake_run(client, exp, "tempo", 1, "FINISHED", 4, identity="other")
+    killed_trial = _fake_run(client, exp, "standard_ttt", 0, "RUNNING", 2)  # a killed sweep trial
+    interrupted = _fake_run(client, exp, "standard_ttt", 1, "KILLED", 3)
+    short = _fake_run(client, exp, "standard_ttt", 2, "FINISHED", 2)  # ended before its last step
+
+    df = load_experiment("faults", uri)
+    assert set(df.run_id) == {latest, other}
+    assert sorted(why for _, why in df.attrs["skipped"]) == [
+        "an earlier repeat of the same method, seed and config", "status KILLED", "status RUNNING",
+        "stopped at step 2 of 4"]
+    assert set(load_run_table("faults", uri).run_id) == {latest, other}
+    final = df[df.metric == "eval/mean_at_k"].groupby("run_id").step.max()
+    assert (final == 4).all()  # no run's step 2 counted as its "final" value
+
+    partial = load_experiment("faults", uri, include_partial=True)
+    labels = partial.groupby("run_id").method.first().to_dict()
+    assert labels[killed_trial] == labels[interrupted] == labels[short] == "standard_ttt" + PARTIAL
+    assert labels[latest] == "tempo" and repeat not in labels
+
+    assert main(["figures", "--experiment", "faults", "--tracking-uri", uri, "--out", str(tmp_path / "fig")]) == 0
+    out = capsys.readouterr().out
+    assert "counted 2 run(s); skipped 4 run(s)" in out and "1 status RUNNING" in out
+    table = (tmp_path / "fig" / "results.md").read_text()
+    assert "| tempo | 2 |" in table and "standard_ttt" not in table

@@ -1,0 +1,116 @@
+"""One error path for bad input: every expected failure is one `error:` line naming the file and
+line, the URL or the folder, exit code 2, quickly, and before any MLflow run is created."""
+
+import time
+
+import pytest
+import yaml
+
+from tempo_bench.cli import main
+
+QUICK = ["--set", "train.steps=1", "--set", "eval.size=2", "--quiet"]
+
+
+def error_of(capsys, argv, within_s: float = 30.0) -> str:
+    start = time.monotonic()
+    assert main(argv) == 2
+    assert time.monotonic() - start < within_s, "an expected failure took too long to report"
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+def no_runs(out) -> bool:
+    db = out / "mlflow.db"
+    if not db.exists():
+        return True
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    return not any(client.search_runs([e.experiment_id]) for e in client.search_experiments())
+
+
+def test_preset_with_a_yaml_syntax_error_names_file_line_and_column(tmp_path, capsys):
+    preset = tmp_path / "broken.yaml"
+    preset.write_text("method: tempo\ntrain: {steps: 2\neval: {k: 4}\n")
+    err = error_of(capsys, ["run", "--preset", str(preset), "--out", str(tmp_path)])
+    assert f"{preset}:3:" in err and "not valid YAML" in err
+    assert no_runs(tmp_path)
+
+
+@pytest.mark.parametrize("name,content,expected", [
+    ("missing.jsonl", None, "missing.jsonl does not exist"),
+    ("empty.jsonl", "", "empty.jsonl: no rows"),
+    ("fields.jsonl", '{"text": "1+1?", "label": "2"}\n', "fields.jsonl row 0: no question field"),
+    ("lines.jsonl", '{"question": "1+1?", "answer": "2"}\n{"question": "2+2?", "answer": 4\n',
+     "lines.jsonl:2: not valid JSON"),
+    ("list.json", '[{"question": "1+1?", "answer": "2"},\n {"question": oops}]', "list.json:2: not valid JSON"),
+    ("scalars.jsonl", '"just a string"\n', "scalars.jsonl:1: expected an object"),
+])
+def test_bad_task_files_are_named_with_their_line_before_any_run(tmp_path, capsys, name, content, expected):
+    source = tmp_path / name
+    if content is not None:
+        source.write_text(content)
+    out = tmp_path / "out"
+    err = error_of(capsys, ["run", "--preset", "toy-smoke", "--method", "standard_ttt", *QUICK, "--out", str(out),
+                            "--set", f"task={{name: gsm8k, source: {source}, labeled_size: 0}}"])
+    assert expected in err
+    assert no_runs(out)
+
+
+def test_unwritable_output_folder_fails_at_once(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    err = error_of(capsys, ["run", "--preset", "toy-smoke", *QUICK, "--out", str(blocker / "runs")], within_s=10)
+    assert f"cannot write to the output folder {blocker / 'runs'}" in err
+    err = error_of(capsys, ["run", "--preset", "toy-smoke", *QUICK, "--out", str(tmp_path),
+                            "--tracking-uri", f"sqlite:///{blocker}/mlflow.db"], within_s=10)
+    assert "folder of the MLflow store" in err
+
+
+def test_sweep_storage_errors_name_the_url(tmp_path, capsys):
+    from pathlib import Path
+
+    spec = Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    err = error_of(capsys, ["sweep", str(spec), "--out", str(tmp_path), "--storage", "postgresql://tempo:secret@127.0.0.1:9/none"])
+    assert "Optuna storage at postgresql://tempo:***@127.0.0.1:9/none cannot be reached" in err
+    err = error_of(capsys, ["sweep", str(spec), "--out", str(tmp_path), "--storage", f"sqlite:///{blocker}/optuna.db"])
+    assert "folder of the Optuna storage" in err
+    err = error_of(capsys, ["sweep", str(spec), "--out", str(blocker / "runs")])
+    assert "cannot write to the output folder" in err
+
+
+def test_sweep_objective_metric_is_checked_before_the_first_trial(tmp_path, capsys):
+    from pathlib import Path
+
+    data = yaml.safe_load((Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml").read_text())
+    data["objective"]["metric"] = "eval/mean_at_8"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    err = error_of(capsys, ["sweep", str(spec), "--out", str(tmp_path)], within_s=20)
+    assert "objective.metric 'eval/mean_at_8' is not an evaluation metric" in err and "eval/mean_at_k" in err
+    assert not (tmp_path / "sweeps").exists()
+    spec.write_text("preset: toy-smoke\nspace: [oops\n")
+    assert f"{spec}:" in error_of(capsys, ["sweep", str(spec), "--out", str(tmp_path)])
+
+
+def test_a_grid_larger_than_its_points_is_a_config_error(tmp_path, capsys):
+    from pathlib import Path
+
+    data = yaml.safe_load((Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml").read_text())
+    data["n_trials"] = 5
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    assert "n_trials=5 but the grid has 2 points" in error_of(capsys, ["sweep", str(spec), "--out", str(tmp_path)])
+
+
+def test_config_identity_ignores_output_settings_and_number_spelling():
+    from tempo_bench.config import RunConfig, config_identity, load_config
+
+    config = load_config("toy-smoke", [])
+    same = [load_config("toy-smoke", ["out=elsewhere", "threads=2", "log.experiment=x"]),
+            RunConfig.model_validate(config.model_dump()), load_config("toy-smoke", ["lora.alpha=16.0"])]
+    assert {config_identity(c) for c in same} == {config_identity(config)}
+    assert config_identity(load_config("toy-smoke", ["train.lr=1e-3"])) != config_identity(config)
