@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="runs at a time, each in its own process with CPUs / workers torch threads (default "
                      "auto: one per CPU core for a model on the CPU, where small runs side by side beat one "
                      "run on all cores; 1 on a GPU)")
+    cmp.add_argument("--figures", metavar="DIR", help="also write the experiment's figures and tables "
+                     "(tempo-bench figures) to DIR")
     cmp.add_argument("--resume", action="store_true", help="after an interruption: reuse the experiment's "
                      "finished runs of the same config, continue unfinished ones from their last checkpoint, "
                      "run the rest")
@@ -139,21 +141,26 @@ def _parser() -> argparse.ArgumentParser:
         "build", help="build the toy starting point deterministically on one core: pretrain the policy (about 4 "
         "minutes) and the critic's backbone (about 13), RLVR with PPO and the critic on the labeled pool, "
         "then measure the result (tempo-bench probe)")
-    build.add_argument("--stage", choices=["all", "pretrain", "critic-pretrain", "rlvr"], default="all",
-                       help="pretrain: the policy's base; critic-pretrain: the critic's larger backbone; rlvr: "
-                       "the RLVR stage from both (all three by default)")
+    build.add_argument("--stage", choices=["all", "pretrain", "critic-pretrain", "verifier-pretrain", "rlvr"],
+                       default="all",
+                       help="pretrain: the policy's base; critic-pretrain: the critic's larger backbone on the "
+                       "policy's corpus (the symmetric regime); verifier-pretrain: a verifier backbone on the "
+                       "verification corpus (the verifier regime, about 8 minutes); rlvr: the RLVR stage "
+                       "(all of them by default)")
     build.add_argument("--out", help="folder for toy_model/, toy_critic_base/ and toy_rlvr/ (default: the "
                        "package's assets, what the presets load)")
     build.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a ToyModelSpec field (e.g. steps=200) or, prefixed rlvr., an RLVRSpec "
-                       "field (e.g. rlvr.steps=50)")
+                       help="override a ToyModelSpec field (e.g. steps=200), prefixed rlvr. an RLVRSpec field "
+                       "(e.g. rlvr.steps=50), prefixed verifier. a VerifierSpec field (e.g. "
+                       "verifier.error_kinds=[chain,slip])")
     build.add_argument("--quiet", action="store_true")
     build.set_defaults(func=cmd_toy_build)
     return parser
 
 
 from tempo_bench.config import ConfigError  # noqa: E402  (after the environment is set)
-from tempo_bench.errors import Interrupted, StorageError, UserError  # noqa: E402
+from tempo_bench.errors import Interrupted, UserError  # noqa: E402
+from tempo_bench.loggers import SPOOL  # noqa: E402  (a run folder's file of buffered MLflow writes)
 from tempo_bench.tracking import check_tracking, ensure_writable  # noqa: E402
 from tempo_bench.workers import quiet_libraries  # noqa: E402
 
@@ -305,7 +312,6 @@ def _describe_task(task) -> str:
     return test + labeled
 
 
-SPOOL = "mlflow_spool.jsonl"  # writes buffered while the tracking server is unreachable
 
 
 def _print_summary(result, uri: str) -> None:
@@ -348,6 +354,7 @@ def _compare_workers(text: str, preset: str, overrides: list[str], runs: int) ->
 
 def cmd_compare(args) -> int:
     from tempo_bench.compare import parse_methods, parse_seeds, results_table, run_compare
+    from tempo_bench.config import load_config
 
     try:
         methods, seeds = parse_methods(args.methods), parse_seeds(args.seeds)
@@ -370,6 +377,13 @@ def cmd_compare(args) -> int:
     failed = [o for o in outcomes if o.error]
     for o in failed:
         print(f"FAILED {o.method} seed {o.seed}: {o.error}", file=sys.stderr)
+    if args.figures:
+        from analysis.report import write_report
+
+        experiment = args.experiment or f"compare-{load_config(args.preset, overrides).preset}"
+        print(f"\nFigures of experiment {experiment}:")
+        write_report(experiment, uri, ensure_writable(args.figures))
+        print(f"Accuracy against step: {Path(args.figures) / 'accuracy_vs_step.png'}")
     if uri.startswith("sqlite:///"):
         print(f"\nCompare the runs: mlflow ui --backend-store-uri {uri}")
     return 1 if failed else 0
@@ -481,19 +495,33 @@ def cmd_bench(args) -> int:
     return bench_main(args.out, sections, args.threads)
 
 
+_SPEC_PREFIXES = ("rlvr.", "verifier.")
+
+
 def _spec_overrides(overrides: list[str], prefix: str, cls) -> dict:
+    """The --set assignments of one build spec: ``prefix`` 'rlvr.', 'verifier.' or '' (the
+    policy's ToyModelSpec: keys without a known prefix)."""
     import yaml
 
     fields = {}
     for assignment in overrides:
         key, _, raw = assignment.partition("=")
-        if key.startswith("rlvr.") != (prefix == "rlvr."):
+        owner = next((p for p in _SPEC_PREFIXES if key.startswith(p)), "")
+        if owner != prefix:
             continue
         name = key[len(prefix):]
         if name not in cls.__dataclass_fields__:
-            raise SystemExit(f"unknown {cls.__name__} field {name!r}; allowed: {', '.join(cls.__dataclass_fields__)}")
+            raise ConfigError(f"unknown {cls.__name__} field {name!r} (--set {prefix}{name}); allowed: "
+                              f"{', '.join(cls.__dataclass_fields__)}")
         fields[name] = _typed(cls, name, yaml.safe_load(raw))
     return fields
+
+
+def _spec(cls, overrides: list[str], prefix: str):
+    try:
+        return cls(**_spec_overrides(overrides, prefix, cls))
+    except ValueError as err:  # the spec's own validation (VerifierSpec names field and allowed values)
+        raise ConfigError(str(err)) from None
 
 
 def _typed(cls, name: str, value):
@@ -505,22 +533,25 @@ def _typed(cls, name: str, value):
         try:
             number = float(value) if isinstance(default, float) else int(value)
         except (TypeError, ValueError):
-            raise SystemExit(f"{cls.__name__}.{name} takes a number, got {value!r}") from None
+            raise ConfigError(f"{cls.__name__}.{name} takes a number, got {value!r}") from None
         return number
     if isinstance(default, tuple):
         if not isinstance(value, list):
-            raise SystemExit(f"{cls.__name__}.{name} takes a list like [1,2,3], got {value!r}")
+            raise ConfigError(f"{cls.__name__}.{name} takes a list like [1,2,3], got {value!r}")
         return tuple(value)
     return value
 
 
 def cmd_toy_build(args) -> int:
-    from tempo_bench.toy.build import build_and_score, build_rlvr
-    from tempo_bench.toy.model import CRITIC_BASE_DIR, RLVR_DIR, SHIPPED_DIR, ToyModelSpec, critic_backbone_spec
+    from tempo_bench.toy.build import build_and_score, build_rlvr, build_verifier
+    from tempo_bench.toy.model import (CRITIC_BASE_DIR, RLVR_DIR, SHIPPED_DIR, VERIFIER_DIR, ToyModelSpec,
+                                       critic_backbone_spec)
     from tempo_bench.toy.rlvr import RLVRSpec
+    from tempo_bench.toy.verifier import VerifierSpec
 
-    spec = ToyModelSpec(**_spec_overrides(args.overrides, "", ToyModelSpec))
-    rlvr_spec = RLVRSpec(**_spec_overrides(args.overrides, "rlvr.", RLVRSpec))
+    spec = _spec(ToyModelSpec, args.overrides, "")
+    rlvr_spec = _spec(RLVRSpec, args.overrides, "rlvr.")
+    verifier_spec = _spec(VerifierSpec, args.overrides, "verifier.")
     root = ensure_writable(args.out) if args.out else None
     base = root / "toy_model" if root else SHIPPED_DIR
     critic_base = root / "toy_critic_base" if root else CRITIC_BASE_DIR
@@ -531,6 +562,13 @@ def cmd_toy_build(args) -> int:
             print(f"wrote {out} ({manifest['num_parameters']:,} parameters, weights {manifest['weights_hash']})")
             for name, value in manifest["scores"].items():
                 print(f"  {name:<24} {value}")
+    if args.stage in ("all", "verifier-pretrain"):
+        out = root / "toy_verifier" if root else VERIFIER_DIR
+        manifest = build_verifier(out, verifier_spec, show_progress=not args.quiet)
+        print(f"wrote {out} ({manifest['num_parameters']:,} parameters, weights {manifest['weights_hash']}); "
+              f"covers {manifest['covers']}")
+        for name, value in manifest["scores"].items():
+            print(f"  {name:<24} {value}")
     if args.stage in ("all", "rlvr"):
         from tempo_bench.probe import report
 

@@ -316,9 +316,8 @@ def _run_one(job: Job, uri: str, experiment: str, out_dir: str, progress: bool, 
     """One run of a comparison, logged to MLflow; a failure is recorded, not raised. In a worker
     process an interruption is recorded too (the run is marked KILLED); in the main process it
     propagates."""
-    from tempo_bench.cli import SPOOL
     from tempo_bench.config import RunConfig
-    from tempo_bench.loggers import MLflowLogger
+    from tempo_bench.loggers import SPOOL, MLflowLogger
     from tempo_bench.loop import run_name_of, run_ttt
     from tempo_bench.workers import ParentWatch, interruptible_run
 

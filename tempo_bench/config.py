@@ -154,6 +154,11 @@ class CriticConfig(_Strict):
     init: str | None = Field(None, description="a trained critic to start from ('toy-rlvr': the shipped RLVR "
                              "stage's critic, or a folder a critic was saved to); None: warm up a fresh value "
                              "head on labeled rollouts of the initial policy (the warmup_* settings)")
+    head_init: Literal["random", "verdict"] = Field(
+        "random", description="a fresh critic's value head: random, or 'verdict' on a verifier backbone "
+        "(critic.path: toy-verifier): initialised from its verdict tokens' output embeddings, so the value "
+        "of a complete response starts as head_scale * (logit(Y) - logit(N)), then warmed up like any head")
+    head_scale: float = Field(0.25, gt=0, description="the verdict head's scale (head_init: verdict)")
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float = Field(1.0, gt=0)

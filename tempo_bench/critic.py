@@ -69,6 +69,8 @@ class Critic:
                 resolve_model_path(path), config=config, **model_kwargs(model_cfg))
         finally:
             hf_logging.set_verbosity(verbosity)
+        if getattr(cfg, "head_init", "random") == "verdict":
+            verdict_head(model, resolve_model_path(path), cfg.head_scale)
         if model_cfg is not None and model_cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()  # a LoRA backbone's frozen embeddings
@@ -190,6 +192,33 @@ class Critic:
         if state.is_file():
             critic.optimizer.load_state_dict(torch.load(state, weights_only=True, map_location="cpu"))
         return critic
+
+
+@torch.no_grad()
+def verdict_head(model, backbone_dir: str, scale: float) -> None:
+    """Set a token-classification head to read a verifier's verdict: weight = scale * (E[yes] -
+    E[no]) with E the backbone's tied output embeddings, bias 0. The head sees the same final
+    hidden state the language-model head does, so at the response's last token (where the
+    verifier was trained to write its verdict) the value is scale * (logit(yes) - logit(no))."""
+    import json
+
+    from tempo_bench.config import ConfigError
+
+    manifest = Path(backbone_dir) / "manifest.json"
+    tokens = json.loads(manifest.read_text()).get("covers", {}).get("verdict_tokens") if manifest.is_file() else None
+    if not tokens:
+        raise ConfigError(f"critic.head_init=verdict needs a verifier backbone (critic.path: toy-verifier, or a "
+                          f"folder built by `tempo-bench toy-model build --stage verifier-pretrain`); {backbone_dir} "
+                          "has no verdict tokens in its manifest.json")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(backbone_dir)
+    yes, no = (tokenizer.convert_tokens_to_ids(tokens[k]) for k in ("correct", "wrong"))
+    embeddings = model.get_input_embeddings().weight  # tied with the verifier's output layer
+    head = model.score if hasattr(model, "score") else model.classifier
+    head.weight.copy_(scale * (embeddings[yes] - embeddings[no]).unsqueeze(0).to(head.weight.dtype))
+    if head.bias is not None:
+        head.bias.zero_()
 
 
 def values_to_prob(values: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from typing import Any
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_PARAM_CHARS = 6000
+SPOOL = "mlflow_spool.jsonl"  # in a run folder: writes buffered while the tracking server is unreachable
 
 
 class Logger(ABC):

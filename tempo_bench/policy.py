@@ -15,20 +15,23 @@ from tempo_bench.algos import LOSS_AVERAGES_OVER, POLICY_LOSSES, masked_mean, to
 
 TOY_MODEL = "toy"
 TOY_RLVR = "toy-rlvr"
+TOY_VERIFIER = "toy-verifier"
 
 
 def resolve_model_path(path: str, part: str = "actor") -> str:
     """'toy' -> the pretrained checkpoint shipped in the package; 'toy-rlvr' -> the shipped RLVR
-    stage's ``part`` ('actor' or 'critic'); anything else is a hub id or local dir."""
-    if path not in (TOY_MODEL, TOY_RLVR):
+    stage's ``part`` ('actor' or 'critic'); 'toy-verifier' -> the verifier backbone; anything
+    else is a hub id or local dir."""
+    if path not in (TOY_MODEL, TOY_RLVR, TOY_VERIFIER):
         return path
-    from tempo_bench.toy.model import RLVR_DIR, SHIPPED_DIR
+    from tempo_bench.toy.model import RLVR_DIR, SHIPPED_DIR, VERIFIER_DIR
 
-    folder = SHIPPED_DIR if path == TOY_MODEL else RLVR_DIR / part
+    folder = {TOY_MODEL: SHIPPED_DIR, TOY_RLVR: RLVR_DIR / part, TOY_VERIFIER: VERIFIER_DIR}[path]
+    stage = {TOY_MODEL: "pretrain", TOY_RLVR: "rlvr", TOY_VERIFIER: "verifier-pretrain"}[path]
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
             f"the shipped toy checkpoint {path!r} is missing from {folder}; rebuild it with "
-            "`tempo-bench toy-model build`"
+            f"`tempo-bench toy-model build --stage {stage}`"
         )
     return str(folder)
 
@@ -45,6 +48,8 @@ def check_inputs(config) -> None:
 
     load_task_data(config.task)
     check_model(config.model.path)
+    if config.critic.path is not None:
+        check_model(config.critic.path)
     if config.critic.init is not None:
         try:
             folder = Path(resolve_model_path(config.critic.init, part="critic"))

@@ -29,10 +29,10 @@ def test_manifest_spec_is_the_default_build():
     assert RLVRSpec(**MANIFEST["spec"]) == RLVRSpec(), "`tempo-bench toy-model build` rebuilds what is shipped"
 
 
-def test_toy_preset_starts_from_the_shipped_rlvr_stage():
+def test_symmetric_preset_starts_from_the_shipped_rlvr_stage():
     from tempo_bench.config import load_config
 
-    config = load_config("toy")
+    config = load_config("toy-symmetric")
     assert config.model.path == "toy-rlvr" and config.critic.init == "toy-rlvr"
     assert config.task.model_dump() == MANIFEST["task"], "the manifest was measured on the preset's task"
 
@@ -44,7 +44,7 @@ def recomputed():
     from tempo_bench.config import load_config
     from tempo_bench.probe import probe_asymmetry
 
-    config = load_config("toy", ["eval.size=24", "seed=11", "threads=2", "critic.estep_questions=8"])
+    config = load_config("toy-symmetric", ["eval.size=24", "seed=11", "threads=2", "critic.estep_questions=8"])
     return probe_asymmetry(config, k=8, estep_rounds=1, progress=False)
 
 

@@ -43,10 +43,60 @@ def score_checkpoint(model_dir: Path, k: int = 8, max_new_tokens: int = 96, seed
 
 
 def build_and_score(out_dir: Path, spec: ToyModelSpec, show_progress: bool = True) -> dict:
-    return build(out_dir, spec, score_fn=score_checkpoint, show_progress=show_progress)
+    return build(out_dir, spec, score_fn=lambda d: score_checkpoint(d, **spec.eval), show_progress=show_progress)
 
 
-def build_rlvr(out_dir: Path, spec, preset: str = "toy", base_dir: Path | None = None,
+def build_verifier(out_dir: Path, spec, show_progress: bool = True) -> dict:
+    """The verifier backbone (tempo_bench/toy/verifier.py): pretrained on the verification corpus,
+    scored on held-out corpus examples by its verdict (AUROC of logit(Y) - logit(N))."""
+    from dataclasses import asdict
+
+    from tempo_bench.toy.verifier import corpus_texts, encode_verification, verification_corpus
+
+    data = verification_corpus(spec)
+    held_out = verification_corpus(type(spec)(**{**asdict(spec), "seed": spec.seed + 1, "corpus_size": 512}))
+
+    def corpus(tokenizer):
+        return corpus_texts(data, spec.verdict_tokens), encode_verification(data, tokenizer, spec.verdict_tokens)
+
+    coverage = {"corpus_digits": list(spec.corpus_digits), "error_kinds": list(spec.error_kinds),
+                "wrong_share": round(sum(not ok for *_, ok in data) / len(data), 4),
+                "verdict_tokens": spec.verdict_tokens, "verdict_position": "after the response's EOS token"}
+    return build(out_dir, spec, score_fn=lambda d: score_verifier(d, held_out, spec.verdict_tokens),
+                 show_progress=show_progress, corpus=corpus, extra={"stage": "verifier-pretrain", "covers": coverage})
+
+
+@torch.no_grad()
+def score_verifier(model_dir: Path, examples, verdicts: dict) -> dict:
+    """Verdict AUROC and accuracy (logit(Y) > logit(N)) on labelled worked solutions."""
+    from transformers import AutoModelForCausalLM
+
+    from tempo_bench import metrics as M
+    from tempo_bench.policy import load_tokenizer
+    from tempo_bench.toy.verifier import verdict_token_ids
+
+    import numpy as np
+
+    tokenizer = load_tokenizer(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    yes, no = verdict_token_ids(tokenizer, verdicts)
+    scores = []
+    for i in range(0, len(examples), 128):
+        chunk = examples[i:i + 128]
+        ids = [tokenizer(p + t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for p, t, _ in chunk]
+        width = max(map(len, ids))
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in ids])
+        attention = (torch.arange(width)[None] >= torch.tensor([width - len(r) for r in ids])[:, None]).long()
+        positions = (attention.cumsum(1) - 1).clamp(min=0)
+        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions).logits[:, -1]
+        scores += (logits[:, yes] - logits[:, no]).tolist()
+    truth = np.array([ok for *_, ok in examples])
+    scores = np.array(scores)
+    return {"held_out_examples": len(examples), "verdict_auroc": round(M.auroc(scores, truth), 4),
+            "verdict_accuracy": round(float(((scores > 0) == truth).mean()), 4)}
+
+
+def build_rlvr(out_dir: Path, spec, preset: str = "toy-symmetric", base_dir: Path | None = None,
                critic_base_dir: Path | None = None, probe_rounds: int = 4, show_progress: bool = True) -> dict:
     """The RLVR stage (tempo_bench/toy/rlvr.py) from the pretrained checkpoint on the labeled pool of
     ``preset``'s task; writes ``actor/``, ``critic/`` and ``manifest.json`` to ``out_dir``, the

@@ -26,6 +26,7 @@ CHARACTERS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_model"  # pretrained
 RLVR_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_rlvr"  # actor/ and critic/ after RLVR
 CRITIC_BASE_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_critic_base"  # the critic's backbone
+VERIFIER_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_verifier"  # verification-corpus backbone
 
 
 def build_tokenizer():
@@ -164,11 +165,13 @@ def weights_hash(model) -> str:
     return h.hexdigest()[:16]
 
 
-def build(out_dir: Path, spec: ToyModelSpec, score_fn=None, show_progress: bool = True) -> dict:
+def build(out_dir: Path, spec, score_fn=None, show_progress: bool = True, corpus=None, extra: dict | None = None) -> dict:
     """Pretrain the toy model deterministically and write checkpoint + manifest to ``out_dir``.
 
-    ``score_fn(model_dir, **spec.eval) -> dict`` scores the saved checkpoint (the manifest's
-    ``scores``)."""
+    ``spec``: a ToyModelSpec (or any spec with its architecture and recipe fields). ``corpus``:
+    ``(texts, encoded)`` to train on instead of the policy's corpus (the verifier backbone's).
+    ``score_fn(model_dir) -> dict`` scores the saved checkpoint (the manifest's ``scores``);
+    ``extra`` is merged into the manifest."""
     from tqdm.auto import tqdm
 
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
@@ -177,10 +180,11 @@ def build(out_dir: Path, spec: ToyModelSpec, score_fn=None, show_progress: bool 
     try:
         start = time.perf_counter()
         tokenizer = build_tokenizer()
-        texts = corpus_of(spec)
+        texts, encoded = corpus(tokenizer) if corpus is not None else (corpus_of(spec), None)
+        encoded = encoded if encoded is not None else encode_corpus(texts, tokenizer)
         model = build_model(spec, tokenizer)
-        with tqdm(total=spec.steps, desc="pretrain toy model", disable=not show_progress) as bar:
-            losses = pretrain(model, encode_corpus(texts, tokenizer), spec, bar)
+        with tqdm(total=spec.steps, desc=f"pretrain {out_dir.name}", disable=not show_progress) as bar:
+            losses = pretrain(model, encoded, spec, bar)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
@@ -198,9 +202,10 @@ def build(out_dir: Path, spec: ToyModelSpec, score_fn=None, show_progress: bool 
         "torch_version": torch.__version__,
         "build_seconds": round(time.perf_counter() - start, 1),
         "rebuild": "tempo-bench toy-model build",
+        **(extra or {}),
     }
     if score_fn is not None:
-        manifest["scores"] = score_fn(out_dir, **spec.eval)
+        manifest["scores"] = score_fn(out_dir)
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

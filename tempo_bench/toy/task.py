@@ -75,21 +75,25 @@ def columns(a: int, b: int) -> list[Column]:
     return out
 
 
-def solution(q: Addition, forget_chain_carry: bool = False) -> str:
+def solution(q: Addition, forget_chain_carry: bool = False, drop_carry_at: int | None = None,
+             slip_at: int | None = None, slip_by: int = 0) -> str:
     """The worked solution (the response after the prompt). With ``forget_chain_carry`` every chain
     carry is dropped, the misconception the corpus plants; the rest is computed consistently from
-    the (possibly wrong) carries, so the wrong answer is the one a person with it would write."""
+    the (possibly wrong) carries, so the wrong answer is the one a person with it would write.
+    The verification corpus plants other errors too: ``drop_carry_at`` forgets the carry coming
+    into that column (any carry, not only a chain's), ``slip_at`` writes that column's digit
+    ``slip_by`` too high (mod 10)."""
     da, db = str(q.a)[::-1], str(q.b)[::-1]
     width = max(len(da), len(db))
     lines, partial, carry = [], "", 0
     for i in range(width):
         x = int(da[i]) if i < len(da) else 0
         y = int(db[i]) if i < len(db) else 0
-        if forget_chain_carry and carry == 1 and x + y == 9:
+        if carry and (i == drop_carry_at or (forget_chain_carry and x + y == 9)):
             carry = 0
         s = x + y + carry
         lhs = f"{x}+{y}+1" if carry else f"{x}+{y}"
-        partial = str(s % 10) + partial
+        partial = str((s + (slip_by if i == slip_at else 0)) % 10) + partial
         lines.append(f"{lhs}={s} |{partial}")
         carry = s // 10
     if carry:
@@ -98,6 +102,11 @@ def solution(q: Addition, forget_chain_carry: bool = False) -> str:
     answer = partial.lstrip("0") or "0"
     lines.append(f"#### {answer}")
     return "\n".join(lines) + "\n"
+
+
+def final_answer(response: str) -> str | None:
+    """The ``#### N`` answer of a worked solution (None if it has none)."""
+    return response.split("#### ")[1].split("\n")[0].strip() if "#### " in response else None
 
 
 def sample_question(rng: random.Random, digits: int, chain: bool | None = None) -> Addition:
