@@ -569,6 +569,10 @@ def cmd_toy_build(args) -> int:
               f"covers {manifest['covers']}")
         for name, value in manifest["scores"].items():
             print(f"  {name:<24} {value}")
+        from tempo_bench.probe import report
+
+        print(f"probe of the {manifest['probe_preset']} preset with this verifier as its critic:")
+        print(report(manifest["probe"]))
     if args.stage in ("all", "rlvr"):
         from tempo_bench.probe import report
 

@@ -175,7 +175,7 @@ class CriticConfig(_Strict):
     probe_every: int = Field(1, ge=1, description="critic diagnostics every this many steps")
     warmup_questions: int = Field(128, ge=1, description="starting critic: labeled questions")
     warmup_samples: int = Field(8, ge=1)
-    warmup_epochs: int = Field(4, ge=1)
+    warmup_epochs: int = Field(4, ge=0, description="passes over the warm-up rollouts (0: none, the head as initialised)")
     warmup_cliprange: float = Field(2.0, gt=0, description="value clip during warm-up (2: none)")
     seed: int = Field(0, description="starting-critic seed: the same critic for every method and run")
 

@@ -170,8 +170,15 @@ def starting_critic_key(config) -> str:
     """What the starting critic depends on: model, critic settings, data and sampling."""
     import hashlib
 
+    from pathlib import Path
+
+    from tempo_bench.policy import resolve_model_path
+
+    backbone = Path(resolve_model_path(config.critic.path or config.model.path)) / "manifest.json"
     spec = {
-        "format": 2,  # bump when the critic's architecture or warm-up procedure changes
+        "format": 3,  # bump when the critic's architecture or warm-up procedure changes
+        # a rebuilt toy backbone (same path, new weights) is another starting critic
+        "backbone": json.loads(backbone.read_text()).get("weights_hash") if backbone.is_file() else None,
         "model": config.model.model_dump(), "critic": config.critic.model_dump(),
         "task": config.task.model_dump(),
         "sampling": [config.rollout.temperature, config.rollout.top_p, config.rollout.max_new_tokens],
@@ -202,13 +209,20 @@ def starting_critic(config, backend: RolloutBackend, pad_id: int, pool: list[Lab
             critic = Critic.load(path, cfg)
         else:
             critic = Critic.from_pretrained(cfg.path or config.model.path, cfg, config.model, config.lora)
-            with torch.random.fork_rng():
-                torch.manual_seed(cfg.seed)
-                generation, correct = rollout_labeled(backend, pool[: cfg.warmup_questions], cfg.warmup_samples, sampling,
-                                                     grader)
-            targets = torch.as_tensor(correct.reshape(-1), dtype=torch.float) * 2 - 1
-            critic.fit(generation_batch(generation, pad_id), targets, torch.ones(len(targets)), cfg.warmup_epochs,
-                       cfg.warmup_cliprange, cfg.minibatch_rows, torch.Generator().manual_seed(cfg.seed))
+            if cfg.warmup_epochs:
+                warm_up(critic, cfg, backend, pad_id, pool, sampling, grader)
             critic.save(path)
         _STARTING_CRITICS[key] = critic
     return _STARTING_CRITICS[key].clone()
+
+
+def warm_up(critic: Critic, cfg, backend: RolloutBackend, pad_id: int, pool: list[LabeledQuestion],
+            sampling: SamplingParams, grader: Grader) -> None:
+    """Fit a fresh critic to the outcomes of labeled rollouts of the initial policy."""
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        generation, correct = rollout_labeled(backend, pool[: cfg.warmup_questions], cfg.warmup_samples, sampling,
+                                              grader)
+    targets = torch.as_tensor(correct.reshape(-1), dtype=torch.float) * 2 - 1
+    critic.fit(generation_batch(generation, pad_id), targets, torch.ones(len(targets)), cfg.warmup_epochs,
+               cfg.warmup_cliprange, cfg.minibatch_rows, torch.Generator().manual_seed(cfg.seed))

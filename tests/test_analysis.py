@@ -135,3 +135,18 @@ def test_figures_command_writes_figures_and_tables_and_names_what_is_missing(sto
     assert "| standard_ttt | 2 |" in table and "| tempo | 2 |" in table and "P(TEMPO > method)" in table
     assert "\\begin{tabular}" in (out / "results.tex").read_text()
     assert main(["figures", "--experiment", "nope", "--tracking-uri", store[1], "--out", str(out)]) == 2
+
+
+def test_gain_over_standard_ttt_is_paired_by_seed():
+    from analysis.regimes import gain_row, probe_gap
+
+    rows = []
+    for method, finals in (("tempo", {0: 0.5, 1: 0.7}), ("standard_ttt", {0: 0.2, 1: 0.6, 2: 0.9})):
+        for seed, final in finals.items():
+            rows += [{"method": method, "seed": seed, "metric": "eval/mean_at_k", "step": 0, "value": 0.1},
+                     {"method": method, "seed": seed, "metric": "eval/mean_at_k", "step": 40, "value": final}]
+    row = gain_row(pd.DataFrame(rows), gap=0.5, label="x")
+    assert row["seeds"] == 2  # seed 2 has no TEMPO run: not paired, left out
+    assert row["gain"] == pytest.approx(((0.5 - 0.2) + (0.7 - 0.6)) / 2)
+    assert row["low"] <= row["gain"] <= row["high"]
+    assert probe_gap({"critic_start": {"auroc_within": 0.9}, "majority_vote_auroc_within": 0.2}) == pytest.approx(0.7)

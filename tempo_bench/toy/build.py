@@ -46,9 +46,11 @@ def build_and_score(out_dir: Path, spec: ToyModelSpec, show_progress: bool = Tru
     return build(out_dir, spec, score_fn=lambda d: score_checkpoint(d, **spec.eval), show_progress=show_progress)
 
 
-def build_verifier(out_dir: Path, spec, show_progress: bool = True) -> dict:
+def build_verifier(out_dir: Path, spec, show_progress: bool = True, probe_rounds: int = 4) -> dict:
     """The verifier backbone (tempo_bench/toy/verifier.py): pretrained on the verification corpus,
-    scored on held-out corpus examples by its verdict (AUROC of logit(Y) - logit(N))."""
+    scored on held-out corpus examples by its verdict (AUROC of logit(Y) - logit(N)), then probed
+    as the `toy` preset's critic before any TTT run (the manifest's ``probe``)."""
+    import json
     from dataclasses import asdict
 
     from tempo_bench.toy.verifier import corpus_texts, encode_verification, verification_corpus
@@ -62,8 +64,31 @@ def build_verifier(out_dir: Path, spec, show_progress: bool = True) -> dict:
     coverage = {"corpus_digits": list(spec.corpus_digits), "error_kinds": list(spec.error_kinds),
                 "wrong_share": round(sum(not ok for *_, ok in data) / len(data), 4),
                 "verdict_tokens": spec.verdict_tokens, "verdict_position": "after the response's EOS token"}
-    return build(out_dir, spec, score_fn=lambda d: score_verifier(d, held_out, spec.verdict_tokens),
-                 show_progress=show_progress, corpus=corpus, extra={"stage": "verifier-pretrain", "covers": coverage})
+    manifest = build(out_dir, spec, score_fn=lambda d: score_verifier(d, held_out, spec.verdict_tokens),
+                     show_progress=show_progress, corpus=corpus,
+                     extra={"stage": "verifier-pretrain", "covers": coverage,
+                            "excluded_test_questions_of": list(spec.exclude_presets)})
+    manifest["probe"] = probe_preset("toy", [f"critic.path={out_dir}"], probe_rounds, show_progress)
+    manifest["probe_preset"] = "toy"
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def probe_preset(preset: str, overrides: list[str], rounds: int, show_progress: bool) -> dict:
+    """`tempo-bench probe` on a preset before any TTT run, on one thread (what a manifest records)."""
+    import tempfile
+
+    from tempo_bench.config import load_config
+    from tempo_bench.probe import probe_asymmetry
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:  # the probe's E-steps train a copy: nothing to keep
+            config = load_config(preset, [*overrides, f"out={scratch}", "threads=1"])
+            return probe_asymmetry(config, k=8, estep_rounds=rounds, progress=show_progress)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @torch.no_grad()
@@ -104,12 +129,10 @@ def build_rlvr(out_dir: Path, spec, preset: str = "toy-symmetric", base_dir: Pat
     import json
     import time
 
-    import tempfile
     from dataclasses import asdict
 
     from tempo_bench.config import load_config
     from tempo_bench.policy import load_tokenizer
-    from tempo_bench.probe import probe_asymmetry
     from tempo_bench.toy.model import SHIPPED_DIR, _portable_tokenizer_config, weights_hash
     from tempo_bench.toy.rlvr import run_rlvr
 
@@ -131,10 +154,8 @@ def build_rlvr(out_dir: Path, spec, preset: str = "toy-symmetric", base_dir: Pat
     _portable_tokenizer_config(actor_dir)
     critic.save(critic_dir)
     (critic_dir / "optimizer.pt").unlink()  # TTT starts a fresh optimiser with its own lr
-    with tempfile.TemporaryDirectory() as scratch:  # the probe's E-steps train a copy: nothing to keep
-        probe_config = load_config(preset, [f"model.path={actor_dir}", f"critic.init={critic_dir}",
-                                            f"out={scratch}", "threads=1"])
-        probe = probe_asymmetry(probe_config, k=8, estep_rounds=probe_rounds, progress=show_progress)
+    probe = probe_preset(preset, [f"model.path={actor_dir}", f"critic.init={critic_dir}"], probe_rounds,
+                         show_progress)
     manifest = {
         "stage": "rlvr",
         "spec": asdict(spec),

@@ -18,9 +18,9 @@ the verdict tokens' output embeddings (``head_init: verdict``) starts as the ver
 judgement, V = scale * (logit(Y) - logit(N)), and E-steps fit it to D_L outcomes from there.
 
 What the corpus covers (operand digits, error kinds, the share of wrong solutions) is in the
-spec and the manifest. No test question's text enters it: the corpus draws its own questions,
-and the test set is a disjoint sample (the leakage rule concerns test ANSWERS; the corpus holds
-none of them).
+spec and the manifest. No test question enters it: questions of the shipped toy presets' test
+sets (``exclude_presets``) are skipped when the corpus is drawn, so the verifier has never seen a
+test question, its answer, or a verdict on it (a test asserts it).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class VerifierSpec:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     verdict_tokens: dict = field(default_factory=lambda: dict(VERDICTS))
+    exclude_presets: tuple[str, ...] = ("toy", "toy-symmetric")  # their test questions never enter the corpus
 
     def __post_init__(self):
         bad = [k for k in self.error_kinds if k not in ERROR_KINDS]
@@ -92,13 +93,29 @@ def verification_corpus(spec: VerifierSpec) -> list[tuple[str, str, bool]]:
     error (a planted error that happens not to change the answer, e.g. a dropped carry into a
     column that carries anyway, is labelled by its answer)."""
     rng = random.Random(spec.seed)
+    excluded = excluded_questions(spec.exclude_presets)
     out = []
-    for _ in range(spec.corpus_size):
+    while len(out) < spec.corpus_size:
         digits = rng.choice(spec.corpus_digits)
         chain = True if digits > 1 and rng.random() < spec.corpus_chain_fraction else None
         q = sample_question(rng, digits, chain)
+        if q in excluded:
+            continue
         text = wrong_solution(q, rng, spec.error_kinds) if rng.random() < spec.wrong_fraction else solution(q)
         out.append((q.prompt, text, final_answer(text) == q.answer))
+    return out
+
+
+def excluded_questions(presets: tuple[str, ...]) -> set[Addition]:
+    """The test questions (D_U) of these toy presets: the verifier never sees them."""
+    from tempo_bench.config import load_config
+    from tempo_bench.tasks.toy import toy_test_questions
+
+    out: set[Addition] = set()
+    for name in presets:
+        task = load_config(name).task
+        if task.name == "toy_addition":
+            out |= set(toy_test_questions(task))
     return out
 
 
