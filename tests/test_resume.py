@@ -15,7 +15,11 @@ STEPS = 6
 ARGS = ["--preset", "toy-smoke", "--method", "tempo", "--quiet", "--set", f"train.steps={STEPS}",
         "--set", "train.checkpoint_every=1", "--set", "eval.every=2", "--set", "threads=1",
         "--set", "eval.size=4"]
-DETERMINISTIC = ["policy/loss", "reward/mean", "critic/value_loss", "critic/probe/ece", "eval/mean_at_k",
+# policy/loss is GSPO's -mean(ratio * A) with ratio ~ 1 and A whitened to mean 0: its value (~1e-8)
+# is cancellation noise, whose last bits move with the sampling copy's fresh LoRA merge after a
+# restore even though the update is bit-identical (grad_norm is compared exactly below)
+NOISE_LEVEL = {"policy/loss": 1e-6}
+DETERMINISTIC = ["policy/loss", "policy/grad_norm", "reward/mean", "critic/value_loss", "critic/probe/ece", "eval/mean_at_k",
                  "tokens/rollout", "tokens/critic", "critic/estep_count"]
 
 
@@ -62,7 +66,11 @@ def test_sigkill_at_a_random_step_then_resume_equals_uninterrupted(tmp_path):
         assert steps == sorted(set(steps)), f"{key}: duplicated steps {steps}"
         assert steps == [s for s, _ in a[key]], f"{key}: steps differ"
     for key in DETERMINISTIC:
-        assert a[key] == b[key], key
+        if key in NOISE_LEVEL:
+            assert [s for s, _ in a[key]] == [s for s, _ in b[key]], key
+            assert all(abs(x - y) < NOISE_LEVEL[key] for (_, x), (_, y) in zip(a[key], b[key])), key
+        else:
+            assert a[key] == b[key], key
 
 
 def test_resume_without_checkpoint_or_with_changed_config_is_a_clear_error(tmp_path, capsys):
