@@ -122,3 +122,13 @@ def test_the_manifests_probe_is_reproduced():
     assert abs(critic - shipped["critic_start"]["auroc_within"]) < 0.15
     assert abs(majority - shipped["majority_vote_auroc_within"]) < 0.2
     assert (critic > majority) == (shipped["critic_start"]["auroc_within"] > shipped["majority_vote_auroc_within"])
+
+
+def test_verifier_build_is_deterministic(tmp_path):
+    from tempo_bench.toy.build import build_verifier
+
+    spec = VerifierSpec(steps=3, corpus_size=200, batch_size=8)
+    a = build_verifier(tmp_path / "a", spec, show_progress=False, probe_rounds=None)
+    b = build_verifier(tmp_path / "b", spec, show_progress=False, probe_rounds=None)
+    assert a["weights_hash"] == b["weights_hash"] and a["data_hash"] == b["data_hash"]
+    assert a["covers"]["error_kinds"] == list(ERROR_KINDS) and 0.4 < a["covers"]["wrong_share"] < 0.6

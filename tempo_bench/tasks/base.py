@@ -89,7 +89,12 @@ def load_task_data(config) -> TaskData:
     if config.name == "toy_addition":
         from tempo_bench.tasks.toy import load_toy_task
 
-        return load_toy_task(config)
+        try:
+            return load_toy_task(config)
+        except DataError:
+            raise
+        except ValueError as err:  # knobs valid alone but not together (chain carries in 1-digit sums)
+            raise DataError(f"task: {err}") from None
     from tempo_bench.tasks.real import load_real_task
 
     return load_real_task(config)

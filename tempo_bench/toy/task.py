@@ -127,13 +127,16 @@ def sample_questions(
     exact share of chain-carry questions (None: their natural frequency)."""
     if not 0 <= (chain_fraction or 0) <= 1:
         raise ValueError(f"chain_fraction must be in [0, 1], got {chain_fraction}")
+    if chain_fraction and max(digits) < 2:
+        raise ValueError(f"a chain carry needs operands of 2+ digits; digits {list(digits)} cannot hold one")
     rng = random.Random(seed)
     n_chain = None if chain_fraction is None else round(n * chain_fraction)
     out: list[Addition] = []
     seen: set[Addition] = set()
     while len(out) < n:
         chain = None if n_chain is None else len(out) < n_chain
-        q = sample_question(rng, rng.choice(digits), chain)
+        # a chain carry needs two columns: chain questions draw from the digit counts above 1
+        q = sample_question(rng, rng.choice([d for d in digits if d > 1] if chain else digits), chain)
         if q not in seen:
             seen.add(q)
             out.append(q)
