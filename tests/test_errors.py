@@ -114,3 +114,22 @@ def test_config_identity_ignores_output_settings_and_number_spelling():
             RunConfig.model_validate(config.model_dump()), load_config("toy-smoke", ["lora.alpha=16.0"])]
     assert {config_identity(c) for c in same} == {config_identity(config)}
     assert config_identity(load_config("toy-smoke", ["train.lr=1e-3"])) != config_identity(config)
+
+
+def test_a_sweep_whose_trials_fail_exits_nonzero_and_says_why(tmp_path, capsys):
+    """Both grid points diverge (lr 1e30: a NaN policy loss at step 2): the sweep ends with 0 of 2
+    trials complete, exit code 1, and names each point's error."""
+    from pathlib import Path
+
+    data = yaml.safe_load((Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml").read_text())
+    data["overrides"] = ["method=standard_ttt", "train.steps=2", "eval.every=2", "eval.size=2"]
+    data["space"] = {"train.lr": {"type": "categorical", "choices": [1.0e30, 2.0e30]}}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    assert main(["sweep", str(spec), "--out", str(tmp_path), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "the sweep is incomplete" in err and err.count("failed: FloatingPointError") == 2
+    data["overrides"].append("model.path=/nonexistent/model")
+    spec.write_text(yaml.safe_dump(data))
+    assert "could not load model '/nonexistent/model'" in error_of(capsys, ["sweep", str(spec), "--out", str(tmp_path / "b")])
+    assert not (tmp_path / "b" / "sweeps").exists()
