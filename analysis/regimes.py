@@ -33,7 +33,6 @@ SETTINGS = [
     Setting("verifier, D_L without the trigger", "compare-toy", "probe_toy.json"),
     Setting("verifier, D_L with the trigger", "compare-toy-trigger", "probe_toy_trigger.json"),
     Setting("verifier, 4-digit test (outside its corpus)", "compare-toy-4digit", "probe_toy_4digit.json"),
-    Setting("verifier backbone, random value head", "compare-toy-value-head", "probe_toy_value_head.json"),
 ]
 
 
