@@ -132,3 +132,14 @@ def test_verifier_build_is_deterministic(tmp_path):
     b = build_verifier(tmp_path / "b", spec, show_progress=False, probe_rounds=None)
     assert a["weights_hash"] == b["weights_hash"] and a["data_hash"] == b["data_hash"]
     assert a["covers"]["error_kinds"] == list(ERROR_KINDS) and 0.4 < a["covers"]["wrong_share"] < 0.6
+
+
+def test_a_missing_shipped_checkpoint_names_the_build_stage(tmp_path, monkeypatch, capsys):
+    import tempo_bench.toy.model as toy_model
+    from tempo_bench.cli import main
+
+    monkeypatch.setattr(toy_model, "VERIFIER_DIR", tmp_path / "toy_verifier")
+    assert main(["run", "--preset", "toy", "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "toy-verifier" in err and "tempo-bench toy-model build --stage verifier-pretrain" in err
+    assert not (tmp_path / "runs" / "mlflow.db").exists()
