@@ -68,8 +68,13 @@ def gain_vs_gap(points: pd.DataFrame):
     fig, (ax,) = _figure(width=6.5)
     yerr = np.array([points.gain - points.low, points.high - points.gain])
     ax.errorbar(points.gap, points.gain, yerr=np.nan_to_num(yerr), fmt="o", color=_color("tempo"), capsize=3)
-    for _, p in points.iterrows():
-        ax.annotate(p.setting, (p.gap, p.gain), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    placed: list[tuple[float, float]] = []
+    for _, p in points.iterrows():  # labels of points that coincide are stacked, not overprinted
+        near = sum(abs(p.gap - x) < 0.05 and abs(p.gain - y) < 0.05 for x, y in placed)
+        placed.append((p.gap, p.gain))
+        right = p.gap > points.gap.mean()  # labels point inwards, away from the axes
+        ax.annotate(p.setting, (p.gap, p.gain), textcoords="offset points", xytext=(-5 if right else 5, 4 - 11 * near),
+                    fontsize=7, ha="right" if right else "left")
     ax.axhline(0, color="grey", lw=0.8, ls="--")
     ax.axvline(0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("probe before TTT: critic AUROC-within minus majority vote's")
