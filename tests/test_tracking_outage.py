@@ -12,7 +12,8 @@ import urllib.request
 import pytest
 
 from tempo_bench.cli import check_tracking
-from tempo_bench.config import ConfigError, load_config
+from tempo_bench.config import load_config
+from tempo_bench.errors import StorageError
 from tempo_bench.loggers import MLflowLogger
 from tempo_bench.loop import run_ttt
 
@@ -89,5 +90,5 @@ def test_server_down_mid_run_loses_nothing(tmp_path):
 
 
 def test_unreachable_server_is_an_error_before_any_work():
-    with pytest.raises(ConfigError, match="does not answer"):
+    with pytest.raises(StorageError, match="does not answer"):
         check_tracking(f"http://127.0.0.1:{free_port()}", timeout_s=2)
