@@ -218,20 +218,24 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _resume_hint(argv: list[str], run_dir: Path, config) -> str:
-    """What an interrupted run left behind, and the command that continues it."""
+def command_line(argv: list[str], resume: bool = False) -> str:
+    """The command a user typed, to print after an interruption; with ``resume``, with
+    ``--resume`` added (once)."""
     import shlex
 
+    return shlex.join(["tempo-bench", *argv, *(["--resume"] if resume and "--resume" not in argv else [])])
+
+
+def _resume_hint(argv: list[str], run_dir: Path, config) -> str:
+    """What an interrupted run left behind, and the command that continues it."""
     from tempo_bench.checkpoint import latest_checkpoint, load_state
 
-    again = shlex.join(["tempo-bench", *argv])
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         return (f"MLflow run marked KILLED; no checkpoint was written yet (train.checkpoint_every="
-                f"{config.train.checkpoint_every}). Start again: {again}")
-    resume = again if "--resume" in argv else f"{again} --resume"
+                f"{config.train.checkpoint_every}). Start again: {command_line(argv)}")
     return (f"MLflow run marked KILLED; checkpoint of step {load_state(checkpoint)['step']} kept in "
-            f"{checkpoint.parent}. Continue it: {resume}")
+            f"{checkpoint.parent}. Continue it: {command_line(argv, resume=True)}")
 
 
 def describe_run(config) -> str:
@@ -363,11 +367,9 @@ def cmd_compare(args) -> int:
     overrides = list(args.overrides) + (
         [f"train.budget_tokens={args.budget_tokens}"] if args.budget_tokens else [])
     workers = _compare_workers(args.workers, args.preset, overrides, len(methods) * len(seeds))
-    import shlex
-
     outcomes, uri = run_compare(args.preset, methods, seeds, overrides, args.tracking_uri, args.out,
                                 args.experiment, workers, resume=args.resume,
-                                command=shlex.join(["tempo-bench", *args.argv]))
+                                command=command_line(args.argv, resume=True))
     table = results_table(outcomes)
     print("\nFinal metrics, mean [95% bootstrap CI] over seeds (pb = reward point-biserial, "
           "mean of the first / last 5 steps; critic gap = test - probe ECE at the end):\n")
@@ -394,11 +396,9 @@ def cmd_sweep(args) -> int:
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-    import shlex
-
     study, left = run_sweep(args.spec, args.study, args.storage, args.n_trials, args.workers,
                             args.tracking_uri, args.out, progress=not args.quiet,
-                            command=shlex.join(["tempo-bench", *args.argv]))
+                            command=command_line(args.argv))
     print(describe(study))
     if left:
         print("the sweep is incomplete:\n  " + "\n  ".join(left) + "\nrun the same command again to "

@@ -192,9 +192,8 @@ def run_compare(preset: str, methods: list[str], seeds: list[int], overrides: li
         outcomes = _execute(jobs, uri, experiment, str(out_dir), workers)
     except KeyboardInterrupt:
         done = _finished_count(client, experiment_id, configs, config_identity)
-        again = command or "the same tempo-bench compare command"
         raise Interrupted(f"{done} of {len(configs)} runs finished and kept in MLflow; unfinished ones are marked "
-                          f"KILLED. Continue: {again if '--resume' in again else again + ' --resume'}") from None
+                          f"KILLED. Continue: {command or 'the same tempo-bench compare command with --resume'}") from None
     finally:
         lock.release()
     return outcomes, uri
