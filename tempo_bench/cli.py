@@ -162,7 +162,7 @@ from tempo_bench.config import ConfigError  # noqa: E402  (after the environment
 from tempo_bench.errors import Interrupted, UserError  # noqa: E402
 from tempo_bench.loggers import SPOOL  # noqa: E402  (a run folder's file of buffered MLflow writes)
 from tempo_bench.tracking import check_tracking, ensure_writable  # noqa: E402
-from tempo_bench.workers import quiet_libraries  # noqa: E402
+from tempo_bench.workers import deliver_swallowed_interrupts, quiet_libraries  # noqa: E402
 
 
 def cmd_run(args) -> int:
@@ -592,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     quiet_libraries()
+    deliver_swallowed_interrupts()
     try:
         return args.func(args)
     except (UserError, FileNotFoundError, FloatingPointError) as err:

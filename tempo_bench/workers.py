@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from contextlib import contextmanager
 
 _IN_RUN = False
+_INTERRUPT_SIGNAL = signal.SIGINT  # what turns into KeyboardInterrupt here: SIGTERM in a worker
 
 
 def quiet_libraries() -> None:
@@ -38,11 +40,33 @@ def _on_terminate(signum, frame):
     os._exit(128 + signum)
 
 
+def _redeliver_swallowed_interrupt(unraisable) -> None:
+    """A signal handler's exception that lands in a finaliser or a weakref callback (SQLAlchemy's
+    state cleanup, run by the garbage collector) is swallowed and printed as "Exception ignored",
+    and the run would go on. Send the signal again a moment later, from another thread, so that
+    its handler runs outside the callback (the main thread is back in the run's own code by then;
+    if not, this repeats)."""
+    swallowed = unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt)
+    in_run = _IN_RUN or _INTERRUPT_SIGNAL == signal.SIGINT
+    if swallowed and in_run:
+        threading.Timer(0.05, os.kill, (os.getpid(), _INTERRUPT_SIGNAL)).start()
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def deliver_swallowed_interrupts() -> None:
+    """Install the hook above (the command line calls it; workers through `init_worker`)."""
+    sys.unraisablehook = _redeliver_swallowed_interrupt
+
+
 def init_worker() -> None:
     """Call first in a spawned worker process."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker process
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    global _INTERRUPT_SIGNAL
+    _INTERRUPT_SIGNAL = signal.SIGTERM
     signal.signal(signal.SIGTERM, _on_terminate)
+    deliver_swallowed_interrupts()
     quiet_libraries()
 
 
@@ -55,6 +79,7 @@ def interruptible_run():
         yield
     finally:
         _IN_RUN = False
+_INTERRUPT_SIGNAL = signal.SIGINT  # what turns into KeyboardInterrupt here: SIGTERM in a worker
 
 
 def stop_processes(pids: list[int], timeout_s: float = 60.0) -> None:

@@ -133,3 +133,30 @@ def test_a_sweep_whose_trials_fail_exits_nonzero_and_says_why(tmp_path, capsys):
     spec.write_text(yaml.safe_dump(data))
     assert "could not load model '/nonexistent/model'" in error_of(capsys, ["sweep", str(spec), "--out", str(tmp_path / "b")])
     assert not (tmp_path / "b" / "sweeps").exists()
+
+
+def test_termination_swallowed_by_a_finaliser_still_stops_the_run():
+    """CI once saw a worker's SIGTERM land in SQLAlchemy's weakref cleanup: Python printed the
+    KeyboardInterrupt as "Exception ignored" and the run went on. It is delivered again."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal\n"
+        "from tempo_bench import workers\n"
+        "workers.init_worker()\n"
+        "class Finaliser:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        for _ in range(1000): pass  # the handler runs here, inside the finaliser\n"
+        "with workers.interruptible_run():\n"
+        "    try:\n"
+        "        Finaliser()\n"
+        "        for _ in range(10**7): pass\n"
+        "        print('not interrupted')\n"
+        "    except KeyboardInterrupt:\n"
+        "        print('interrupted')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "interrupted", proc.stdout + proc.stderr
+    assert "Exception ignored" not in proc.stderr, proc.stderr
