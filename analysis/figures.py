@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from tempo_bench.compare import ALL_METHODS
-from tempo_bench.stats import stratified_bootstrap_ci
+from tempo_bench.experiments.compare import ALL_METHODS
+from tempo_bench.core.stats import stratified_bootstrap_ci
 
 LABELS = {
     "standard_ttt": "standard TTT", "fixed_critic": "fixed critic", "online_critic": "online critic",

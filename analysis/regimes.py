@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tempo_bench.stats import stratified_bootstrap_ci
+from tempo_bench.core.stats import stratified_bootstrap_ci
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def gain_row(df: pd.DataFrame, gap: float, label: str) -> dict | None:
 
 def gain_vs_gap(points: pd.DataFrame):
     """Scatter of TEMPO's gain over standard TTT (y, with 95% CI) against the probe gap (x)."""
-    from analysis.figures import _color, _figure
+    from tempo_bench.analysis.figures import _color, _figure
 
     fig, (ax,) = _figure(width=6.5)
     yerr = np.array([points.gain - points.low, points.high - points.gain])
@@ -86,7 +86,7 @@ def gain_vs_gap(points: pd.DataFrame):
 
 def collect(tracking_uri: str, probes: Path, settings=SETTINGS) -> tuple[pd.DataFrame, list[str]]:
     """One row per setting whose experiment and probe exist; and what was missing."""
-    from analysis.runs import load_experiment
+    from tempo_bench.analysis.runs import load_experiment
 
     rows, missing = [], []
     for s in settings:

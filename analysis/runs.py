@@ -27,7 +27,7 @@ PARTIAL = " (partial)"  # the method label of a run that did not finish, with in
 
 
 def _client(tracking_uri: str | None):
-    from tempo_bench.tracking import tracking_client
+    from tempo_bench.core.tracking import tracking_client
 
     return tracking_client(tracking_uri) if tracking_uri else _default_client()
 
@@ -250,7 +250,7 @@ def load_reliability(run_id: str, tracking_uri: str | None = None) -> dict[int, 
 def recompute_at_k(samples: pd.DataFrame, k: int) -> pd.DataFrame:
     """pass@k (unbiased estimator) and maj@k from raw sampled rows, per run and step, using the
     first k samples of each question for maj@k (as the loop does when it logs eval/maj_at_k)."""
-    from tempo_bench import metrics as M
+    from tempo_bench.core import metrics as M
 
     out = []
     sampled = samples[~samples.greedy]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from tempo_bench.critic_ops import generation_batch
-from tempo_bench.grading import majority_cluster
+from tempo_bench.critic.ops import generation_batch
+from tempo_bench.grading.answers import majority_cluster
 from tempo_bench.methods.critic_based import CriticMethod
 
 

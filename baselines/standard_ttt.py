@@ -2,7 +2,7 @@
 answer cluster over n_vote samples, else 0.
 
 Deliberate choices:
-- Votes cluster answers by math-verify equivalence (tempo_bench.grading.cluster_answers), so
+- Votes cluster answers by math-verify equivalence (tempo_bench.grading.answers.cluster_answers), so
   ``1/2`` and ``0.5`` vote together.
 - n_vote >= n_train samples are drawn; all vote, the first n_train (a uniformly random subset,
   since samples are i.i.d.) are trained on, as TTRL does with 64 votes and 32 trained.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from tempo_bench.grading import majority_cluster
+from tempo_bench.grading.answers import majority_cluster
 from tempo_bench.methods.base import Method, RewardOutput, RolloutBatch
 
 

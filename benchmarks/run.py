@@ -25,7 +25,7 @@ def run_bench(sections=SECTIONS, threads: int = 2) -> dict:
 
     import torch
 
-    from benchmarks import profile, rollout, system, trl_step
+    from tempo_bench.benchmarks import profile, rollout, system, trl_step
 
     jobs = {
         "trl": lambda: trl_step.compare_steps(threads=threads),

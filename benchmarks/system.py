@@ -26,7 +26,7 @@ seeds: [0]
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tempo_bench.cli", *args]
+    return [sys.executable, "-m", "tempo_bench.commands.cli", *args]
 
 
 def _run(cmd: list[str], cwd: str) -> float:

@@ -23,7 +23,7 @@ class StepWork:
 
 def majority_vote_reward(generations: int):
     """TRL reward function: 1 for a completion whose answer is in its prompt's majority cluster."""
-    from tempo_bench.grading import cluster_answers, extract_answer, majority_cluster
+    from tempo_bench.grading.answers import cluster_answers, extract_answer, majority_cluster
 
     def reward(prompts, completions, **kwargs):
         out = []
@@ -39,8 +39,8 @@ def majority_vote_reward(generations: int):
 def ours_step_seconds(work: StepWork, threads: int) -> list[float]:
     """time/step of each step of a tempo-bench standard_ttt run (evaluation excluded)."""
     from tempo_bench.config import load_config
-    from tempo_bench.loggers import MemoryLogger
-    from tempo_bench.loop import run_ttt
+    from tempo_bench.core.loggers import MemoryLogger
+    from tempo_bench.run.loop import run_ttt
 
     # the pretrained toy model on the default addition questions: the TRL side's model and prompts
     config = load_config("toy-smoke", [
@@ -65,7 +65,7 @@ def trl_step_seconds(work: StepWork, threads: int) -> list[float]:
     from trl import GRPOConfig, GRPOTrainer
 
     from tempo_bench.config import LoraConfig, ToyTaskConfig
-    from tempo_bench.policy import load_tokenizer, resolve_model_path
+    from tempo_bench.policy.model import load_tokenizer, resolve_model_path
     from tempo_bench.tasks import load_task_data
 
     torch.set_num_threads(threads)

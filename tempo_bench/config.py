@@ -15,8 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tempo_bench.errors import DataError, UserError
-from tempo_bench.registry import unknown_name
+from tempo_bench.core.errors import DataError, UserError
+from tempo_bench.core.registry import unknown_name
 
 
 class ConfigError(UserError):

@@ -2,7 +2,7 @@
 
 import torch
 
-from tempo_bench.grading import answers_equivalent, cluster_answers
+from tempo_bench.grading.answers import answers_equivalent, cluster_answers
 from tempo_bench.methods import RolloutBatch
 from tempo_bench.rollout import Generation
 from tempo_bench.tasks import LabeledQuestion, Question
@@ -33,7 +33,7 @@ def trained_toy_policy(seed: int = 0, scale: float = 0.1, device: str = "cpu"):
     """The toy policy with random non-zero LoRA B matrices: an adapter whose effect shows (a fresh
     adapter is zero, so serving the wrong weights would go unnoticed)."""
     from tempo_bench.config import LoraConfig, ModelConfig
-    from tempo_bench.policy import load_policy
+    from tempo_bench.policy.model import load_policy
 
     policy = load_policy(ModelConfig(device=device), LoraConfig())
     generator = torch.Generator().manual_seed(seed)

@@ -6,9 +6,9 @@ import re
 import pytest
 from batches import trained_toy_policy
 
-from tempo_bench.cli import main
+from tempo_bench.commands.cli import main
 from tempo_bench.config import LoraConfig, ModelConfig
-from tempo_bench.policy import load_policy
+from tempo_bench.policy.model import load_policy
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,8 @@ def test_eval_agrees_with_lm_eval_on_a_toy_adapter(adapter, capsys):
 
 def test_the_adapter_changes_the_responses(adapter):
     """So that the agreement above means lm-eval loaded the adapter, not just the same base."""
-    from tempo_bench import adapter_eval as E
-    from tempo_bench.policy import load_tokenizer
+    from tempo_bench.experiments import adapter_eval as E
+    from tempo_bench.policy.model import load_tokenizer
 
     eval_set = E.load_eval_set("toy", None, 24)
     tokenizer = load_tokenizer("toy")

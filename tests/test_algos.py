@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from tempo_bench.algos import (
+from tempo_bench.core.algos import (
     group_normalized_advantages,
     gspo_loss,
     masked_mean,

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import figures as F
-from analysis.runs import COLUMNS, load_experiment, load_reliability, load_rollouts, load_run_table, recompute_at_k
-from tempo_bench.cli import main
+from tempo_bench.analysis import figures as F
+from tempo_bench.analysis.runs import COLUMNS, load_experiment, load_reliability, load_rollouts, load_run_table, recompute_at_k
+from tempo_bench.commands.cli import main
 
 matplotlib.use("Agg")
 EXPERIMENT = "compare-toy-smoke"
@@ -51,7 +51,7 @@ def test_loader_gives_one_tidy_row_per_logged_value(store, frame):
 
 
 def test_loader_cache_reuses_finished_runs(store, frame, tmp_path, monkeypatch):
-    import analysis.runs as R
+    import tempo_bench.analysis.runs as R
 
     first = load_experiment(EXPERIMENT, store[1], cache_dir=tmp_path)
     monkeypatch.setattr(R, "_run_rows", lambda *a: pytest.fail("a finished run was fetched again"))
@@ -138,7 +138,7 @@ def test_figures_command_writes_figures_and_tables_and_names_what_is_missing(sto
 
 
 def test_gain_over_standard_ttt_is_paired_by_seed():
-    from analysis.regimes import gain_row, probe_gap
+    from tempo_bench.analysis.regimes import gain_row, probe_gap
 
     rows = []
     for method, finals in (("tempo", {0: 0.5, 1: 0.7}), ("standard_ttt", {0: 0.2, 1: 0.6, 2: 0.9})):

@@ -1,9 +1,9 @@
 """The benchmark command's pieces that are not timings: the majority-vote reward TRL trains on
 in the step comparison, the goal table, and bad input. (Timings are never asserted.)"""
 
-from benchmarks.run import summary
-from benchmarks.trl_step import majority_vote_reward
-from tempo_bench.cli import main
+from tempo_bench.benchmarks.run import summary
+from tempo_bench.benchmarks.trl_step import majority_vote_reward
+from tempo_bench.commands.cli import main
 
 
 def test_trl_majority_vote_reward_on_a_constructed_batch():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tempo_bench.cli import main
+from tempo_bench.commands.cli import main
 from tempo_bench.config import preset_names
 
 STEPS = 2
@@ -79,7 +79,7 @@ def test_compare_runs_methods_into_one_experiment_and_prints_table(tmp_path, cap
 def test_parallel_compare_equals_the_sequential_one(tmp_path):
     """Runs in spawned worker processes log the same numbers as the same runs one after another
     (each run's randomness is its own seed's; both with one torch thread per run)."""
-    from tempo_bench.compare import run_compare
+    from tempo_bench.experiments.compare import run_compare
 
     common = ["train.steps=2", "eval.size=4", "threads=1"]
     runs = {}
@@ -130,7 +130,7 @@ def test_dry_run_of_a_paper_preset_without_gpu_or_network(tmp_path, capsys, monk
 def test_compare_workers_default_to_one_run_per_core_on_cpu(monkeypatch):
     import os
 
-    from tempo_bench.cli import _compare_workers
+    from tempo_bench.commands.cli import _compare_workers
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert _compare_workers("auto", "toy-smoke", [], runs=21) == 2

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from baselines.critic_baselines import FixedCritic, OnlineCritic
-from baselines.empo import EMPO
-from baselines.labeled_rlvr import LabeledRLVR
-from baselines.oracle import Oracle
+from tempo_bench.baselines.critic_baselines import FixedCritic, OnlineCritic
+from tempo_bench.baselines.empo import EMPO
+from tempo_bench.baselines.labeled_rlvr import LabeledRLVR
+from tempo_bench.baselines.oracle import Oracle
 from batches import make_batch
-from tempo_bench.algos import clipped_value_loss, em_group_advantages, em_token_advantages
+from tempo_bench.core.algos import clipped_value_loss, em_group_advantages, em_token_advantages
 from tempo_bench.methods.tempo import Tempo
 from tempo_bench.tasks import AnswerKey
 

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from tempo_bench.config import load_config
-from tempo_bench.loggers import MemoryLogger
-from tempo_bench.loop import run_ttt
+from tempo_bench.core.loggers import MemoryLogger
+from tempo_bench.run.loop import run_ttt
 from tempo_bench.tasks import TaskData, load_task_data
 
 STEP_KEYS = [
@@ -129,7 +129,7 @@ def test_token_budget_stops_the_run_and_evaluates_there(tmp_path):
 
 
 def test_non_finite_reward_stops_with_step_and_phase_after_a_checkpoint(tmp_path, monkeypatch):
-    from baselines.standard_ttt import StandardTTT
+    from tempo_bench.baselines.standard_ttt import StandardTTT
 
     honest = StandardTTT.rewards
 
@@ -144,6 +144,6 @@ def test_non_finite_reward_stops_with_step_and_phase_after_a_checkpoint(tmp_path
     monkeypatch.setattr(StandardTTT, "rewards", poisoned)
     with pytest.raises(FloatingPointError, match=r"step 3, phase 'reward'.*checkpoint of step 2 saved"):
         run_ttt(two_step_config(**{"train.steps": 4}), MemoryLogger(), out_dir=tmp_path, progress=False)
-    from tempo_bench.checkpoint import latest_checkpoint, load_state
+    from tempo_bench.run.checkpoint import latest_checkpoint, load_state
 
     assert load_state(latest_checkpoint(tmp_path))["step"] == 2

@@ -6,7 +6,7 @@ import time
 import pytest
 import yaml
 
-from tempo_bench.cli import main
+from tempo_bench.commands.cli import main
 
 QUICK = ["--set", "train.steps=1", "--set", "eval.size=2", "--quiet"]
 
@@ -143,7 +143,7 @@ def test_termination_swallowed_by_a_finaliser_still_stops_the_run():
 
     code = (
         "import os, signal\n"
-        "from tempo_bench import workers\n"
+        "from tempo_bench.core import processes\n"
         "workers.init_worker()\n"
         "class Finaliser:\n"
         "    def __del__(self):\n"

@@ -24,7 +24,7 @@ SMOKE = ["--preset", "toy-smoke", "--quiet", "--set", "eval.size=4", "--set", "t
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tempo_bench.cli", *args]
+    return [sys.executable, "-m", "tempo_bench.commands.cli", *args]
 
 
 def start(args: list[str]) -> subprocess.Popen:
@@ -49,7 +49,7 @@ def logged_steps(db: Path, metric: str = "time/step") -> dict[str, list[int]]:
 
 
 def checkpointed_step(root: Path) -> int:
-    from tempo_bench.checkpoint import latest_checkpoint, load_state
+    from tempo_bench.run.checkpoint import latest_checkpoint, load_state
 
     steps = [load_state(c)["step"] for c in map(latest_checkpoint, root.glob("*-s*-*")) if c is not None]
     return max(steps, default=0)
@@ -117,7 +117,7 @@ def test_run_ctrl_c_prints_the_resume_command_and_it_finishes_the_same_run(tmp_p
 @pytest.mark.slow
 @pytest.mark.parametrize("sig,workers", [(signal.SIGINT, "2"), (signal.SIGKILL, "1")], ids=["sigint-2-workers", "sigkill-sequential"])
 def test_compare_interrupted_then_resumed_counts_every_run_once(tmp_path, sig, workers):
-    from analysis.runs import load_experiment
+    from tempo_bench.analysis.runs import load_experiment
 
     steps = 4
     db = tmp_path / "mlflow.db"
@@ -171,8 +171,8 @@ def _grid_spec(tmp_path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
 def test_grid_sweep_interrupted_then_rerun_completes_every_point_once(tmp_path, sig):
-    from analysis.runs import load_experiment
-    from tempo_bench.sweep import load_spec, make_storage, open_study
+    from tempo_bench.analysis.runs import load_experiment
+    from tempo_bench.experiments.sweep import load_spec, make_storage, open_study
 
     spec = _grid_spec(tmp_path)
     db = tmp_path / "mlflow.db"
@@ -253,8 +253,8 @@ def _fake_run(client, experiment_id, method, seed, status, steps_done, planned=4
 def test_analysis_counts_only_finished_runs_once_and_says_what_it_skipped(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from analysis.runs import PARTIAL, load_experiment, load_run_table
-    from tempo_bench.cli import main
+    from tempo_bench.analysis.runs import PARTIAL, load_experiment, load_run_table
+    from tempo_bench.commands.cli import main
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tempo_bench.grading import (
+from tempo_bench.grading.answers import (
     answers_equivalent,
     canonical_number,
     cluster_answers,

@@ -6,10 +6,10 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tempo_bench.grading import answers_equivalent, cluster_answers, extract_answer
+from tempo_bench.grading.answers import answers_equivalent, cluster_answers, extract_answer
 from tempo_bench.tasks import get_task
 
-LIMIT_S = 6.0  # the verdict budget is 5 s (tempo_bench.grading.VERDICT_TIMEOUT_S)
+LIMIT_S = 6.0  # the verdict budget is 5 s (tempo_bench.grading.answers.VERDICT_TIMEOUT_S)
 GOLDS = ["204", "\\frac{14}{3}", "\\left( 3, \\frac{\\pi}{2} \\right)", "90^\\circ", "\\text{Evelyn}", "B", "1,000"]
 
 latex_atoms = st.sampled_from(["\\frac{", "}", "{", "\\sqrt{", "^", "_", "\\pi", "\\left(", "\\right)", "\\boxed{",

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from tempo_bench import metrics as M
+from tempo_bench.core import metrics as M
 
 CORRECT = np.array([[1, 0, 0, 1], [0, 0, 0, 0], [1, 1, 1, 0]], dtype=bool)
 
@@ -80,7 +80,7 @@ def test_ece_brier_and_reliability_bins_by_hand():
 
 
 def test_mean_ci_bootstrap():
-    from tempo_bench.stats import mean_ci
+    from tempo_bench.core.stats import mean_ci
 
     mean, lo, hi = mean_ci([0.2, 0.4, 0.6, 0.8])
     assert mean == pytest.approx(0.5) and 0.2 <= lo < 0.5 < hi <= 0.8
@@ -90,7 +90,7 @@ def test_mean_ci_bootstrap():
 
 
 def test_stratified_bootstrap_on_hand_computed_cases():
-    from tempo_bench.stats import stratified_bootstrap_ci
+    from tempo_bench.core.stats import stratified_bootstrap_ci
 
     # two seeds scoring 0 and 1: resampled means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4,
     # so the 95% percentile interval is [0, 1]; a 40% interval is [0.5, 0.5]
@@ -103,7 +103,7 @@ def test_stratified_bootstrap_on_hand_computed_cases():
 
 
 def test_probability_of_improvement_hand_computed():
-    from tempo_bench.stats import probability_of_improvement, probability_of_improvement_ci
+    from tempo_bench.core.stats import probability_of_improvement, probability_of_improvement_ci
 
     # pairs (x, y): 1 beats 0; 2 beats 0 and ties 2 twice; 3 beats all three -> (1 + 2 + 3) / 9
     assert probability_of_improvement([1, 2, 3], [0, 2, 2]) == pytest.approx(6 / 9)

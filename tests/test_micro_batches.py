@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tempo_bench.config import CriticConfig, LoraConfig, ModelConfig, TrainConfig
-from tempo_bench.critic import Critic
-from tempo_bench.critic_ops import generation_batch
-from tempo_bench.policy import load_policy, load_tokenizer, policy_update, trainable_parameters
+from tempo_bench.critic.model import Critic
+from tempo_bench.critic.ops import generation_batch
+from tempo_bench.policy.model import load_policy, load_tokenizer, policy_update, trainable_parameters
 from tempo_bench.rollout import SamplingParams, get_backend
 
 

@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 
-from tempo_bench.cli import main
-from tempo_bench.metrics import auroc_within
-from tempo_bench.probe import cluster_frequency
+from tempo_bench.commands.cli import main
+from tempo_bench.core.metrics import auroc_within
+from tempo_bench.experiments.probe import cluster_frequency
 
 
 def test_cluster_frequency_is_the_majority_vote_ranking():

@@ -9,9 +9,9 @@ import pytest
 from pool_helpers import sleep_then_echo
 
 from tempo_bench.config import load_config
-from tempo_bench.grading_pool import GradingPool, grader_by_name
-from tempo_bench.loggers import MemoryLogger
-from tempo_bench.loop import run_ttt
+from tempo_bench.grading.pool import GradingPool, grader_by_name
+from tempo_bench.core.loggers import MemoryLogger
+from tempo_bench.run.loop import run_ttt
 from tempo_bench.tasks import get_task, load_task_data
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -61,7 +61,7 @@ def test_tempo_run_on_gsm8k_files_grades_with_the_task(tmp_path):
 def test_chat_template_wraps_every_prompt(tmp_path):
     """A tokenizer with a chat template: the model sees the rendered prompt in rollouts and
     evaluation; chat_template=false turns it off."""
-    from tempo_bench.policy import load_tokenizer, resolve_model_path
+    from tempo_bench.policy.model import load_tokenizer, resolve_model_path
 
     model_dir = tmp_path / "toy_with_template"
     import shutil

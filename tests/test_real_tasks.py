@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tempo_bench.grading import canonical_number
+from tempo_bench.grading.answers import canonical_number
 from tempo_bench.tasks import get_task
 from tempo_bench.tasks.real import read_rows
 

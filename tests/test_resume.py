@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 
-from tempo_bench.checkpoint import latest_checkpoint, load_state
-from tempo_bench.cli import main
+from tempo_bench.run.checkpoint import latest_checkpoint, load_state
+from tempo_bench.commands.cli import main
 
 STEPS = 6
 ARGS = ["--preset", "toy-smoke", "--method", "tempo", "--quiet", "--set", f"train.steps={STEPS}",
@@ -42,7 +42,7 @@ def test_sigkill_at_a_random_step_then_resume_equals_uninterrupted(tmp_path):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert main(["run", *ARGS, "--out", str(whole)]) == 0
     kill_after = random.Random(os.environ.get("PYTEST_SEED", "0") + str(time.time())).randint(1, STEPS - 2)
-    proc = subprocess.Popen([sys.executable, "-m", "tempo_bench.cli", "run", *ARGS, "--out", str(broken)],
+    proc = subprocess.Popen([sys.executable, "-m", "tempo_bench.commands.cli", "run", *ARGS, "--out", str(broken)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from baselines.standard_ttt import StandardTTT
+from tempo_bench.baselines.standard_ttt import StandardTTT
 from batches import make_batch
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tempo_bench.config import ConfigError
-from tempo_bench.sweep import ObjectiveSpec, load_spec, make_storage, objective_value, open_study
+from tempo_bench.experiments.sweep import ObjectiveSpec, load_spec, make_storage, objective_value, open_study
 
 SMOKE = Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml"
 
@@ -50,7 +50,7 @@ def test_objective_final_and_auc():
 
 
 def sweep_cmd(spec, out, *extra):
-    return [sys.executable, "-m", "tempo_bench.cli", "sweep", str(spec), "--out", str(out), "--quiet", *extra]
+    return [sys.executable, "-m", "tempo_bench.commands.cli", "sweep", str(spec), "--out", str(out), "--quiet", *extra]
 
 
 def trials_of(spec, out, storage=None, study="smoke"):

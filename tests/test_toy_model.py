@@ -3,7 +3,7 @@
 import json
 
 from tempo_bench.toy.model import SHIPPED_DIR, ToyModelSpec, build, corpus_of, weights_hash
-from tempo_bench.toy.task import data_hash
+from tempo_bench.tasks.addition import data_hash
 
 MANIFEST = json.loads((SHIPPED_DIR / "manifest.json").read_text())
 

@@ -42,7 +42,7 @@ def recomputed():
     """The manifest's probe recomputed on the first 24 test questions with fresh seeds: the
     starting policy's accuracy and the within-question AUROC of majority vote and of the critic."""
     from tempo_bench.config import load_config
-    from tempo_bench.probe import probe_asymmetry
+    from tempo_bench.experiments.probe import probe_asymmetry
 
     config = load_config("toy-symmetric", ["eval.size=24", "seed=11", "threads=2", "critic.estep_questions=8"])
     return probe_asymmetry(config, k=8, estep_rounds=1, progress=False)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tempo_bench.toy.model import VERIFIER_DIR, weights_hash
-from tempo_bench.toy.task import Addition, final_answer, solution
+from tempo_bench.tasks.addition import Addition, final_answer, solution
 from tempo_bench.toy.verifier import ERROR_KINDS, VerifierSpec, excluded_questions, verification_corpus, wrong_solution
 
 needs_verifier = pytest.mark.skipif(not (VERIFIER_DIR / "manifest.json").is_file(),
@@ -48,7 +48,7 @@ def test_bad_knobs_name_the_field_and_the_allowed_values(field, value, message):
 
 
 def test_build_cli_rejects_unknown_knobs_before_any_work(capsys):
-    from tempo_bench.cli import main
+    from tempo_bench.commands.cli import main
 
     assert main(["toy-model", "build", "--stage", "verifier-pretrain", "--set", "verifier.error_kind=[chain]"]) == 2
     assert "unknown VerifierSpec field 'error_kind'" in capsys.readouterr().err
@@ -74,8 +74,8 @@ def test_verdict_head_reads_the_verifiers_verdict_at_the_response_end():
     from transformers import AutoModelForCausalLM
 
     from tempo_bench.config import load_config
-    from tempo_bench.critic import Critic
-    from tempo_bench.policy import load_tokenizer, make_train_batch
+    from tempo_bench.critic.model import Critic
+    from tempo_bench.policy.model import load_tokenizer, make_train_batch
 
     cfg = load_config("toy").critic
     critic = Critic.from_pretrained("toy-verifier", cfg)
@@ -109,7 +109,7 @@ def test_the_manifests_probe_is_reproduced():
     """The verifier regime's probe recomputed on 24 test questions with another seed: the policy's
     accuracy and both AUROC-within values agree with the manifest within noise, in the same order."""
     from tempo_bench.config import load_config
-    from tempo_bench.probe import probe_asymmetry
+    from tempo_bench.experiments.probe import probe_asymmetry
 
     shipped = json.loads((VERIFIER_DIR / "manifest.json").read_text())["probe"]
     config = load_config("toy", ["eval.size=24", "seed=11", "threads=2", "critic.estep_questions=8"])
@@ -136,7 +136,7 @@ def test_verifier_build_is_deterministic(tmp_path):
 
 def test_a_missing_shipped_checkpoint_names_the_build_stage(tmp_path, monkeypatch, capsys):
     import tempo_bench.toy.model as toy_model
-    from tempo_bench.cli import main
+    from tempo_bench.commands.cli import main
 
     monkeypatch.setattr(toy_model, "VERIFIER_DIR", tmp_path / "toy_verifier")
     assert main(["run", "--preset", "toy", "--out", str(tmp_path / "runs")]) == 2

@@ -11,11 +11,11 @@ import urllib.request
 
 import pytest
 
-from tempo_bench.cli import check_tracking
+from tempo_bench.commands.cli import check_tracking
 from tempo_bench.config import load_config
-from tempo_bench.errors import StorageError
-from tempo_bench.loggers import MLflowLogger
-from tempo_bench.loop import run_ttt
+from tempo_bench.core.errors import StorageError
+from tempo_bench.core.loggers import MLflowLogger
+from tempo_bench.run.loop import run_ttt
 
 STEPS = 6
 

@@ -12,7 +12,7 @@ import torch
 from batches import scale_lora, trained_toy_policy
 
 from tempo_bench.config import load_config
-from tempo_bench.policy import load_tokenizer
+from tempo_bench.policy.model import load_tokenizer
 from tempo_bench.rollout import SamplingParams, get_backend
 from tempo_bench.rollout.vllm import merged_lora_weights
 from tempo_bench.tasks import load_task_data

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tempo_bench.config import LoraConfig, ModelConfig, VLLMConfig
-from tempo_bench.policy import load_policy, load_tokenizer
+from tempo_bench.policy.model import load_policy, load_tokenizer
 from tempo_bench.rollout import SamplingParams, get_backend
 from tempo_bench.rollout.vllm import VLLMBackend
 

@@ -4,18 +4,18 @@ Baselines live in the top-level ``baselines`` package; TEMPO itself in this one.
 """
 
 from tempo_bench.methods.base import Method, RewardOutput, RolloutBatch
-from tempo_bench.registry import Registry
+from tempo_bench.core.registry import Registry
 
 METHODS = Registry(
     "method",
     {
-        "standard_ttt": "baselines.standard_ttt:StandardTTT",
-        "fixed_critic": "baselines.critic_baselines:FixedCritic",
-        "online_critic": "baselines.critic_baselines:OnlineCritic",
+        "standard_ttt": "tempo_bench.baselines.standard_ttt:StandardTTT",
+        "fixed_critic": "tempo_bench.baselines.critic_baselines:FixedCritic",
+        "online_critic": "tempo_bench.baselines.critic_baselines:OnlineCritic",
         "tempo": "tempo_bench.methods.tempo:Tempo",
-        "labeled_rlvr": "baselines.labeled_rlvr:LabeledRLVR",
-        "empo": "baselines.empo:EMPO",
-        "oracle": "baselines.oracle:Oracle",
+        "labeled_rlvr": "tempo_bench.baselines.labeled_rlvr:LabeledRLVR",
+        "empo": "tempo_bench.baselines.empo:EMPO",
+        "oracle": "tempo_bench.baselines.oracle:Oracle",
     },
 )
 

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from tempo_bench.algos import group_normalized_advantages
+from tempo_bench.core.algos import group_normalized_advantages
 from tempo_bench.rollout.base import Generation
 from tempo_bench.tasks.base import LabeledQuestion, Question
 
 if TYPE_CHECKING:
-    from tempo_bench.critic_ops import CriticOps
+    from tempo_bench.critic.ops import CriticOps
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from tempo_bench.algos import em_group_advantages, em_token_advantages
+from tempo_bench.core.algos import em_group_advantages, em_token_advantages
 from tempo_bench.methods.base import Method, RewardOutput, RolloutBatch
 
 

@@ -1,7 +1,7 @@
 """Rollout backends behind one interface: ``get_backend("hf")`` returns the class (hf: transformers
 ``generate`` on the training model, anywhere; vllm: a vLLM engine on the GPU, optional extra)."""
 
-from tempo_bench.registry import Registry
+from tempo_bench.core.registry import Registry
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 
 BACKENDS = Registry(

@@ -45,7 +45,7 @@ class HFBackend(RolloutBackend):
         """The module to sample from: the training model itself, or its merged copy."""
         if not self.merge_lora:
             return self.model
-        from tempo_bench.policy import merged_lora_weights
+        from tempo_bench.policy.model import merged_lora_weights
 
         if self._merged is None:
             self._merged = copy.deepcopy(self.model.get_base_model())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from tempo_bench.errors import DataError
-from tempo_bench.grading import GENERIC, Grader
+from tempo_bench.core.errors import DataError
+from tempo_bench.grading.answers import GENERIC, Grader
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from tempo_bench.errors import DataError
-from tempo_bench.grading import Grader, answers_equivalent, canonical_number, extract_answer
-from tempo_bench.registry import unknown_name
+from tempo_bench.core.errors import DataError
+from tempo_bench.grading.answers import Grader, answers_equivalent, canonical_number, extract_answer
+from tempo_bench.core.registry import unknown_name
 from tempo_bench.tasks.base import LabeledQuestion
 
 if TYPE_CHECKING:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tempo_bench.grading import NUMERIC
+from tempo_bench.grading.answers import NUMERIC
 from tempo_bench.tasks.base import AnswerKey, LabeledQuestion, Question, TaskData
-from tempo_bench.toy.task import Addition, sample_questions
+from tempo_bench.tasks.addition import Addition, sample_questions
 
 
 def toy_test_questions(config) -> list[Addition]:

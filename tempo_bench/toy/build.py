@@ -16,8 +16,8 @@ def score_checkpoint(model_dir: Path, k: int = 8, max_new_tokens: int = 96, seed
     from transformers import AutoModelForCausalLM
 
     from tempo_bench.config import EvalConfig, ToyTaskConfig
-    from tempo_bench.evaluation import evaluate
-    from tempo_bench.policy import load_tokenizer
+    from tempo_bench.run.evaluation import evaluate
+    from tempo_bench.policy.model import load_tokenizer
     from tempo_bench.rollout.hf import HFBackend
     from tempo_bench.tasks import load_task_data
     from tempo_bench.tasks.toy import toy_test_questions
@@ -81,7 +81,7 @@ def probe_preset(preset: str, overrides: list[str], rounds: int, show_progress: 
     import tempfile
 
     from tempo_bench.config import load_config
-    from tempo_bench.probe import probe_asymmetry
+    from tempo_bench.experiments.probe import probe_asymmetry
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -98,8 +98,8 @@ def score_verifier(model_dir: Path, examples, verdicts: dict) -> dict:
     """Verdict AUROC and accuracy (logit(Y) > logit(N)) on labelled worked solutions."""
     from transformers import AutoModelForCausalLM
 
-    from tempo_bench import metrics as M
-    from tempo_bench.policy import load_tokenizer
+    from tempo_bench.core import metrics as M
+    from tempo_bench.policy.model import load_tokenizer
     from tempo_bench.toy.verifier import verdict_token_ids
 
     import numpy as np
@@ -134,7 +134,7 @@ def build_rlvr(out_dir: Path, spec, preset: str = "toy-symmetric", base_dir: Pat
     from dataclasses import asdict
 
     from tempo_bench.config import load_config
-    from tempo_bench.policy import load_tokenizer
+    from tempo_bench.policy.model import load_tokenizer
     from tempo_bench.toy.model import SHIPPED_DIR, _portable_tokenizer_config, weights_hash
     from tempo_bench.toy.rlvr import run_rlvr
 

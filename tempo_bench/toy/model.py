@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tempo_bench.toy.task import data_hash, pretraining_corpus
+from tempo_bench.tasks.addition import data_hash, pretraining_corpus
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 # Printable ASCII without the exotic whitespace: room for other toy formats without a new tokenizer.

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tempo_bench import metrics as M
+from tempo_bench.core import metrics as M
 
 
 @dataclass
@@ -57,9 +57,9 @@ class RLVRSpec:
 def rlvr_step(step: int, spec: RLVRSpec, actor, optimizer, critic, backend, questions, grader, pad_id: int,
               train_cfg) -> dict[str, float]:
     """One PPO step on labeled ``questions``: sample, grade, score, update actor then critic."""
-    from tempo_bench.algos import em_token_advantages
-    from tempo_bench.critic_ops import generation_batch, rollout_labeled
-    from tempo_bench.policy import policy_update
+    from tempo_bench.core.algos import em_token_advantages
+    from tempo_bench.critic.ops import generation_batch, rollout_labeled
+    from tempo_bench.policy.model import policy_update
     from tempo_bench.rollout import SamplingParams
 
     sampling = SamplingParams(n=spec.n, temperature=spec.temperature, max_new_tokens=spec.max_new_tokens)
@@ -82,7 +82,7 @@ def rlvr_step(step: int, spec: RLVRSpec, actor, optimizer, critic, backend, ques
 
 def score_on(backend, questions, answers: list[str], k: int, max_new_tokens: int, grader) -> dict[str, float]:
     """mean@k and maj@k of the current actor on ``questions`` (true answers given)."""
-    from tempo_bench.evaluation import grade
+    from tempo_bench.run.evaluation import grade
     from tempo_bench.rollout import SamplingParams
 
     generation = backend.generate([q.prompt for q in questions],
@@ -100,9 +100,9 @@ def run_rlvr(base_dir, spec: RLVRSpec, task_config, show_progress: bool = True, 
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
-    from tempo_bench.critic import Critic
-    from tempo_bench.loop import questions_for_step
-    from tempo_bench.policy import load_tokenizer
+    from tempo_bench.critic.model import Critic
+    from tempo_bench.run.loop import questions_for_step
+    from tempo_bench.policy.model import load_tokenizer
     from tempo_bench.rollout.hf import HFBackend
     from tempo_bench.tasks.toy import toy_pool
     from tempo_bench.tasks import load_task_data

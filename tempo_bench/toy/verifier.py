@@ -28,7 +28,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from tempo_bench.toy.task import Addition, columns, final_answer, sample_question, solution
+from tempo_bench.tasks.addition import Addition, columns, final_answer, sample_question, solution
 
 ERROR_KINDS = ("chain", "carry", "slip")  # forgotten chain carry, any dropped carry, a slipped digit
 VERDICTS = {"correct": "Y", "wrong": "N"}

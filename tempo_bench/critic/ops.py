@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tempo_bench import metrics as M
-from tempo_bench.critic import Critic, values_to_prob
-from tempo_bench.evaluation import grade
-from tempo_bench.grading import GENERIC, Grader
-from tempo_bench.policy import TrainBatch, make_train_batch
+from tempo_bench.core import metrics as M
+from tempo_bench.critic.model import Critic, values_to_prob
+from tempo_bench.run.evaluation import grade
+from tempo_bench.grading.answers import GENERIC, Grader
+from tempo_bench.policy.model import TrainBatch, make_train_batch
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 from tempo_bench.tasks.base import LabeledQuestion
 
@@ -172,7 +172,7 @@ def starting_critic_key(config) -> str:
 
     from pathlib import Path
 
-    from tempo_bench.policy import resolve_model_path
+    from tempo_bench.policy.model import resolve_model_path
 
     backbone = Path(resolve_model_path(config.critic.path or config.model.path)) / "manifest.json"
     spec = {
@@ -194,7 +194,7 @@ def starting_critic(config, backend: RolloutBackend, pad_id: int, pool: list[Lab
     and under ``cache_dir``; each run gets its own copy."""
     from pathlib import Path
 
-    from tempo_bench.policy import resolve_model_path
+    from tempo_bench.policy.model import resolve_model_path
 
     cfg = config.critic
     key = starting_critic_key(config)

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tempo_bench.sweep.spec import SweepSpec, load_spec, objective_value, suggest, trial_config
-from tempo_bench.sweep.study import count_finished, make_storage, open_study
+from tempo_bench.experiments.sweep.spec import SweepSpec, load_spec, objective_value, suggest, trial_config
+from tempo_bench.experiments.sweep.study import count_finished, make_storage, open_study
 
 
 def parent_run_id(tracking_uri: str, experiment: str, study_name: str, artifact_root: Path) -> str:
     """The study's parent run, created by the first process that asks and found by the others."""
-    from tempo_bench.loggers import ensure_experiment
-    from tempo_bench.tracking import store_lock, tracking_client
+    from tempo_bench.core.loggers import ensure_experiment
+    from tempo_bench.core.tracking import store_lock, tracking_client
 
     client = tracking_client(tracking_uri)
     exp_id = ensure_experiment(client, experiment, artifact_root)
@@ -38,7 +38,7 @@ class _Heartbeat:
     (in a spawned worker) stops the trial if the coordinating process was killed."""
 
     def __init__(self, trial, spec: SweepSpec, report: bool, watch_parent: bool):
-        from tempo_bench.workers import ParentWatch
+        from tempo_bench.core.processes import ParentWatch
 
         self.trial, self.spec, self.report = trial, spec, report
         self.parent = ParentWatch() if watch_parent else None
@@ -57,8 +57,8 @@ class _Heartbeat:
 
 def make_objective(spec: SweepSpec, study_name: str, tracking_uri: str, out_dir: Path, progress: bool,
                    watch_parent: bool = False):
-    from tempo_bench.loggers import MLflowLogger
-    from tempo_bench.loop import run_ttt
+    from tempo_bench.core.loggers import MLflowLogger
+    from tempo_bench.run.loop import run_ttt
 
     experiment = f"sweep-{study_name}"
     artifact_root = out_dir / "mlartifacts"
@@ -133,7 +133,7 @@ def run_trial(study, trial, objective) -> str:
     import optuna
     from optuna.trial import TrialState
 
-    from tempo_bench.workers import interruptible_run
+    from tempo_bench.core.processes import interruptible_run
 
     try:
         with interruptible_run():
@@ -178,7 +178,7 @@ def run_worker(spec_path: str, study_name: str, storage_url: str | None, n_trial
 
 
 def _worker_entry(args):
-    from tempo_bench.workers import init_worker
+    from tempo_bench.core.processes import init_worker
 
     init_worker()
     try:

@@ -1,6 +1,6 @@
 """Grading in worker processes, with a per-item timeout.
 
-math-verify's timeouts (and :data:`tempo_bench.grading.VERDICT_TIMEOUT_S`) rely on SIGALRM, which
+math-verify's timeouts (and :data:`tempo_bench.grading.answers.VERDICT_TIMEOUT_S`) rely on SIGALRM, which
 only a process's main thread can use. Each worker here is its own process, so its verdicts keep
 their 5 s budget; on top, the parent gives every item (one question's samples) ``timeout_s`` of
 waiting. A worker stuck past that (in C code that ignores the alarm) is killed with the pool,
@@ -17,7 +17,7 @@ import multiprocessing
 import os
 from multiprocessing.pool import Pool
 
-from tempo_bench.grading import GENERIC, NUMERIC, Grader
+from tempo_bench.grading.answers import GENERIC, NUMERIC, Grader
 
 
 def grader_by_name(name: str) -> Grader:

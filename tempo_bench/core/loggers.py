@@ -114,7 +114,7 @@ def ensure_experiment(client, experiment: str, artifact_root: Path | None) -> st
     sqlite store is locked meanwhile, and a creation that loses a race reads the winner's id."""
     from mlflow.exceptions import MlflowException
 
-    from tempo_bench.tracking import store_lock
+    from tempo_bench.core.tracking import store_lock
 
     with store_lock(client.tracking_uri):
         found = client.get_experiment_by_name(experiment)
@@ -154,7 +154,7 @@ class MLflowLogger(Logger):
         spool_path: Path | None = None,
     ):
         """Start a new run named ``run_name``, or with ``run_id`` reopen that run (resume)."""
-        from tempo_bench.tracking import tracking_client
+        from tempo_bench.core.tracking import tracking_client
 
         if tracking_uri.startswith("http"):  # fail fast during an outage instead of retrying for minutes
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from tempo_bench.algos import clipped_value_loss
-from tempo_bench.policy import TrainBatch, micro_batches, resolve_model_path, select_rows
+from tempo_bench.core.algos import clipped_value_loss
+from tempo_bench.policy.model import TrainBatch, micro_batches, resolve_model_path, select_rows
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Critic:
         from transformers import AutoConfig, AutoModelForTokenClassification
         from transformers.utils import logging as hf_logging
 
-        from tempo_bench.policy import model_kwargs, place
+        from tempo_bench.policy.model import model_kwargs, place
 
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the new head's "newly initialized weights" notice
@@ -77,7 +77,7 @@ class Critic:
         if getattr(cfg, "lora", False):
             from peft import get_peft_model
 
-            from tempo_bench.policy import peft_config
+            from tempo_bench.policy.model import peft_config
 
             model = get_peft_model(model, peft_config(lora_cfg, "TOKEN_CLS"))
         model = place(model, model_cfg)
@@ -175,7 +175,7 @@ class Critic:
         """A saved critic: a full model, or (critic.lora) a LoRA adapter plus head on its base."""
         from transformers import AutoModelForTokenClassification
 
-        from tempo_bench.policy import model_kwargs, place
+        from tempo_bench.policy.model import model_kwargs, place
 
         if (out_dir / "adapter_config.json").is_file():
             from peft import PeftConfig, PeftModel

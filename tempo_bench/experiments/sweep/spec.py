@@ -101,7 +101,7 @@ def load_spec(path: str | Path) -> SweepSpec:
 def check_objective(spec: SweepSpec, where: str | Path) -> None:
     """The objective must be an evaluation metric a run of this spec logs (the objective reads
     the run's evaluations), or every trial would run to its end and then fail."""
-    from tempo_bench.evaluation import eval_metric_names
+    from tempo_bench.run.evaluation import eval_metric_names
 
     logged = eval_metric_names(trial_config(spec, {}).eval)
     if spec.objective.metric not in logged:

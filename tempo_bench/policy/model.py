@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from tempo_bench.errors import UserError
-from tempo_bench.algos import LOSS_AVERAGES_OVER, POLICY_LOSSES, masked_mean, token_entropy, token_logprobs
+from tempo_bench.core.errors import UserError
+from tempo_bench.core.algos import LOSS_AVERAGES_OVER, POLICY_LOSSES, masked_mean, token_entropy, token_logprobs
 
 TOY_MODEL = "toy"
 TOY_RLVR = "toy-rlvr"

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from tempo_bench.errors import StorageError
+from tempo_bench.core.errors import StorageError
 
 CONNECT_TIMEOUT_S = 10.0
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from tempo_bench.config import ConfigError
-from tempo_bench.errors import StorageError
-from tempo_bench.sweep.spec import SweepSpec, grid_points
+from tempo_bench.core.errors import StorageError
+from tempo_bench.experiments.sweep.spec import SweepSpec, grid_points
 
 
 def make_storage(url: str | None, sweep_dir: Path):
@@ -21,7 +21,7 @@ def make_storage(url: str | None, sweep_dir: Path):
     if url is None:
         from optuna.storages.journal import JournalFileBackend
 
-        from tempo_bench.tracking import ensure_writable
+        from tempo_bench.core.tracking import ensure_writable
 
         ensure_writable(sweep_dir, "sweep folder")
         return optuna.storages.JournalStorage(JournalFileBackend(str(sweep_dir / "optuna.journal")))
@@ -29,11 +29,11 @@ def make_storage(url: str | None, sweep_dir: Path):
         raise ConfigError(f"--storage {url!r}: give a sqlite:// or postgresql:// URL, or omit it for a journal file")
     from optuna.storages import RDBStorage
 
-    from tempo_bench.tracking import check_database, redact, sqlite_path
+    from tempo_bench.core.tracking import check_database, redact, sqlite_path
 
     path = sqlite_path(url)
     if path is not None:
-        from tempo_bench.tracking import ensure_writable
+        from tempo_bench.core.tracking import ensure_writable
 
         ensure_writable(path.parent, "folder of the Optuna storage")
     check_database(url, what="Optuna storage")
@@ -85,7 +85,7 @@ def _params(trial) -> dict[str, Any]:
 def worker_gone(trial, stale_after_s: float, now: float | None = None) -> str | None:
     """Why a RUNNING trial's worker is gone (None while it is alive): its process on this machine
     no longer exists, or it has written no heartbeat for ``stale_after_s``."""
-    from tempo_bench.workers import process_alive
+    from tempo_bench.core.processes import process_alive
 
     now = time.time() if now is None else now
     host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
@@ -102,7 +102,7 @@ def fail_dead_trials(study, stale_after_s: float, tracking_uri: str) -> list[tup
     (the trial's and its per-seed ones) KILLED; returns (number, why)."""
     from optuna.trial import TrialState
 
-    from tempo_bench.tracking import tracking_client
+    from tempo_bench.core.tracking import tracking_client
 
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

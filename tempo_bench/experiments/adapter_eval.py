@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tempo_bench.grading import Grader
+from tempo_bench.grading.answers import Grader
 from tempo_bench.tasks.base import AnswerKey, Question
 
 TOY = "toy"
@@ -69,7 +69,7 @@ def our_eval(policy, tokenizer, eval_set: EvalSet, render, k: int, max_new_token
     import torch
 
     from tempo_bench.config import EvalConfig
-    from tempo_bench.evaluation import evaluate
+    from tempo_bench.run.evaluation import evaluate
     from tempo_bench.rollout.hf import HFBackend
 
     questions = [Question(q.id, render(q.prompt)) for q in eval_set.questions] if render else eval_set.questions
@@ -105,7 +105,7 @@ metadata:
 """
 
 UTILS_PY = '''"""Written by tempo-bench eval: lm-eval scores responses with tempo-bench's own grader."""
-from tempo_bench.grading_pool import grader_by_name
+from tempo_bench.grading.pool import grader_by_name
 
 
 def process_results(doc, results):

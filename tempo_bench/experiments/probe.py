@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tempo_bench import metrics as M
+from tempo_bench.core import metrics as M
 
 
 def cluster_frequency(clusters: list[list[int | None]]) -> np.ndarray:
@@ -32,12 +32,12 @@ def cluster_frequency(clusters: list[list[int | None]]) -> np.ndarray:
 
 
 def probe_asymmetry(config, k: int = 8, estep_rounds: int = 4, progress: bool = True) -> dict:
-    from tempo_bench.critic_ops import CriticOps, critic_quality, generation_batch, starting_critic
-    from tempo_bench.evaluation import check_answers, grade
-    from tempo_bench.grading_pool import make_grader
-    from tempo_bench.loop import split_labeled
+    from tempo_bench.critic.ops import CriticOps, critic_quality, generation_batch, starting_critic
+    from tempo_bench.run.evaluation import check_answers, grade
+    from tempo_bench.grading.pool import make_grader
+    from tempo_bench.run.loop import split_labeled
     from tempo_bench.methods import method_class
-    from tempo_bench.policy import load_policy, load_tokenizer, prompt_renderer
+    from tempo_bench.policy.model import load_policy, load_tokenizer, prompt_renderer
     from tempo_bench.rollout import SamplingParams, get_backend
     from tempo_bench.tasks import load_task_data
 

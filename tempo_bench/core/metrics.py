@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tempo_bench.grading import majority_cluster
+from tempo_bench.grading.answers import majority_cluster
 
 Clusters = Sequence[Sequence[int | None]]
 

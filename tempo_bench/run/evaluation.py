@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tempo_bench import metrics as M
-from tempo_bench.grading import GENERIC, Grader
+from tempo_bench.core import metrics as M
+from tempo_bench.grading.answers import GENERIC, Grader
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 from tempo_bench.tasks.base import AnswerKey, Question
 

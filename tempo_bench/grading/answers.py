@@ -189,7 +189,7 @@ class Grader:
     """How a task reads and checks answers; this one is the generic maths grader (extraction as
     :func:`extract_answer`, equivalence by :func:`answers_equivalent`). Tasks with other rules
     (multiple choice) override ``extract_answer`` and ``equivalent``. The loop calls the batch
-    methods ``grade_groups`` and ``check``; :class:`tempo_bench.grading_pool.GradingPool` runs the
+    methods ``grade_groups`` and ``check``; :class:`tempo_bench.grading.pool.GradingPool` runs the
     same ones in worker processes with a per-item timeout."""
 
     name = "generic"

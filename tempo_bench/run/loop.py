@@ -4,7 +4,7 @@
 
 Methods differ only in ``rewards``, ``advantages`` and their critic schedule. The hidden answers
 of the test questions (``task.answer_key``) are used only by the metrics code below (``truth``,
-:mod:`tempo_bench.evaluation`) and by a method flagged ``uses_test_labels`` (the oracle).
+:mod:`tempo_bench.run.evaluation`) and by a method flagged ``uses_test_labels`` (the oracle).
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tempo_bench import metrics as M
-from tempo_bench.checkpoint import check_resumable, latest_checkpoint, restore_policy, save_checkpoint
+from tempo_bench.core import metrics as M
+from tempo_bench.run.checkpoint import check_resumable, latest_checkpoint, restore_policy, save_checkpoint
 from tempo_bench.config import RunConfig, config_identity, flatten
-from tempo_bench.critic import Critic
-from tempo_bench.evaluation import evaluate, grade
-from tempo_bench.loggers import Logger
+from tempo_bench.critic.model import Critic
+from tempo_bench.run.evaluation import evaluate, grade
+from tempo_bench.core.loggers import Logger
 from tempo_bench.methods import Method, RolloutBatch, method_class
-from tempo_bench.policy import (
+from tempo_bench.policy.model import (
     load_policy,
     load_tokenizer,
     policy_update,
@@ -37,9 +37,9 @@ from tempo_bench.policy import (
     trainable_parameters,
 )
 from tempo_bench.rollout import SamplingParams, get_backend
-from tempo_bench.critic_ops import CriticOps, critic_quality, generation_batch, starting_critic
-from tempo_bench.grading import Grader
-from tempo_bench.grading_pool import make_grader
+from tempo_bench.critic.ops import CriticOps, critic_quality, generation_batch, starting_critic
+from tempo_bench.grading.answers import Grader
+from tempo_bench.grading.pool import make_grader
 from tempo_bench.tasks import LabeledQuestion, Question, TaskData, load_task_data
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tempo_bench.errors import Interrupted, StorageError
-from tempo_bench.stats import mean_ci
+from tempo_bench.core.errors import Interrupted, StorageError
+from tempo_bench.core.stats import mean_ci
 
 ALL_METHODS = ["standard_ttt", "fixed_critic", "online_critic", "tempo", "labeled_rlvr", "empo", "oracle"]
 CORE_METHODS = ALL_METHODS[:4]
@@ -157,9 +157,9 @@ def run_compare(preset: str, methods: list[str], seeds: list[int], overrides: li
     from filelock import FileLock, Timeout
 
     from tempo_bench.config import config_identity, load_config
-    from tempo_bench.loggers import default_tracking_uri, ensure_experiment
-    from tempo_bench.policy import check_inputs
-    from tempo_bench.tracking import check_tracking, ensure_writable, tracking_client
+    from tempo_bench.core.loggers import default_tracking_uri, ensure_experiment
+    from tempo_bench.policy.model import check_inputs
+    from tempo_bench.core.tracking import check_tracking, ensure_writable, tracking_client
 
     base = list(overrides) + ([f"out={out}"] if out else [])
     if workers > 1 and not any(o.startswith("threads=") for o in base):
@@ -203,8 +203,8 @@ def plan_jobs(client, experiment_id: str, configs: dict, identity_of, run_root: 
     """One job per (method, seed). Runs this experiment left RUNNING are dead (the caller holds
     the experiment's lock) and are marked KILLED. With ``resume``, a FINISHED run of the same
     config is reused and an unfinished one with a checkpoint is continued."""
-    from tempo_bench.checkpoint import latest_checkpoint
-    from tempo_bench.loop import run_name_of
+    from tempo_bench.run.checkpoint import latest_checkpoint
+    from tempo_bench.run.loop import run_name_of
 
     runs = client.search_runs([experiment_id], max_results=10000, order_by=["attributes.start_time DESC"])
     for run in runs:
@@ -280,7 +280,7 @@ def _execute(jobs: list[Job], uri: str, experiment: str, out_dir: str, workers: 
 
     from tqdm.auto import tqdm
 
-    from tempo_bench.workers import init_worker, stop_processes
+    from tempo_bench.core.processes import init_worker, stop_processes
 
     # after Ctrl-C the pool's queue semaphores are reclaimed by multiprocessing's resource tracker,
     # which would report it in a warning that says nothing to the user (the tracker starts with
@@ -316,9 +316,9 @@ def _run_one(job: Job, uri: str, experiment: str, out_dir: str, progress: bool, 
     process an interruption is recorded too (the run is marked KILLED); in the main process it
     propagates."""
     from tempo_bench.config import RunConfig
-    from tempo_bench.loggers import SPOOL, MLflowLogger
-    from tempo_bench.loop import run_name_of, run_ttt
-    from tempo_bench.workers import ParentWatch, interruptible_run
+    from tempo_bench.core.loggers import SPOOL, MLflowLogger
+    from tempo_bench.run.loop import run_name_of, run_ttt
+    from tempo_bench.core.processes import ParentWatch, interruptible_run
 
     config = RunConfig.model_validate(job.config)
     name = run_name_of(job.method, job.seed)

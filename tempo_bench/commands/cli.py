@@ -159,10 +159,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 from tempo_bench.config import ConfigError  # noqa: E402  (after the environment is set)
-from tempo_bench.errors import Interrupted, UserError  # noqa: E402
-from tempo_bench.loggers import SPOOL  # noqa: E402  (a run folder's file of buffered MLflow writes)
-from tempo_bench.tracking import check_tracking, ensure_writable  # noqa: E402
-from tempo_bench.workers import deliver_swallowed_interrupts, quiet_libraries  # noqa: E402
+from tempo_bench.core.errors import Interrupted, UserError  # noqa: E402
+from tempo_bench.core.loggers import SPOOL  # noqa: E402  (a run folder's file of buffered MLflow writes)
+from tempo_bench.core.tracking import check_tracking, ensure_writable  # noqa: E402
+from tempo_bench.core.processes import deliver_swallowed_interrupts, quiet_libraries  # noqa: E402
 
 
 def cmd_run(args) -> int:
@@ -178,13 +178,13 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(describe_run(config))
         return 0
-    from tempo_bench.policy import check_inputs
+    from tempo_bench.policy.model import check_inputs
 
     check_inputs(config)
     ensure_writable(config.out)
 
-    from tempo_bench.loggers import MLflowLogger, default_tracking_uri
-    from tempo_bench.loop import run_name_of, run_ttt
+    from tempo_bench.core.loggers import MLflowLogger, default_tracking_uri
+    from tempo_bench.run.loop import run_name_of, run_ttt
     from tempo_bench.methods import method_class
 
     out = Path(config.out)
@@ -196,7 +196,7 @@ def cmd_run(args) -> int:
     print(f"  MLflow: {uri}  experiment={config.log.experiment}")
     check_tracking(uri)
     if args.resume:
-        from tempo_bench.checkpoint import check_resumable, find_resumable, latest_checkpoint
+        from tempo_bench.run.checkpoint import check_resumable, find_resumable, latest_checkpoint
 
         run_dir = find_resumable(out, config.log.experiment, run_name)
         if run_dir is None:
@@ -228,7 +228,7 @@ def command_line(argv: list[str], resume: bool = False) -> str:
 
 def _resume_hint(argv: list[str], run_dir: Path, config) -> str:
     """What an interrupted run left behind, and the command that continues it."""
-    from tempo_bench.checkpoint import latest_checkpoint, load_state
+    from tempo_bench.run.checkpoint import latest_checkpoint, load_state
 
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
@@ -349,7 +349,7 @@ def _compare_workers(text: str, preset: str, overrides: list[str], runs: int) ->
             raise ConfigError(f"--workers takes 'auto' or a whole number >= 1, got {text!r}")
         return workers
     from tempo_bench.config import load_config
-    from tempo_bench.policy import resolve_device
+    from tempo_bench.policy.model import resolve_device
 
     if resolve_device(load_config(preset, overrides).model.device) != "cpu":
         return 1
@@ -357,7 +357,7 @@ def _compare_workers(text: str, preset: str, overrides: list[str], runs: int) ->
 
 
 def cmd_compare(args) -> int:
-    from tempo_bench.compare import parse_methods, parse_seeds, results_table, run_compare
+    from tempo_bench.experiments.compare import parse_methods, parse_seeds, results_table, run_compare
     from tempo_bench.config import load_config
 
     try:
@@ -380,7 +380,7 @@ def cmd_compare(args) -> int:
     for o in failed:
         print(f"FAILED {o.method} seed {o.seed}: {o.error}", file=sys.stderr)
     if args.figures:
-        from analysis.report import write_report
+        from tempo_bench.analysis.report import write_report
 
         experiment = args.experiment or f"compare-{load_config(args.preset, overrides).preset}"
         print(f"\nFigures of experiment {experiment}:")
@@ -392,7 +392,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from tempo_bench.sweep import describe, run_sweep
+    from tempo_bench.experiments.sweep import describe, run_sweep
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
@@ -410,9 +410,9 @@ def cmd_sweep(args) -> int:
 def cmd_eval(args) -> int:
     import tempfile
 
-    from tempo_bench import adapter_eval as E
+    from tempo_bench.experiments import adapter_eval as E
     from tempo_bench.config import ModelConfig
-    from tempo_bench.policy import load_tokenizer, prompt_renderer, resolve_device
+    from tempo_bench.policy.model import load_tokenizer, prompt_renderer, resolve_device
 
     adapter = Path(args.adapter)
     try:
@@ -443,7 +443,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_figures(args) -> int:
-    from analysis.report import write_report
+    from tempo_bench.analysis.report import write_report
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri is None:
@@ -466,8 +466,8 @@ def cmd_figures(args) -> int:
 
 def cmd_probe(args) -> int:
     from tempo_bench.config import load_config
-    from tempo_bench.policy import check_inputs
-    from tempo_bench.probe import main as probe_main
+    from tempo_bench.policy.model import check_inputs
+    from tempo_bench.experiments.probe import main as probe_main
 
     config = load_config(args.preset, list(args.overrides))
     if config.task.labeled_size <= config.critic.probe_questions:
@@ -480,7 +480,7 @@ def cmd_probe(args) -> int:
 
 def cmd_bench(args) -> int:
     try:
-        from benchmarks.run import SECTIONS, main as bench_main
+        from tempo_bench.benchmarks.run import SECTIONS, main as bench_main
     except ImportError as err:
         raise ConfigError(f"the benchmarks need the bench extra: pip install -e '.[bench]' ({err})") from None
     sections = args.only.split(",") if args.only else SECTIONS
@@ -569,12 +569,12 @@ def cmd_toy_build(args) -> int:
               f"covers {manifest['covers']}")
         for name, value in manifest["scores"].items():
             print(f"  {name:<24} {value}")
-        from tempo_bench.probe import report
+        from tempo_bench.experiments.probe import report
 
         print(f"probe of the {manifest['probe_preset']} preset with this verifier as its critic:")
         print(report(manifest["probe"]))
     if args.stage in ("all", "rlvr"):
-        from tempo_bench.probe import report
+        from tempo_bench.experiments.probe import report
 
         out = root / "toy_rlvr" if root else RLVR_DIR
         manifest = build_rlvr(out, rlvr_spec, base_dir=base, critic_base_dir=critic_base,
