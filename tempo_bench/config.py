@@ -15,12 +15,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tempo_bench.core.errors import DataError, UserError
+from tempo_bench.core.errors import ConfigError, DataError, UserError
 from tempo_bench.core.registry import unknown_name
 
 
-class ConfigError(UserError):
-    """A configuration problem, phrased for the person who wrote the config."""
 
 
 class _Strict(BaseModel):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tempo_bench.config import ConfigError
+from tempo_bench.core.errors import ConfigError
 from tempo_bench.experiments.sweep import ObjectiveSpec, load_spec, make_storage, objective_value, open_study
 
 SMOKE = Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml"

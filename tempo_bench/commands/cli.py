@@ -158,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-from tempo_bench.config import ConfigError  # noqa: E402  (after the environment is set)
+from tempo_bench.core.errors import ConfigError  # noqa: E402  (after the environment is set)
 from tempo_bench.core.errors import Interrupted, UserError  # noqa: E402
 from tempo_bench.core.loggers import SPOOL  # noqa: E402  (a run folder's file of buffered MLflow writes)
 from tempo_bench.core.tracking import check_tracking, ensure_writable  # noqa: E402

@@ -10,6 +10,9 @@ from __future__ import annotations
 class UserError(ValueError):
     """An expected failure, phrased for the person who can fix it."""
 
+class ConfigError(UserError):
+    """A configuration problem, phrased for the person who wrote the config."""
+
 
 class DataError(UserError):
     """A file the run reads is missing, unreadable or malformed (the message names file and line)."""

@@ -202,7 +202,7 @@ def verdict_head(model, backbone_dir: str, scale: float) -> None:
     verifier was trained to write its verdict) the value is scale * (logit(yes) - logit(no))."""
     import json
 
-    from tempo_bench.config import ConfigError
+    from tempo_bench.core.errors import ConfigError
 
     manifest = Path(backbone_dir) / "manifest.json"
     tokens = json.loads(manifest.read_text()).get("covers", {}).get("verdict_tokens") if manifest.is_file() else None

@@ -9,7 +9,22 @@ labeled pools gsm8k_train, math_train, dapo17k); ``load_task_data(config)`` buil
 trains and evaluates on.
 """
 
-from tempo_bench.tasks.base import AnswerKey, LabeledQuestion, Question, TaskData, load_task_data
-from tempo_bench.tasks.real import TASK_SPECS, Task, get_task
+from tempo_bench.core.errors import DataError
+from tempo_bench.tasks.base import AnswerKey, LabeledQuestion, Question, TaskData
+from tempo_bench.tasks.real import TASK_SPECS, Task, get_task, load_real_task
+from tempo_bench.tasks.toy import load_toy_task
+
+
+def load_task_data(config) -> TaskData:
+    """Build the task a config names (tempo_bench.config.ToyTaskConfig or RealTaskConfig)."""
+    if config.name == "toy_addition":
+        try:
+            return load_toy_task(config)
+        except DataError:
+            raise
+        except ValueError as err:  # knobs valid alone but not together (chain carries in 1-digit sums)
+            raise DataError(f"task: {err}") from None
+    return load_real_task(config)
+
 
 __all__ = ["AnswerKey", "LabeledQuestion", "Question", "TASK_SPECS", "Task", "TaskData", "get_task", "load_task_data"]

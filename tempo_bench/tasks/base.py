@@ -83,18 +83,3 @@ class TaskData:
         return replace(self, test=[replace(q, prompt=render(q.prompt)) for q in self.test],
                        labeled=[replace(q, prompt=render(q.prompt)) for q in self.labeled])
 
-
-def load_task_data(config) -> TaskData:
-    """Build the task a config names (tempo_bench.config.ToyTaskConfig or RealTaskConfig)."""
-    if config.name == "toy_addition":
-        from tempo_bench.tasks.toy import load_toy_task
-
-        try:
-            return load_toy_task(config)
-        except DataError:
-            raise
-        except ValueError as err:  # knobs valid alone but not together (chain carries in 1-digit sums)
-            raise DataError(f"task: {err}") from None
-    from tempo_bench.tasks.real import load_real_task
-
-    return load_real_task(config)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from tempo_bench.config import ConfigError
+from tempo_bench.core.errors import ConfigError
 from tempo_bench.core.errors import Interrupted
 from tempo_bench.experiments.sweep.spec import (ObjectiveSpec, ParamSpec, SweepSpec, grid_points, load_spec, objective_value,
                                     trial_config)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tempo_bench.config import ConfigError
+from tempo_bench.core.errors import ConfigError
 from tempo_bench.core.errors import StorageError
 from tempo_bench.experiments.sweep.spec import SweepSpec, grid_points
 
