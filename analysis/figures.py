@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from tempo_bench.experiments.compare import ALL_METHODS
+from tempo_bench.methods.catalog import method_names
 from tempo_bench.core.stats import stratified_bootstrap_ci
 
 LABELS = {
@@ -37,7 +37,8 @@ def method_colors() -> dict[str, tuple]:
 
 def _methods(df: pd.DataFrame) -> list[str]:
     present = set(df.method.dropna())
-    return [m for m in ALL_METHODS if m in present] + sorted(present - set(ALL_METHODS))
+    known = method_names()
+    return [m for m in known if m in present] + sorted(present - set(known))
 
 
 def _color(method: str):

@@ -11,6 +11,7 @@ import pandas as pd
 
 from tempo_bench.analysis import figures as F
 from tempo_bench.analysis.runs import load_experiment, load_reliability, load_run_table
+from tempo_bench.methods.catalog import method_names
 
 MAIN_METRIC = "eval/mean_at_k"
 
@@ -28,7 +29,7 @@ def outcomes_of(df: pd.DataFrame):
         if not evals:
             continue
         outcomes.append(Outcome(method, int(seed), run_id, summarise(SimpleNamespace(evals=evals, steps=steps))))
-    order = {m: i for i, m in enumerate(F.ALL_METHODS)}
+    order = {m: i for i, m in enumerate(method_names())}
     return sorted(outcomes, key=lambda o: (order.get(o.method, len(order)), o.seed))
 
 

@@ -13,15 +13,16 @@ import torch
 from tempo_bench.critic.ops import generation_batch
 from tempo_bench.grading.answers import majority_cluster
 from tempo_bench.methods.critic_based import CriticMethod
+from tempo_bench.methods.registry import register_method
 
 
+@register_method("fixed_critic", default=True)
 class FixedCritic(CriticMethod):
-    name = "fixed_critic"
+    """The starting critic, never updated (the base class's critic schedule does nothing)."""
 
 
+@register_method("online_critic", default=True)
 class OnlineCritic(CriticMethod):
-    name = "online_critic"
-
     def update_critic(self, step, batch, ops):
         targets = torch.full((len(batch.generation.token_ids),), -1.0)
         row_mask = torch.zeros(len(targets))

@@ -8,11 +8,11 @@ from collections import Counter
 import torch
 
 from tempo_bench.methods.base import Method, RewardOutput, RolloutBatch
+from tempo_bench.methods.registry import register_method
 
 
+@register_method("empo")
 class EMPO(Method):
-    name = "empo"
-
     def rewards(self, batch: RolloutBatch) -> RewardOutput:
         rewards = torch.zeros(len(batch.clusters), batch.n)
         for i, ids in enumerate(batch.clusters):

@@ -8,11 +8,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from tempo_bench.methods.base import Method, RewardOutput, RolloutBatch
+from tempo_bench.methods.registry import register_method
 
 
+@register_method("labeled_rlvr")
 class LabeledRLVR(Method):
-    name = "labeled_rlvr"
-
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
         labeled_prompts_per_step: int = Field(16, ge=1, description="labeled questions per step")

@@ -8,10 +8,11 @@ import torch
 
 from tempo_bench.methods.base import Method, RewardOutput, RolloutBatch
 from tempo_bench.tasks.base import AnswerKey
+from tempo_bench.methods.registry import register_method
 
 
+@register_method("oracle")
 class Oracle(Method):
-    name = "oracle"
     uses_test_labels = True
     answer_key: AnswerKey | None = None  # set by the loop, for this method only
 

@@ -18,11 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tempo_bench.grading.answers import majority_cluster
 from tempo_bench.methods.base import Method, RewardOutput, RolloutBatch
+from tempo_bench.methods.registry import register_method
 
 
+@register_method("standard_ttt", default=True)
 class StandardTTT(Method):
-    name = "standard_ttt"
-
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
         n_vote: int | None = Field(

@@ -228,7 +228,7 @@ class RunConfig(_Strict):
 
     def method_options(self, name: str | None = None):
         """The validated options object of ``name`` (default: the selected method)."""
-        from tempo_bench.methods import method_class
+        from tempo_bench.methods.catalog import method_class
 
         name = name or self.method
         return _validate_options(name, method_class(name), self.methods.get(name, {}))
@@ -362,7 +362,7 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Run
         config = RunConfig(**data)
     except ValidationError as err:
         raise ConfigError(format_errors(err)) from None
-    from tempo_bench.methods import method_names
+    from tempo_bench.methods.catalog import method_names
 
     for name in {config.method, *config.methods}:
         if name not in method_names():
@@ -374,7 +374,7 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Run
 
 def _check_labeled_pool(config: RunConfig) -> None:
     """A method that needs labeled questions must have some left after the critic's probe."""
-    from tempo_bench.methods import method_class
+    from tempo_bench.methods.catalog import method_class
 
     cls = method_class(config.method)
     try:

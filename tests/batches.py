@@ -3,7 +3,7 @@
 import torch
 
 from tempo_bench.grading.answers import answers_equivalent, cluster_answers
-from tempo_bench.methods import RolloutBatch
+from tempo_bench.methods.base import RolloutBatch
 from tempo_bench.rollout import Generation
 from tempo_bench.tasks import LabeledQuestion, Question
 

@@ -112,3 +112,19 @@ def test_functions_stay_short():
                 if length > 80:
                     long[f"{name}.{node.name}"] = length
     assert not long, f"functions over 80 lines: {long}"
+
+
+def test_methods_register_by_decorator_once_under_one_name():
+    from tempo_bench.baselines.standard_ttt import StandardTTT
+    from tempo_bench.methods.catalog import default_methods, method_class, method_names
+    from tempo_bench.methods.registry import METHODS, register_method
+
+    assert method_class("standard_ttt") is StandardTTT and StandardTTT.name == "standard_ttt"
+    assert method_names()[:4] == default_methods() == ["standard_ttt", "fixed_critic", "online_critic", "tempo"]
+    assert set(method_names()) == set(METHODS) and all(METHODS[n].name == n for n in METHODS)
+    with pytest.raises(TypeError, match="subclass of tempo_bench.methods.base.Method"):
+        register_method("not_a_method")(dict)
+    with pytest.raises(ValueError, match="already registered by .*StandardTTT"):
+        register_method("standard_ttt")(type("Other", (StandardTTT,), {}))
+    with pytest.raises(KeyError, match="did you mean 'tempo'"):
+        method_class("tempoo")

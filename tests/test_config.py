@@ -77,7 +77,7 @@ def test_settings_valid_alone_but_not_together():
 
 def test_paper_presets_validate_for_every_method():
     from tempo_bench.config import preset_names
-    from tempo_bench.methods import method_names
+    from tempo_bench.methods.catalog import method_names
 
     names = preset_names()
     assert {"qwen3-8b-aime24", "qwen3-14b-aime24", "olmo3-7b-aime24", "qwen3-32b-aime24"} <= set(names)

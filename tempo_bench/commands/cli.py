@@ -58,8 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="several methods x seeds into one MLflow experiment, "
                          "with a results table (95%% bootstrap CIs over seeds)")
     cmp.add_argument("--preset", required=True)
-    cmp.add_argument("--methods", default="standard_ttt,fixed_critic,online_critic,tempo",
-                     help="comma-separated methods, or 'all' (adds labeled_rlvr, empo, oracle)")
+    cmp.add_argument("--methods", help="comma-separated methods, or 'all' (every registered method); default: "
+                     "the registered default comparison, " + ",".join(default_methods()))
     cmp.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     cmp.add_argument("--tracking-uri")
@@ -163,6 +163,7 @@ from tempo_bench.core.errors import Interrupted, UserError  # noqa: E402
 from tempo_bench.core.loggers import SPOOL  # noqa: E402  (a run folder's file of buffered MLflow writes)
 from tempo_bench.core.tracking import check_tracking, ensure_writable  # noqa: E402
 from tempo_bench.core.processes import deliver_swallowed_interrupts, quiet_libraries  # noqa: E402
+from tempo_bench.methods.catalog import default_methods  # noqa: E402
 
 
 def cmd_run(args) -> int:
@@ -185,7 +186,7 @@ def cmd_run(args) -> int:
 
     from tempo_bench.core.loggers import MLflowLogger, default_tracking_uri
     from tempo_bench.run.loop import run_name_of, run_ttt
-    from tempo_bench.methods import method_class
+    from tempo_bench.methods.catalog import method_class
 
     out = Path(config.out)
     uri = config.log.tracking_uri or default_tracking_uri(out)
@@ -245,7 +246,7 @@ def describe_run(config) -> str:
 
     import yaml
 
-    from tempo_bench.methods import method_class
+    from tempo_bench.methods.catalog import method_class
 
     cls = method_class(config.method)
     uri = config.log.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(config.out) / 'mlflow.db'}"
@@ -361,7 +362,8 @@ def cmd_compare(args) -> int:
     from tempo_bench.config import load_config
 
     try:
-        methods, seeds = parse_methods(args.methods), parse_seeds(args.seeds)
+        methods = parse_methods(args.methods) if args.methods else default_methods()
+        seeds = parse_seeds(args.seeds)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     overrides = list(args.overrides) + (

@@ -16,9 +16,8 @@ import numpy as np
 
 from tempo_bench.core.errors import Interrupted, StorageError
 from tempo_bench.core.stats import mean_ci
+from tempo_bench.methods.catalog import method_names, uses_test_labels
 
-ALL_METHODS = ["standard_ttt", "fixed_critic", "online_critic", "tempo", "labeled_rlvr", "empo", "oracle"]
-CORE_METHODS = ALL_METHODS[:4]
 
 # (column, metric key, where): "initial" / "final" = first / last eval, "start" / "end" = first /
 # last training steps
@@ -39,10 +38,8 @@ TABLE = [
 
 
 def parse_methods(text: str) -> list[str]:
-    from tempo_bench.methods import method_names
-
     if text == "all":
-        return list(ALL_METHODS)
+        return method_names()
     methods = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in method_names()]
     if unknown or not methods:
@@ -92,7 +89,7 @@ def results_cells(outcomes: list[Outcome]) -> list[dict]:
     rows = []
     for method in dict.fromkeys(o.method for o in outcomes):
         done = [o for o in outcomes if o.method == method and o.error is None]
-        row = {"method": method + (" (test labels)" if method == "oracle" else ""), "seeds": len(done)}
+        row = {"method": method + (" (test labels)" if uses_test_labels(method) else ""), "seeds": len(done)}
         for column, key, where in TABLE:
             row[column] = mean_ci([o.values.get(f"{key}@{where}", math.nan) for o in done])
         rows.append(row)

@@ -36,7 +36,7 @@ def probe_asymmetry(config, k: int = 8, estep_rounds: int = 4, progress: bool = 
     from tempo_bench.run.evaluation import check_answers, grade
     from tempo_bench.grading.pool import make_grader
     from tempo_bench.run.loop import split_labeled
-    from tempo_bench.methods import method_class
+    from tempo_bench.methods.catalog import method_class
     from tempo_bench.policy.model import load_policy, load_tokenizer, prompt_renderer
     from tempo_bench.rollout import SamplingParams, get_backend
     from tempo_bench.tasks import load_task_data

@@ -17,6 +17,7 @@ import torch
 from pydantic import Field
 
 from tempo_bench.methods.critic_based import CriticMethod, CriticOptions
+from tempo_bench.methods.registry import register_method
 
 
 class TempoOptions(CriticOptions):
@@ -28,8 +29,8 @@ class TempoOptions(CriticOptions):
     labeled_prompts_per_step: int = Field(4, ge=1, description="labeled questions per M-step")
 
 
+@register_method("tempo", default=True)
 class Tempo(CriticMethod):
-    name = "tempo"
     Options = TempoOptions
 
     def __init__(self, options, n_train):

@@ -27,7 +27,8 @@ from tempo_bench.config import RunConfig, config_identity, flatten
 from tempo_bench.critic.model import Critic
 from tempo_bench.run.evaluation import evaluate, grade
 from tempo_bench.core.loggers import Logger
-from tempo_bench.methods import Method, RolloutBatch, method_class
+from tempo_bench.methods.base import Method, RolloutBatch
+from tempo_bench.methods.catalog import method_class
 from tempo_bench.policy.model import (
     load_policy,
     load_tokenizer,
