@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from tempo_bench.critic.ops import generation_batch
+from tempo_bench.policy.batch import generation_batch
 from tempo_bench.grading.answers import majority_cluster
 from tempo_bench.methods.critic_based import CriticMethod
 from tempo_bench.methods.registry import register_method

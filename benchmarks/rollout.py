@@ -23,7 +23,7 @@ def _best_of(fn, reps: int) -> float:
 @torch.no_grad()
 def compare_rollouts(prompts: int = 16, n: int = 8, max_new_tokens: int = 80, reps: int = 5, threads: int = 2) -> dict:
     from tempo_bench.config import LoraConfig, ModelConfig, ToyTaskConfig
-    from tempo_bench.critic.ops import generation_batch
+    from tempo_bench.policy.batch import generation_batch
     from tempo_bench.policy.model import load_policy, load_tokenizer
     from tempo_bench.rollout import SamplingParams, get_backend
     from tempo_bench.tasks import load_task_data

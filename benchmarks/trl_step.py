@@ -40,7 +40,7 @@ def ours_step_seconds(work: StepWork, threads: int) -> list[float]:
     """time/step of each step of a tempo-bench standard_ttt run (evaluation excluded)."""
     from tempo_bench.config import load_config
     from tempo_bench.core.loggers import MemoryLogger
-    from tempo_bench.run.loop import run_ttt
+    from tempo_bench.run.run import run_ttt
 
     # the pretrained toy model on the default addition questions: the TRL side's model and prompts
     config = load_config("toy-smoke", [

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tempo_bench.core.errors import ConfigError, DataError, UserError
+from tempo_bench.core.errors import ConfigError, DataError
 from tempo_bench.core.registry import unknown_name
 
 

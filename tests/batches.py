@@ -29,6 +29,16 @@ def make_batch(answer_groups, labels=None, final_values=None, response_len=3):
     return batch
 
 
+def advantage_phase(batch, method, rows=None):
+    """The loop's advantage phase on a constructed batch (``batch.rewards`` set): the trained rows,
+    their sequences (every response 3 tokens: mask [R, 3] of ones) and the method's advantages."""
+    from tempo_bench.policy.batch import generation_batch
+
+    batch.rows = method.train_rows(batch) if rows is None else rows
+    batch.train = generation_batch(batch.generation, 0, batch.rows)
+    return method.advantages(batch)
+
+
 def trained_toy_policy(seed: int = 0, scale: float = 0.1, device: str = "cpu"):
     """The toy policy with random non-zero LoRA B matrices: an adapter whose effect shows (a fresh
     adapter is zero, so serving the wrong weights would go unnoticed)."""

@@ -9,7 +9,7 @@ from tempo_bench.baselines.critic_baselines import FixedCritic, OnlineCritic
 from tempo_bench.baselines.empo import EMPO
 from tempo_bench.baselines.labeled_rlvr import LabeledRLVR
 from tempo_bench.baselines.oracle import Oracle
-from batches import make_batch
+from batches import advantage_phase, make_batch
 from tempo_bench.core.algos import clipped_value_loss, em_group_advantages, em_token_advantages
 from tempo_bench.methods.tempo import Tempo
 from tempo_bench.tasks import AnswerKey
@@ -48,13 +48,13 @@ def test_tempo_advantage_estimators_on_a_batch():
     batch = make_batch([["1", "2"], ["5", "6"]], labels=[None, "5"], final_values=[[0.4, -0.4], [0.0, 0.0]])
     method = Tempo(Tempo.Options(advantage="em_token"), n_train=2)
     rewards = method.rewards(batch).rewards  # [[.4, -.4], [1, -1]]
-    rows = method.train_rows(batch, rewards)
-    mask = torch.ones(4, 3)
-    adv = method.advantages(batch, rewards, rows, mask)
+    batch.rewards = rewards
+    rows = method.train_rows(batch)
+    adv = advantage_phase(batch, method, rows)  # every response 3 tokens long
     # state values are 0, so A_t = R on every token, then whitened over the 12 tokens
     raw = torch.tensor([0.4, -0.4, 1.0, -1.0]).repeat_interleave(3)
     assert torch.allclose(adv.reshape(-1), (raw - raw.mean()) / raw.std(unbiased=False), atol=1e-5)
-    em = Tempo(Tempo.Options(advantage="em"), n_train=2).advantages(batch, rewards, rows, mask)
+    em = advantage_phase(batch, Tempo(Tempo.Options(advantage="em"), n_train=2), rows)
     s = math.sqrt(0.32)  # sample std of (.4, -.4)
     assert torch.allclose(em, torch.tensor([0.4 / s, -0.4 / s, 1 / math.sqrt(2), -1 / math.sqrt(2)]), atol=1e-5)
 
@@ -63,7 +63,8 @@ def test_tempo_drops_labeled_groups_whose_rewards_agree():
     batch = make_batch([["1", "2"], ["5", "5"], ["7", "8"]], labels=[None, "5", "7"],
                        final_values=[[0.1, 0.1], [0.0, 0.0], [0.0, 0.0]])
     method = Tempo(Tempo.Options(), n_train=2)
-    rows = method.train_rows(batch, method.rewards(batch).rewards)
+    batch.rewards = method.rewards(batch).rewards
+    rows = method.train_rows(batch)
     assert rows == [0, 1, 4, 5]  # unlabeled group kept even though its values agree
     assert method.labeled_per_step() == 4
     assert Tempo(Tempo.Options(include_labeled=False), n_train=2).labeled_per_step() == 0

@@ -8,8 +8,9 @@ import torch
 
 from tempo_bench.config import CriticConfig, LoraConfig, ModelConfig, TrainConfig
 from tempo_bench.critic.model import Critic
-from tempo_bench.critic.ops import generation_batch
-from tempo_bench.policy.model import load_policy, load_tokenizer, policy_update, trainable_parameters
+from tempo_bench.policy.batch import generation_batch
+from tempo_bench.policy.model import load_policy, load_tokenizer, trainable_parameters
+from tempo_bench.policy.update import policy_update
 from tempo_bench.rollout import SamplingParams, get_backend
 
 

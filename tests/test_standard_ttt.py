@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tempo_bench.baselines.standard_ttt import StandardTTT
-from batches import make_batch
+from batches import advantage_phase, make_batch
 
 
 def test_majority_gets_one_minority_zero_with_equivalent_forms():
@@ -17,9 +17,10 @@ def test_majority_gets_one_minority_zero_with_equivalent_forms():
     # group 1: tie 3 vs 4 -> first seen (3); unparseable gets 0
     assert rewards[1].tolist() == [1, 1, 0, 0, 0, 0]
     # advantages cover only the n_train=4 trained samples, group-normalised
-    rows = method.train_rows(batch, rewards)
+    batch.rewards = rewards
+    rows = method.train_rows(batch)
     assert rows == [0, 1, 2, 3, 6, 7, 8, 9]
-    adv = method.advantages(batch, rewards, rows, torch.ones(8, 3)).reshape(2, 4)
+    adv = advantage_phase(batch, method, rows).reshape(2, 4)
     assert torch.allclose(adv.mean(dim=1), torch.zeros(2), atol=1e-6)
     assert adv[0, 1] > 0 > adv[0, 0]
 
@@ -29,7 +30,8 @@ def test_no_parseable_answer_gives_no_signal():
     batch = make_batch([[None, None, None]])
     rewards = method.rewards(batch).rewards
     assert rewards.tolist() == [[0, 0, 0]]
-    assert torch.all(method.advantages(batch, rewards, [0, 1, 2], torch.ones(3, 3)) == 0)
+    batch.rewards = rewards
+    assert torch.all(advantage_phase(batch, method, [0, 1, 2]) == 0)
 
 
 def test_n_vote_below_n_train_is_an_error():

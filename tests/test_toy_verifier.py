@@ -75,7 +75,8 @@ def test_verdict_head_reads_the_verifiers_verdict_at_the_response_end():
 
     from tempo_bench.config import load_config
     from tempo_bench.critic.model import Critic
-    from tempo_bench.policy.model import load_tokenizer, make_train_batch
+    from tempo_bench.policy.model import load_tokenizer
+    from tempo_bench.policy.batch import make_train_batch
 
     cfg = load_config("toy").critic
     critic = Critic.from_pretrained("toy-verifier", cfg)

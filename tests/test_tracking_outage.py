@@ -15,7 +15,7 @@ from tempo_bench.commands.cli import check_tracking
 from tempo_bench.config import load_config
 from tempo_bench.core.errors import StorageError
 from tempo_bench.core.loggers import MLflowLogger
-from tempo_bench.run.loop import run_ttt
+from tempo_bench.run.run import run_ttt
 
 STEPS = 6
 

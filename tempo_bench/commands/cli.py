@@ -179,13 +179,13 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(describe_run(config))
         return 0
-    from tempo_bench.policy.model import check_inputs
+    from tempo_bench.run.inputs import check_inputs
 
     check_inputs(config)
     ensure_writable(config.out)
 
     from tempo_bench.core.loggers import MLflowLogger, default_tracking_uri
-    from tempo_bench.run.loop import run_name_of, run_ttt
+    from tempo_bench.run.run import run_name_of, run_ttt
     from tempo_bench.methods.catalog import method_class
 
     out = Path(config.out)
@@ -468,7 +468,7 @@ def cmd_figures(args) -> int:
 
 def cmd_probe(args) -> int:
     from tempo_bench.config import load_config
-    from tempo_bench.policy.model import check_inputs
+    from tempo_bench.run.inputs import check_inputs
     from tempo_bench.experiments.probe import main as probe_main
 
     config = load_config(args.preset, list(args.overrides))

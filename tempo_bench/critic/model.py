@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from tempo_bench.core.algos import clipped_value_loss
-from tempo_bench.policy.model import TrainBatch, micro_batches, resolve_model_path, select_rows
+from tempo_bench.policy.batch import TrainBatch, accumulated_step, micro_batches, select_rows
+from tempo_bench.policy.model import resolve_model_path
 
 
 @dataclass
@@ -136,30 +137,27 @@ class Critic:
         batch, targets = select_rows(batch, keep), targets[keep].float()
         old, _ = self.score(batch)  # the clip is around the values before this update
         losses, tokens = [], int(batch.attention.sum())
+
+        def loss_of(rows: torch.Tensor):
+            nonlocal tokens
+            mb = select_rows(batch, rows)
+            states = StateIndex.of(mb)
+            values = self.state_values(mb, states).cpu()
+            returns = targets[rows].unsqueeze(1).expand_as(values)
+            tokens += int(mb.attention.sum())
+            loss = clipped_value_loss(values, old[rows, : values.shape[1]], returns, states.mask, cliprange_value)
+            return loss, float(states.mask.sum()), {}
+
         self.model.train()
         for _ in range(epochs):
             order = torch.randperm(len(keep), generator=generator)
             for minibatch in order.split(minibatch_rows):
-                # gradients accumulated over micro-batches, each weighted by its share of the
-                # minibatch's states (the loss is a mean over states)
+                # the loss is a mean over states: each micro-batch weighs by its share of them
                 total = float(StateIndex.of(select_rows(batch, minibatch)).mask.sum())
-                self.optimizer.zero_grad(set_to_none=True)
-                step_loss = 0.0
-                for rows in micro_batches(minibatch, self.micro_batch_rows, batch.attention.sum(1), self.length_buckets):
-                    mb = select_rows(batch, rows)
-                    states = StateIndex.of(mb)
-                    values = self.state_values(mb, states).cpu()
-                    returns = targets[rows].unsqueeze(1).expand_as(values)
-                    loss = clipped_value_loss(values, old[rows, : values.shape[1]], returns, states.mask, cliprange_value)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"critic value loss is {loss.item()}")
-                    share = float(states.mask.sum()) / total
-                    (loss * share).backward()
-                    step_loss += share * loss.item()
-                    tokens += int(mb.attention.sum())
-                torch.nn.utils.clip_grad_norm_(self._params(), self.grad_clip)
-                self.optimizer.step()
-                losses.append(step_loss)
+                parts = micro_batches(minibatch, self.micro_batch_rows, batch.attention.sum(1), self.length_buckets)
+                step_stats, _ = accumulated_step(self.optimizer, self._params(), parts, loss_of, total,
+                                                 self.grad_clip, "critic value loss")
+                losses.append(step_stats["loss"])
         self.model.eval()
         return {"critic/value_loss": sum(losses) / len(losses), "tokens/critic_step": tokens}
 

@@ -19,27 +19,10 @@ import torch
 
 from tempo_bench.core import metrics as M
 from tempo_bench.critic.model import Critic, values_to_prob
-from tempo_bench.run.evaluation import grade
 from tempo_bench.grading.answers import GENERIC, Grader
-from tempo_bench.policy.model import TrainBatch, make_train_batch
+from tempo_bench.policy.batch import TrainBatch, generation_batch
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 from tempo_bench.tasks.base import LabeledQuestion
-
-
-def generation_batch(generation: Generation, pad_id: int, rows: list[int] | None = None) -> TrainBatch:
-    """Prompt + response sequences of ``rows`` (default: all) of a generation."""
-    rows = list(range(len(generation.token_ids))) if rows is None else rows
-    return make_train_batch(
-        [generation.prompt_ids[r // generation.n] for r in rows],
-        [generation.token_ids[r] for r in rows],
-        pad_id,
-    )
-
-
-def labeled_correctness(questions: list[LabeledQuestion], answers: list[list[str | None]],
-                        grader: Grader = GENERIC) -> np.ndarray:
-    """[G, N] true correctness of labeled rollouts (labels of D_L are visible to methods)."""
-    return np.array(grader.check([q.answer for q in questions], answers), dtype=bool).reshape(len(questions), -1)
 
 
 def critic_quality(final_values: np.ndarray, correct: np.ndarray) -> dict[str, float]:
@@ -62,8 +45,8 @@ def rollout_labeled(
     """n rollouts of the current policy per labeled question, and their true correctness [G, n]."""
     generation = backend.generate([q.prompt for q in questions], SamplingParams(
         n=n, temperature=sampling.temperature, top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens))
-    answers, _ = grade(generation, grader)
-    return generation, labeled_correctness(questions, answers, grader)
+    answers, _ = grader.grade_generation(generation)
+    return generation, grader.correctness([q.answer for q in questions], answers)
 
 
 @dataclass
@@ -78,8 +61,9 @@ class CriticOps:
     seed: int
     log_text: object = None  # callable(text, artifact_file) for reliability-diagram data
     grader: Grader = GENERIC
-    estep_count: int = 0
+    # the run's compute counter, shared: E-step rollouts and critic passes add to it
     tokens: dict[str, int] = field(default_factory=lambda: {"tokens/critic": 0, "tokens/estep_rollout": 0})
+    estep_count: int = 0
     _probe_cache: tuple[int, dict] | None = None
     _probe_rollouts: tuple[int, Generation, np.ndarray] | None = None  # (step, probe samples, truth)
 
@@ -90,10 +74,6 @@ class CriticOps:
         """Probe samples of the policy of ``step`` exist (the policy does not change within a step
         after the M-step, so the E-step's call and the later probe share them)."""
         return self._probe_rollouts is not None and self._probe_rollouts[0] == step
-
-    def counters(self) -> dict[str, float]:
-        """Cumulative critic compute, logged every step for accuracy-against-compute plots."""
-        return {**self.tokens, "critic/estep_count": self.estep_count}
 
     def estep(self, step: int) -> dict[str, float]:
         """Recalibrate on fresh current-policy rollouts of ``cfg.estep_questions`` labeled
@@ -163,9 +143,6 @@ def _reliability(before: torch.Tensor, after: torch.Tensor, correct: np.ndarray)
     }
 
 
-_STARTING_CRITICS: dict[str, Critic] = {}
-
-
 def starting_critic_key(config) -> str:
     """What the starting critic depends on: model, critic settings, data and sampling."""
     import hashlib
@@ -187,11 +164,13 @@ def starting_critic_key(config) -> str:
 
 
 def starting_critic(config, backend: RolloutBackend, pad_id: int, pool: list[LabeledQuestion],
-                    sampling: SamplingParams, cache_dir, grader: Grader = GENERIC) -> Critic:
+                    sampling: SamplingParams, cache_dir, grader: Grader = GENERIC,
+                    cache: dict[str, Critic] | None = None) -> Critic:
     """The critic every critic method starts from: a trained critic (``critic.init``: the RLVR
     stage's, as in the paper), or else a fresh value head on the backbone, warmed up on labeled
     rollouts of the initial policy. Built once per key (starting_critic_key) and cached in memory
-    and under ``cache_dir``; each run gets its own copy."""
+    (``cache``, shared by the runs of one process) and under ``cache_dir``; each run gets its own
+    copy."""
     from pathlib import Path
 
     from tempo_bench.policy.model import resolve_model_path
@@ -199,7 +178,8 @@ def starting_critic(config, backend: RolloutBackend, pad_id: int, pool: list[Lab
     cfg = config.critic
     key = starting_critic_key(config)
     path = Path(cache_dir) / key
-    if key not in _STARTING_CRITICS:
+    cache = {} if cache is None else cache
+    if key not in cache:
         if cfg.init is not None:
             init = Path(resolve_model_path(cfg.init, part="critic"))
             if not (init / "config.json").is_file():
@@ -212,8 +192,8 @@ def starting_critic(config, backend: RolloutBackend, pad_id: int, pool: list[Lab
             if cfg.warmup_epochs:
                 warm_up(critic, cfg, backend, pad_id, pool, sampling, grader)
             critic.save(path)
-        _STARTING_CRITICS[key] = critic
-    return _STARTING_CRITICS[key].clone()
+        cache[key] = critic
+    return cache[key].clone()
 
 
 def warm_up(critic: Critic, cfg, backend: RolloutBackend, pad_id: int, pool: list[LabeledQuestion],

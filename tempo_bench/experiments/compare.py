@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from tempo_bench.core.errors import Interrupted, StorageError
+from tempo_bench.core.processes import init_worker
 from tempo_bench.core.stats import mean_ci
+from tempo_bench.run.caches import RunCaches
 from tempo_bench.methods.catalog import method_names, uses_test_labels
 
 
@@ -155,7 +157,7 @@ def run_compare(preset: str, methods: list[str], seeds: list[int], overrides: li
 
     from tempo_bench.config import config_identity, load_config
     from tempo_bench.core.loggers import default_tracking_uri, ensure_experiment
-    from tempo_bench.policy.model import check_inputs
+    from tempo_bench.run.inputs import check_inputs
     from tempo_bench.core.tracking import check_tracking, ensure_writable, tracking_client
 
     base = list(overrides) + ([f"out={out}"] if out else [])
@@ -201,7 +203,7 @@ def plan_jobs(client, experiment_id: str, configs: dict, identity_of, run_root: 
     the experiment's lock) and are marked KILLED. With ``resume``, a FINISHED run of the same
     config is reused and an unfinished one with a checkpoint is continued."""
     from tempo_bench.run.checkpoint import latest_checkpoint
-    from tempo_bench.run.loop import run_name_of
+    from tempo_bench.run.provenance import run_name_of
 
     runs = client.search_runs([experiment_id], max_results=10000, order_by=["attributes.start_time DESC"])
     for run in runs:
@@ -267,9 +269,11 @@ def _execute(jobs: list[Job], uri: str, experiment: str, out_dir: str, workers: 
     todo = [j for j in jobs if j.reuse is None]
     done: dict[tuple[str, int], Outcome] = {(j.method, j.seed): j.reuse for j in jobs if j.reuse is not None}
     if workers == 1:
+        caches = RunCaches()  # the runs share the base model, starting critic and initial evaluation
         for i, job in enumerate(todo, 1):
             print(f"[{i}/{len(todo)}] {job.method} seed {job.seed}")
-            done[(job.method, job.seed)] = _run_one(job, uri, experiment, out_dir, progress=True, worker=False)
+            done[(job.method, job.seed)] = _run_one(job, uri, experiment, out_dir, progress=True, worker=False,
+                                                    caches=caches)
         return [done[(j.method, j.seed)] for j in jobs]
     import multiprocessing as mp
     import os
@@ -277,13 +281,13 @@ def _execute(jobs: list[Job], uri: str, experiment: str, out_dir: str, workers: 
 
     from tqdm.auto import tqdm
 
-    from tempo_bench.core.processes import init_worker, stop_processes
+    from tempo_bench.core.processes import stop_processes
 
     # after Ctrl-C the pool's queue semaphores are reclaimed by multiprocessing's resource tracker,
     # which would report it in a warning that says nothing to the user (the tracker starts with
     # the pool and reads its warning filter from the environment)
     os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=init_worker)
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_compare_worker)
     try:
         futures = {pool.submit(_run_one, job, uri, experiment, out_dir, False, True): job for job in todo}
         with tqdm(total=len(todo), desc="runs") as bar:
@@ -308,13 +312,24 @@ def _execute(jobs: list[Job], uri: str, experiment: str, out_dir: str, workers: 
     return [done[(j.method, j.seed)] for j in jobs]
 
 
-def _run_one(job: Job, uri: str, experiment: str, out_dir: str, progress: bool, worker: bool) -> Outcome:
+_WORKER_CACHES: RunCaches | None = None  # a worker process's own, shared by the runs it is given
+
+
+def _init_compare_worker() -> None:
+    global _WORKER_CACHES
+    init_worker()
+    _WORKER_CACHES = RunCaches()
+
+
+def _run_one(job: Job, uri: str, experiment: str, out_dir: str, progress: bool, worker: bool,
+             caches: RunCaches | None = None) -> Outcome:
     """One run of a comparison, logged to MLflow; a failure is recorded, not raised. In a worker
     process an interruption is recorded too (the run is marked KILLED); in the main process it
     propagates."""
+    caches = caches if caches is not None else _WORKER_CACHES
     from tempo_bench.config import RunConfig
     from tempo_bench.core.loggers import SPOOL, MLflowLogger
-    from tempo_bench.run.loop import run_name_of, run_ttt
+    from tempo_bench.run.run import run_name_of, run_ttt
     from tempo_bench.core.processes import ParentWatch, interruptible_run
 
     config = RunConfig.model_validate(job.config)
@@ -332,7 +347,8 @@ def _run_one(job: Job, uri: str, experiment: str, out_dir: str, progress: bool, 
             outcome.run_id = logger.run_id
             with logger:
                 result = run_ttt(config, logger, out_dir=run_dir, progress=progress,
-                                 on_step=ParentWatch() if worker else None, resume=job.resume_run_id is not None)
+                                 on_step=ParentWatch() if worker else None, resume=job.resume_run_id is not None,
+                                 caches=caches)
         outcome.values = summarise(result)
     except KeyboardInterrupt:
         if not worker:

@@ -17,9 +17,13 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from tempo_bench.core import metrics as M
+from tempo_bench.core.loggers import MemoryLogger
+from tempo_bench.critic.ops import critic_quality
+from tempo_bench.policy.batch import generation_batch
+from tempo_bench.rollout import SamplingParams
+from tempo_bench.run.run import build_run
 
 
 def cluster_frequency(clusters: list[list[int | None]]) -> np.ndarray:
@@ -32,43 +36,24 @@ def cluster_frequency(clusters: list[list[int | None]]) -> np.ndarray:
 
 
 def probe_asymmetry(config, k: int = 8, estep_rounds: int = 4, progress: bool = True) -> dict:
-    from tempo_bench.critic.ops import CriticOps, critic_quality, generation_batch, starting_critic
-    from tempo_bench.run.evaluation import check_answers, grade
-    from tempo_bench.grading.pool import make_grader
-    from tempo_bench.run.loop import split_labeled
-    from tempo_bench.methods.catalog import method_class
-    from tempo_bench.policy.model import load_policy, load_tokenizer, prompt_renderer
-    from tempo_bench.rollout import SamplingParams, get_backend
-    from tempo_bench.tasks import load_task_data
+    """The measurements above, on the setup a TEMPO run of ``config`` would start from."""
+    run = build_run(config.model_copy(update={"method": "tempo"}), MemoryLogger(), out_dir=Path(config.out) / "probe")
+    try:
+        return _measure(run, k, estep_rounds)
+    finally:
+        run.close()
 
-    torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    task = load_task_data(config.task)
-    tokenizer = load_tokenizer(config.model.path)
-    render = prompt_renderer(tokenizer, config.model)
-    if render is not None:
-        task = task.with_prompts(render)
-    tempo = method_class("tempo")(config.method_options("tempo"), n_train=config.rollout.n)
-    pool, probe_questions = split_labeled(task, config, tempo)
-    grader = make_grader(task.grader, config.grading.workers, config.grading.timeout_s)
-    policy = load_policy(config.model, config.lora)
-    backend = get_backend(config.rollout.backend).create(config, policy, tokenizer, Path(config.out) / "probe")
-    sampling = SamplingParams(n=config.rollout.n, temperature=config.rollout.temperature, top_p=config.rollout.top_p,
-                              max_new_tokens=config.rollout.max_new_tokens)
-    critic = starting_critic(config, backend, tokenizer.pad_token_id, pool, sampling,
-                             Path(config.out) / "critics", grader).clone()
-    questions = task.test[: config.eval.size] if config.eval.size else task.test
-    generation = backend.generate([q.prompt for q in questions], SamplingParams(
-        n=k, temperature=config.rollout.temperature, top_p=config.rollout.top_p,
-        max_new_tokens=config.rollout.max_new_tokens))
-    answers, clusters = grade(generation, grader)
-    truth = check_answers(grader, task.answer_key, questions, answers)
-    batch = generation_batch(generation, tokenizer.pad_token_id)
-    ops = CriticOps(critic, backend, tokenizer.pad_token_id, pool, probe_questions, config.critic, sampling,
-                    config.seed, grader=grader)
+
+def _measure(run, k: int, estep_rounds: int) -> dict:
+    questions, ops, sampling = run.eval_questions, run.critic_ops, run.sampling
+    generation = run.backend.generate([q.prompt for q in questions], SamplingParams(
+        n=k, temperature=sampling.temperature, top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens))
+    answers, clusters = run.grader.grade_generation(generation)
+    truth = run.grader.correctness([run.task.answer_key.answer(q.id) for q in questions], answers)
+    batch = generation_batch(generation, run.pad_id)
 
     def critic_on_test() -> dict:
-        return critic_quality(critic.score(batch)[1].reshape(len(questions), k).numpy(), truth)
+        return critic_quality(ops.critic.score(batch)[1].reshape(len(questions), k).numpy(), truth)
 
     result = {
         "questions": len(questions), "k": k,
@@ -83,8 +68,6 @@ def probe_asymmetry(config, k: int = 8, estep_rounds: int = 4, progress: bool = 
     result["critic_recalibrated"] = critic_on_test()
     result["critic_recalibrated_probe"] = {k2.split("/")[-1]: v for k2, v in ops.probe(estep_rounds + 1).items()}
     result["estep_rounds"] = estep_rounds
-    backend.close()
-    grader.close()
     return result
 
 

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation, localcontext
 from functools import lru_cache
 
+import numpy as np
+
 _HASH_ANSWER = re.compile(r"####\s*([^\n]+)")
 # "the answer is $X$." where X may hold escaped dollars (\$18.90)
 _ANSWER_IS = re.compile(r"answer is[:\s]*\$?((?:\\\$|[^\n$])+?)\$?\s*(?:\.\s*)?$", re.IGNORECASE | re.MULTILINE)
@@ -219,6 +221,19 @@ class Grader:
     def check(self, golds: list[str], answers: list[list[str | None]]) -> list[list[bool]]:
         """Correctness [G][n] of extracted answers against each group's gold answer."""
         return [self.check_group(g, row) for g, row in zip(golds, answers)]
+
+    # -- what the loop, the critic, the evaluation and the probes call --------------------------
+    def grade_generation(self, generation) -> tuple[list[list[str | None]], list[list[int | None]]]:
+        """Extracted answers and answer clusters of each prompt's samples in a
+        :class:`~tempo_bench.rollout.base.Generation`: two [G][N] nested lists."""
+        return self.grade_groups([[generation.texts[r] for r in generation.group(i)]
+                                  for i in range(generation.num_prompts)])
+
+    def correctness(self, golds: list[str], answers: list[list[str | None]]) -> np.ndarray:
+        """[G, N] bool: each group's extracted answers against its gold answer."""
+        if not golds:
+            return np.zeros((0, 0), dtype=bool)
+        return np.array(self.check(golds, answers), dtype=bool).reshape(len(golds), -1)
 
     def close(self) -> None:
         return None

@@ -1,11 +1,14 @@
-"""The Method interface: methods differ only in their reward, advantage and critic schedule.
+"""The Method interface. A method may vary exactly four things (DESIGN section 3): how its batch
+is made up (samples per question, unlabeled and labeled questions per step, which rows it trains
+on), its reward, its advantage, and its critic schedule. Everything else is the loop's.
 
-What a method sees is a :class:`RolloutBatch`: questions (unlabeled ones without answers), the
-sampled responses, their extracted answers and answer clusters, the true correctness of rows of
-LABELED questions (D_L, which methods may use), and the critic's values where the method has a
-critic. The true correctness of unlabeled rows is not in it (the leakage rule): the loop's metrics
-code computes it from the AnswerKey. Only a method with ``uses_test_labels = True`` (the oracle) is
-handed that key, and every run of such a method is tagged so.
+What a method sees is one :class:`RolloutBatch` that flows forward through a step: the rollout and
+grade phases fill the questions (unlabeled ones without answers), samples, extracted answers,
+answer clusters and the true correctness of rows of LABELED questions (D_L, which methods may
+use); the critic phase adds the critic's values; the reward, advantage phases add what the method
+returns. The true correctness of unlabeled rows is never in it (the leakage rule): the loop's
+metrics code computes it from the AnswerKey, apart from the batch. Only a method with
+``uses_test_labels = True`` (the oracle) is handed that key, and every run of it is tagged so.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from tempo_bench.core.algos import group_normalized_advantages
+from tempo_bench.grading.answers import Grader
+from tempo_bench.policy.batch import TrainBatch
 from tempo_bench.rollout.base import Generation
 from tempo_bench.tasks.base import LabeledQuestion, Question
 
 if TYPE_CHECKING:
-    from tempo_bench.critic.ops import CriticOps
+    from tempo_bench.critic.ops import CriticOps  # noqa: F401
 
 
 @dataclass
@@ -31,16 +36,36 @@ class RolloutBatch:
 
     answers[i][j]: extracted answer (None: unparseable); clusters[i][j]: answer-equivalence
     cluster within the group; labeled_correct[i]: true correctness of the N samples if question
-    i is labeled, else None; state_values [G*N, T+1] and final_values [G, N]: the critic's values
-    of every state and of each complete response (None without a critic)."""
+    i is labeled, else None. Filled in by later phases: state_values [G*N, T+1] and final_values
+    [G, N], the critic's values of every state and of each complete response (critic methods);
+    rewards [G, N] and reward_threshold (the method's reward); rows (the generation rows trained
+    on), train (their sequences, [R, T]) and advantages ([R] or [R, T]) for the policy update."""
 
     questions: list[Question]
     generation: Generation
     answers: list[list[str | None]]
     clusters: list[list[int | None]]
     labeled_correct: list[list[bool] | None]
+    # critic_score phase
     state_values: torch.Tensor | None = None
     final_values: torch.Tensor | None = None
+    # reward phase
+    rewards: torch.Tensor | None = None
+    reward_threshold: float = 0.5
+    # advantage phase
+    rows: list[int] | None = None
+    train: TrainBatch | None = None
+    advantages: torch.Tensor | None = None
+
+    @classmethod
+    def graded(cls, questions: list[Question], generation: Generation, grader: Grader) -> "RolloutBatch":
+        """The grade phase: answers and clusters of every group, and the visible truth of the
+        labeled ones."""
+        answers, clusters = grader.grade_generation(generation)
+        labeled = [i for i, q in enumerate(questions) if isinstance(q, LabeledQuestion)]
+        checked = dict(zip(labeled, grader.correctness([questions[i].answer for i in labeled],
+                                                       [answers[i] for i in labeled]).tolist()))
+        return cls(questions, generation, answers, clusters, [checked.get(i) for i in range(len(questions))])
 
     @property
     def n(self) -> int:
@@ -104,17 +129,17 @@ class Method(ABC):
     def rewards(self, batch: RolloutBatch) -> RewardOutput:
         """Rewards for all N samples of every question: [G, N]."""
 
-    def train_rows(self, batch: RolloutBatch, rewards: torch.Tensor) -> list[int]:
-        """Generation rows the policy trains on: the first n_train samples of each group."""
+    def train_rows(self, batch: RolloutBatch) -> list[int]:
+        """Generation rows the policy trains on (``batch.rewards`` is set): the first n_train
+        samples of each group."""
         return [i * batch.n + j for i in range(len(batch.questions)) for j in range(self.n_train)]
 
-    def advantages(
-        self, batch: RolloutBatch, rewards: torch.Tensor, rows: list[int], mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Advantages of the training ``rows``: [R] (one per sequence) or [R, T] (per token, T
-        = mask.shape[1]). Default: group-normalised over each group's first n_train rewards."""
-        per_group = group_normalized_advantages(rewards[:, : self.n_train])
-        return torch.stack([per_group[r // batch.n, r % batch.n] for r in rows])
+    def advantages(self, batch: RolloutBatch) -> torch.Tensor:
+        """Advantages of ``batch.rows``: [R] (one per sequence) or [R, T] (per token, T =
+        ``batch.train.mask.shape[1]``). Default: group-normalised over each group's first n_train
+        rewards."""
+        per_group = group_normalized_advantages(batch.rewards[:, : self.n_train])
+        return torch.stack([per_group[r // batch.n, r % batch.n] for r in batch.rows])
 
     # -- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -37,11 +37,11 @@ class CriticMethod(Method):
                 rewards[i] = batch.true_rewards(i)
         return RewardOutput(rewards=rewards, threshold=0.0)  # V > 0 <=> P(correct) > 1/2
 
-    def advantages(self, batch, rewards, rows, mask):
-        n = batch.n
+    def advantages(self, batch):
+        n, rows, mask = batch.n, batch.rows, batch.train.mask
         if self.options.advantage == "em":
-            per_group = em_group_advantages(rewards)
+            per_group = em_group_advantages(batch.rewards)
             return torch.stack([per_group[r // n, r % n] for r in rows])
-        terminal = torch.stack([rewards[r // n, r % n] for r in rows])
+        terminal = torch.stack([batch.rewards[r // n, r % n] for r in rows])
         values = batch.state_values[rows, : mask.shape[1]]
         return em_token_advantages(values, terminal, mask)

@@ -46,9 +46,9 @@ class Tempo(CriticMethod):
     def labeled_per_step(self) -> int:
         return self.options.labeled_prompts_per_step if self.options.include_labeled else 0
 
-    def train_rows(self, batch, rewards):
+    def train_rows(self, batch):
         """Drop labeled groups whose rewards all agree: they carry no signal for the policy."""
-        rows = []
+        rows, rewards = [], batch.rewards
         for i in range(len(batch.questions)):
             if batch.is_labeled(i) and torch.all(rewards[i, : self.n_train] == rewards[i, 0]):
                 continue

@@ -1,17 +1,16 @@
-"""The policy: a base causal LM plus a LoRA adapter (peft), and its clipped policy-gradient update.
+"""The policy model: a base causal LM plus a LoRA adapter (peft), and where models come from
+(hub ids, local folders, the shipped toy checkpoints), on which device, with which tokenizer.
 
 The adapter is saved with ``save_pretrained``: a standard peft adapter that vLLM and lm-eval load.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from tempo_bench.core.errors import UserError
-from tempo_bench.core.algos import LOSS_AVERAGES_OVER, POLICY_LOSSES, masked_mean, token_entropy, token_logprobs
 
 TOY_MODEL = "toy"
 TOY_RLVR = "toy-rlvr"
@@ -38,26 +37,6 @@ def resolve_model_path(path: str, part: str = "actor") -> str:
 
 class ModelLoadError(UserError):
     """The model a config names cannot be loaded."""
-
-
-def check_inputs(config) -> None:
-    """Every checkpoint and file a run config names can be read: the policy's model, a critic to
-    start from (``critic.init``) and the task's questions (a malformed file is a DataError naming
-    file and line). Called before any run is created."""
-    from tempo_bench.tasks import load_task_data
-
-    load_task_data(config.task)
-    check_model(config.model.path)
-    if config.critic.path is not None:
-        check_model(config.critic.path)
-    if config.critic.init is not None:
-        try:
-            folder = Path(resolve_model_path(config.critic.init, part="critic"))
-        except FileNotFoundError as err:
-            raise ModelLoadError(str(err)) from None
-        if not (folder / "config.json").is_file():
-            raise ModelLoadError(f"critic.init={config.critic.init!r}: no saved critic in {folder} "
-                                 "(config.json missing); use 'toy-rlvr', a folder a critic was saved to, or null")
 
 
 def check_model(path: str) -> None:
@@ -142,13 +121,11 @@ def prompt_renderer(tokenizer, model_cfg):
     return render
 
 
-_BASE_MODELS: dict[tuple, torch.nn.Module] = {}
-
-
-def load_policy(model_cfg, lora_cfg):
+def load_policy(model_cfg, lora_cfg, cache: dict | None = None):
     """Base model with a fresh LoRA adapter (initialised so the policy starts equal to the base),
-    on ``model_cfg.device``. On CPU the base weights are read once per process and copied for each
-    run (sweep trials, compare); on a GPU, where a second copy may not fit, each run reads them."""
+    on ``model_cfg.device``. On CPU, with a ``cache`` (shared by the runs of one process: sweep
+    trials, compare), the base weights are read once and copied for each run; on a GPU, where a
+    second copy may not fit, each run reads them."""
     import copy
 
     from peft import get_peft_model
@@ -156,10 +133,10 @@ def load_policy(model_cfg, lora_cfg):
 
     device = resolve_device(model_cfg.device)
     key = (resolve_model_path(model_cfg.path), model_cfg.dtype, model_cfg.attn_implementation, device)
-    if device == "cpu":
-        if key not in _BASE_MODELS:
-            _BASE_MODELS[key] = AutoModelForCausalLM.from_pretrained(key[0], **model_kwargs(model_cfg))
-        base = copy.deepcopy(_BASE_MODELS[key])
+    if device == "cpu" and cache is not None:
+        if key not in cache:
+            cache[key] = AutoModelForCausalLM.from_pretrained(key[0], **model_kwargs(model_cfg))
+        base = copy.deepcopy(cache[key])
     else:
         base = place(AutoModelForCausalLM.from_pretrained(key[0], **model_kwargs(model_cfg)), model_cfg)
     if model_cfg.gradient_checkpointing:
@@ -188,142 +165,6 @@ def merged_lora_weights(policy) -> list[tuple[str, torch.Tensor]]:
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
-
-
-@dataclass
-class TrainBatch:
-    """Sequences to train on, response-aligned. B rows, T = longest response.
-
-    input_ids/attention [B, L]: prompt + response, right-padded; response_index [B, T]: the
-    position whose logits predict response token t; response_ids, mask, old_logp [B, T]."""
-
-    input_ids: torch.Tensor
-    attention: torch.Tensor
-    response_index: torch.Tensor
-    response_ids: torch.Tensor
-    mask: torch.Tensor
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.attention.sum())
-
-
-def make_train_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> TrainBatch:
-    rows = len(prompt_ids)
-    width = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids))
-    resp_width = max(1, max(len(r) for r in response_ids))
-    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
-    attention = torch.zeros((rows, width), dtype=torch.long)
-    index = torch.zeros((rows, resp_width), dtype=torch.long)
-    targets = torch.full((rows, resp_width), pad_id, dtype=torch.long)
-    mask = torch.zeros((rows, resp_width))
-    for row, (p, r) in enumerate(zip(prompt_ids, response_ids)):
-        seq = p + r
-        input_ids[row, : len(seq)] = torch.tensor(seq)
-        attention[row, : len(seq)] = 1
-        if r:
-            index[row, : len(r)] = torch.arange(len(p) - 1, len(p) + len(r) - 1)
-            targets[row, : len(r)] = torch.tensor(r)
-            mask[row, : len(r)] = 1.0
-    return TrainBatch(input_ids, attention, index, targets, mask)
-
-
-def response_logits(model, batch: TrainBatch) -> torch.Tensor:
-    """Logits predicting each response token: [B, T, V]."""
-    device = next(model.parameters()).device
-    logits = model(
-        input_ids=batch.input_ids.to(device), attention_mask=batch.attention.to(device)
-    ).logits
-    index = batch.response_index.to(device).unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-    return logits.gather(1, index)
-
-
-def micro_batches(rows: torch.Tensor, size: int | None, lengths: torch.Tensor | None = None,
-                  buckets: int = 1) -> list[torch.Tensor]:
-    """Row indices split into micro-batches of at most ``size`` rows (None: no limit). With
-    ``buckets`` > 1 the rows are first sorted by ``lengths`` and cut into that many groups of
-    similar length, so that each micro-batch pads to its own longest row, not the batch's."""
-    if buckets > 1 and lengths is not None and len(rows) > 1:
-        rows = rows[torch.argsort(lengths[rows], stable=True)]
-        groups = list(rows.chunk(min(buckets, len(rows))))
-    else:
-        groups = [rows]
-    return [part for group in groups for part in (group.split(size) if size else [group])]
-
-
-@torch.no_grad()
-def sampled_logprobs(model, batch: TrainBatch, temperature: float, micro_rows: int | None) -> torch.Tensor:
-    """log pi(response token) of every row under ``model``: [B, T] (0 past each response)."""
-    out = torch.zeros(batch.response_ids.shape)
-    for rows in micro_batches(torch.arange(batch.input_ids.shape[0]), micro_rows):
-        mb = select_rows(batch, rows)
-        device = next(model.parameters()).device
-        logp = token_logprobs(response_logits(model, mb) / temperature, mb.response_ids.to(device))
-        out[rows, : logp.shape[1]] = logp.cpu()
-    return out
-
-
-def policy_update(
-    model,
-    optimizer,
-    batch: TrainBatch,
-    advantages: torch.Tensor,
-    train_cfg,
-    temperature: float,
-) -> dict[str, float]:
-    """One M-step on a rollout batch: ``ppo_epochs`` passes of ``minibatches`` optimiser steps of
-    the clipped objective (train_cfg.loss). Each optimiser step accumulates gradients over
-    micro-batches of ``train_cfg.micro_batch_rows`` rows, weighted so that the gradient equals
-    the whole minibatch's. advantages: [B] or [B, T]. Returns mean statistics."""
-    loss_fn = POLICY_LOSSES[train_cfg.loss]
-    by_tokens = LOSS_AVERAGES_OVER[train_cfg.loss] == "tokens"
-    params = trainable_parameters(model)
-    device = next(model.parameters()).device
-    rows = batch.input_ids.shape[0]
-    one_update = train_cfg.ppo_epochs == 1 and train_cfg.minibatches == 1
-    lengths = batch.attention.sum(1)
-    old_logp = None
-    if not one_update:  # several updates on one batch: the ratio needs the pre-update policy
-        old_logp = sampled_logprobs(model, batch, temperature, train_cfg.micro_batch_rows)
-    stats: dict[str, list[float]] = {}
-    model.train()
-    for _ in range(train_cfg.ppo_epochs):
-        for minibatch in torch.arange(rows).chunk(train_cfg.minibatches):
-            total = float(batch.mask[minibatch].sum()) if by_tokens else float(len(minibatch))
-            optimizer.zero_grad(set_to_none=True)
-            step_stats: dict[str, float] = {}
-            for micro in micro_batches(minibatch, train_cfg.micro_batch_rows, lengths, train_cfg.length_buckets):
-                mb = select_rows(batch, micro)
-                logits = response_logits(model, mb) / temperature
-                logp = token_logprobs(logits, mb.response_ids.to(device))
-                width = logp.shape[1]  # select_rows trims to the micro-batch's longest response
-                mb_old = logp.detach() if old_logp is None else old_logp[micro, :width].to(device)
-                mb_adv = advantages[micro] if advantages.dim() == 1 else advantages[micro, :width]
-                mask = mb.mask.to(device)
-                loss, loss_stats = loss_fn(logp, mb_old, mb_adv.to(device), mask,
-                                           train_cfg.clip_low, train_cfg.clip_high)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"policy loss is {loss.item()}")
-                share = (float(mb.mask.sum()) if by_tokens else float(len(micro))) / max(total, 1.0)
-                (loss * share).backward()
-                with torch.no_grad():
-                    entropy = masked_mean(token_entropy(logits.detach()), mask)
-                for key, value in {"loss": loss, "entropy": entropy, **loss_stats}.items():
-                    step_stats[key] = step_stats.get(key, 0.0) + share * float(value.detach() if torch.is_tensor(value) else value)
-                del logits, logp, loss
-            step_stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip))
-            optimizer.step()
-            for key, value in step_stats.items():
-                stats.setdefault(key, []).append(value)
-    return {key: sum(v) / len(v) for key, v in stats.items()}
-
-
-def select_rows(batch: TrainBatch, rows: torch.Tensor) -> TrainBatch:
-    """The sub-batch of ``rows``, trimmed to its own longest sequence and response."""
-    sub = TrainBatch(*(getattr(batch, f)[rows] for f in TrainBatch.__dataclass_fields__))
-    width, resp = int(sub.attention.sum(1).max()), max(1, int(sub.mask.sum(1).max()))
-    return TrainBatch(sub.input_ids[:, :width], sub.attention[:, :width], sub.response_index[:, :resp],
-                      sub.response_ids[:, :resp], sub.mask[:, :resp])
 
 
 def save_adapter(model, out_dir: Path) -> Path:

@@ -7,19 +7,8 @@ import numpy as np
 
 from tempo_bench.core import metrics as M
 from tempo_bench.grading.answers import GENERIC, Grader
-from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
+from tempo_bench.rollout.base import RolloutBackend, SamplingParams
 from tempo_bench.tasks.base import AnswerKey, Question
-
-
-def grade(generation: Generation, grader: Grader = GENERIC) -> tuple[list[list[str | None]], list[list[int | None]]]:
-    """Extracted answers and answer clusters per prompt group: two [P][n] nested lists."""
-    return grader.grade_groups([[generation.texts[r] for r in generation.group(i)]
-                                for i in range(generation.num_prompts)])
-
-
-def check_answers(grader: Grader, answer_key: AnswerKey, questions: list[Question], answers) -> np.ndarray:
-    """[G, n] correctness of extracted answers against the hidden key (metrics code only)."""
-    return np.array(grader.check([answer_key.answer(q.id) for q in questions], answers), dtype=bool)
 
 
 def eval_metric_names(cfg) -> set[str]:
@@ -45,8 +34,9 @@ def evaluate(
     sampled = backend.generate(
         prompts, SamplingParams(n=cfg.k, temperature=cfg.temperature, max_new_tokens=max_new_tokens)
     )
-    answers, clusters = grade(sampled, grader)
-    correct = check_answers(grader, answer_key, questions, answers)
+    answers, clusters = grader.grade_generation(sampled)
+    golds = [answer_key.answer(q.id) for q in questions]
+    correct = grader.correctness(golds, answers)
     values = {
         "eval/mean_at_k": M.mean_at_k(correct),
         "eval/maj_at_k": M.maj_at_k(clusters, correct),
@@ -66,8 +56,8 @@ def evaluate(
     ]
     if cfg.greedy:
         greedy = backend.generate(prompts, SamplingParams(n=1, greedy=True, max_new_tokens=max_new_tokens))
-        greedy_answers = [row[0] for row in grade(greedy, grader)[0]]
-        greedy_correct = check_answers(grader, answer_key, questions, [[a] for a in greedy_answers])[:, 0].tolist()
+        greedy_answers = [row[0] for row in grader.grade_generation(greedy)[0]]
+        greedy_correct = grader.correctness(golds, [[a] for a in greedy_answers])[:, 0].tolist()
         values["eval/greedy_acc"] = float(np.mean(greedy_correct))
         tokens += greedy.num_tokens
         rows += [

@@ -58,8 +58,9 @@ def rlvr_step(step: int, spec: RLVRSpec, actor, optimizer, critic, backend, ques
               train_cfg) -> dict[str, float]:
     """One PPO step on labeled ``questions``: sample, grade, score, update actor then critic."""
     from tempo_bench.core.algos import em_token_advantages
-    from tempo_bench.critic.ops import generation_batch, rollout_labeled
-    from tempo_bench.policy.model import policy_update
+    from tempo_bench.policy.batch import generation_batch
+    from tempo_bench.critic.ops import rollout_labeled
+    from tempo_bench.policy.update import policy_update
     from tempo_bench.rollout import SamplingParams
 
     sampling = SamplingParams(n=spec.n, temperature=spec.temperature, max_new_tokens=spec.max_new_tokens)
@@ -82,13 +83,12 @@ def rlvr_step(step: int, spec: RLVRSpec, actor, optimizer, critic, backend, ques
 
 def score_on(backend, questions, answers: list[str], k: int, max_new_tokens: int, grader) -> dict[str, float]:
     """mean@k and maj@k of the current actor on ``questions`` (true answers given)."""
-    from tempo_bench.run.evaluation import grade
     from tempo_bench.rollout import SamplingParams
 
     generation = backend.generate([q.prompt for q in questions],
                                   SamplingParams(n=k, temperature=1.0, max_new_tokens=max_new_tokens))
-    got, clusters = grade(generation, grader)
-    correct = np.array(grader.check(answers, got), dtype=bool).reshape(len(questions), k)
+    got, clusters = grader.grade_generation(generation)
+    correct = grader.correctness(answers, got)
     return {"mean_at_k": M.mean_at_k(correct), "maj_at_k": M.maj_at_k(clusters, correct)}
 
 
@@ -101,7 +101,7 @@ def run_rlvr(base_dir, spec: RLVRSpec, task_config, show_progress: bool = True, 
     from transformers import AutoModelForCausalLM
 
     from tempo_bench.critic.model import Critic
-    from tempo_bench.run.loop import questions_for_step
+    from tempo_bench.core.seeds import questions_for_step
     from tempo_bench.policy.model import load_tokenizer
     from tempo_bench.rollout.hf import HFBackend
     from tempo_bench.tasks.toy import toy_pool

@@ -48,7 +48,7 @@ def run_sweep(spec_path: str, study_name: str | None, storage_url: str | None, n
     n_trials = n_trials or spec.n_trials
     if spec.sampler.name == "grid" and n_trials > len(grid_points(spec)):
         raise ConfigError(f"--n-trials {n_trials}: the grid of {spec_path} has {len(grid_points(spec))} points")
-    from tempo_bench.policy.model import check_inputs
+    from tempo_bench.run.inputs import check_inputs
 
     check_inputs(trial_config(spec, {}))  # a missing model or a malformed task file: before any trial
     out = ensure_writable(out_dir)

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tempo_bench.core.loggers import MLflowLogger
 from tempo_bench.experiments.sweep.spec import SweepSpec, load_spec, objective_value, suggest, trial_config
 from tempo_bench.experiments.sweep.study import count_finished, make_storage, open_study
+from tempo_bench.run.caches import RunCaches
+from tempo_bench.run.run import run_ttt
 
 
 def parent_run_id(tracking_uri: str, experiment: str, study_name: str, artifact_root: Path) -> str:
@@ -56,10 +59,10 @@ class _Heartbeat:
 
 
 def make_objective(spec: SweepSpec, study_name: str, tracking_uri: str, out_dir: Path, progress: bool,
-                   watch_parent: bool = False):
-    from tempo_bench.core.loggers import MLflowLogger
-    from tempo_bench.run.loop import run_ttt
-
+                   watch_parent: bool = False, caches: RunCaches | None = None):
+    """The Optuna objective: one run per seed of the spec, each trial's runs sharing ``caches``
+    (what does not depend on the trial's parameters is loaded or computed once per worker)."""
+    caches = caches if caches is not None else RunCaches()
     experiment = f"sweep-{study_name}"
     artifact_root = out_dir / "mlartifacts"
 
@@ -82,12 +85,12 @@ def make_objective(spec: SweepSpec, study_name: str, tracking_uri: str, out_dir:
                 hook = _Heartbeat(trial, spec, report=i == 0, watch_parent=watch_parent)
                 if len(spec.seeds) == 1:
                     result = run_ttt(config, trial_logger, out_dir=out_dir / study_name / f"trial-{trial.number}",
-                                     progress=progress, on_step=hook)
+                                     progress=progress, on_step=hook, caches=caches)
                 else:
                     with MLflowLogger(tracking_uri, experiment, f"trial-{trial.number}-s{seed}", artifact_root,
                                       tags={"mlflow.parentRunId": trial_logger.run_id}) as seed_logger:
                         result = run_ttt(config, seed_logger, out_dir=out_dir / study_name / f"trial-{trial.number}-s{seed}",
-                                         progress=progress, on_step=hook)
+                                         progress=progress, on_step=hook, caches=caches)
                 values.append(objective_value(result.evals, spec.objective))
             value = float(np.mean(values))
             trial_logger.log_metrics({"objective": value}, step=0)

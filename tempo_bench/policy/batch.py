@@ -1,0 +1,112 @@
+"""Sequences to train on or score: prompt + response rows, response-aligned, split into
+micro-batches; and the one gradient-accumulation step the policy and the critic share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from tempo_bench.rollout.base import Generation
+
+
+@dataclass
+class TrainBatch:
+    """Sequences to train on, response-aligned. B rows, T = longest response.
+
+    input_ids/attention [B, L]: prompt + response, right-padded; response_index [B, T]: the
+    position whose logits predict response token t; response_ids, mask, old_logp [B, T]."""
+
+    input_ids: torch.Tensor
+    attention: torch.Tensor
+    response_index: torch.Tensor
+    response_ids: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention.sum())
+
+
+def make_train_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> TrainBatch:
+    rows = len(prompt_ids)
+    width = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids))
+    resp_width = max(1, max(len(r) for r in response_ids))
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((rows, width), dtype=torch.long)
+    index = torch.zeros((rows, resp_width), dtype=torch.long)
+    targets = torch.full((rows, resp_width), pad_id, dtype=torch.long)
+    mask = torch.zeros((rows, resp_width))
+    for row, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        seq = p + r
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        attention[row, : len(seq)] = 1
+        if r:
+            index[row, : len(r)] = torch.arange(len(p) - 1, len(p) + len(r) - 1)
+            targets[row, : len(r)] = torch.tensor(r)
+            mask[row, : len(r)] = 1.0
+    return TrainBatch(input_ids, attention, index, targets, mask)
+
+
+def response_logits(model, batch: TrainBatch) -> torch.Tensor:
+    """Logits predicting each response token: [B, T, V]."""
+    device = next(model.parameters()).device
+    logits = model(
+        input_ids=batch.input_ids.to(device), attention_mask=batch.attention.to(device)
+    ).logits
+    index = batch.response_index.to(device).unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+    return logits.gather(1, index)
+
+
+def micro_batches(rows: torch.Tensor, size: int | None, lengths: torch.Tensor | None = None,
+                  buckets: int = 1) -> list[torch.Tensor]:
+    """Row indices split into micro-batches of at most ``size`` rows (None: no limit). With
+    ``buckets`` > 1 the rows are first sorted by ``lengths`` and cut into that many groups of
+    similar length, so that each micro-batch pads to its own longest row, not the batch's."""
+    if buckets > 1 and lengths is not None and len(rows) > 1:
+        rows = rows[torch.argsort(lengths[rows], stable=True)]
+        groups = list(rows.chunk(min(buckets, len(rows))))
+    else:
+        groups = [rows]
+    return [part for group in groups for part in (group.split(size) if size else [group])]
+
+
+def generation_batch(generation: Generation, pad_id: int, rows: list[int] | None = None) -> TrainBatch:
+    """Prompt + response sequences of ``rows`` (default: all) of a generation."""
+    rows = list(range(len(generation.token_ids))) if rows is None else rows
+    return make_train_batch(
+        [generation.prompt_ids[r // generation.n] for r in rows],
+        [generation.token_ids[r] for r in rows],
+        pad_id,
+    )
+
+
+def select_rows(batch: TrainBatch, rows: torch.Tensor) -> TrainBatch:
+    """The sub-batch of ``rows``, trimmed to its own longest sequence and response."""
+    sub = TrainBatch(*(getattr(batch, f)[rows] for f in TrainBatch.__dataclass_fields__))
+    width, resp = int(sub.attention.sum(1).max()), max(1, int(sub.mask.sum(1).max()))
+    return TrainBatch(sub.input_ids[:, :width], sub.attention[:, :width], sub.response_index[:, :resp],
+                      sub.response_ids[:, :resp], sub.mask[:, :resp])
+
+
+def accumulated_step(optimizer, params: list[torch.nn.Parameter], parts: Iterable, loss_of: Callable,
+                     total: float, grad_clip: float, what: str) -> tuple[dict[str, float], float]:
+    """One optimiser step whose gradient equals the whole minibatch's: ``loss_of(part)`` returns
+    (loss, units, stats) for one micro-batch, its loss a mean over its own ``units`` (tokens, rows
+    or states); each is weighted by units / ``total`` before its backward pass. Returns the
+    share-weighted statistics (the loss among them) and the gradient norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    stats: dict[str, float] = {}
+    for part in parts:
+        loss, units, part_stats = loss_of(part)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{what} is {loss.item()}")
+        share = units / total
+        (loss * share).backward()
+        for key, value in {"loss": loss, **part_stats}.items():
+            stats[key] = stats.get(key, 0.0) + share * float(value.detach() if torch.is_tensor(value) else value)
+        del loss
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    optimizer.step()
+    return stats, grad_norm
