@@ -130,7 +130,7 @@ def test_dry_run_of_a_paper_preset_without_gpu_or_network(tmp_path, capsys, monk
 def test_compare_workers_default_to_one_run_per_core_on_cpu(monkeypatch):
     import os
 
-    from tempo_bench.commands.cli import _compare_workers
+    from tempo_bench.commands.compare import _compare_workers
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert _compare_workers("auto", "toy-smoke", [], runs=21) == 2

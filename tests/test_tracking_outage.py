@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from tempo_bench.commands.cli import check_tracking
+from tempo_bench.core.tracking import check_tracking
 from tempo_bench.config import load_config
 from tempo_bench.core.errors import StorageError
 from tempo_bench.core.loggers import MLflowLogger

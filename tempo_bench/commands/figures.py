@@ -1,0 +1,44 @@
+"""`tempo-bench figures`: the paper's figures and tables from an MLflow experiment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tempo_bench.analysis.report import write_report
+from tempo_bench.core.errors import ConfigError
+from tempo_bench.core.tracking import check_tracking, ensure_writable
+
+
+def add_parser(sub) -> None:
+    fg = sub.add_parser("figures", help="the paper's figures (PNG + PDF) and results tables from an "
+                        "MLflow experiment")
+    fg.add_argument("--experiment", required=True, help="MLflow experiment (e.g. compare-toy, or a sweep's)")
+    fg.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                    "sqlite:///runs/mlflow.db)")
+    fg.add_argument("--out", required=True, help="folder for the figures and tables")
+    fg.add_argument("--refresh", action="store_true", help="ignore the parquet cache of finished runs")
+    fg.add_argument("--include-partial", action="store_true", help="also plot runs that did not finish "
+                    "(killed, failed, pruned, still running), labelled '<method> (partial)'; by default "
+                    "only finished runs count, and the command says how many it skipped and why")
+    fg.set_defaults(func=cmd_figures)
+
+
+def cmd_figures(args) -> int:
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None:
+        store = Path("runs") / "mlflow.db"
+        if not store.is_file():
+            raise ConfigError(f"no MLflow store at {store}; pass --tracking-uri (e.g. sqlite:///OUT/mlflow.db "
+                              "of the run's --out folder)")
+        uri = f"sqlite:///{store.resolve()}"
+    check_tracking(uri)
+    ensure_writable(args.out)
+    print(f"tempo-bench figures: experiment {args.experiment} at {uri} -> {args.out}")
+    try:
+        written = write_report(args.experiment, uri, Path(args.out), refresh=args.refresh,
+                               include_partial=args.include_partial)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    print(f"{len(written)} files in {args.out}")
+    return 0

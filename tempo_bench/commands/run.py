@@ -1,0 +1,132 @@
+"""`tempo-bench run`: one method on one preset, logged to MLflow; `--dry-run` describes it."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from tempo_bench.commands.describe import describe_run
+from tempo_bench.config import load_config
+from tempo_bench.core.errors import ConfigError, Interrupted
+from tempo_bench.core.loggers import SPOOL, MLflowLogger, default_tracking_uri
+from tempo_bench.core.tracking import check_tracking, ensure_writable
+from tempo_bench.methods.catalog import method_class
+from tempo_bench.run.checkpoint import (
+    check_resumable,
+    find_resumable,
+    latest_checkpoint,
+    load_state,
+)
+from tempo_bench.run.inputs import check_inputs
+from tempo_bench.run.run import run_name_of, run_ttt
+
+
+def add_parser(sub) -> None:
+    run = sub.add_parser("run", help="run one method on one preset, logged to MLflow")
+    run.add_argument("--preset", required=True, help="preset name (toy-smoke, toy, ...) or a .yaml path")
+    run.add_argument("--method", help="method to run (overrides the preset's)")
+    run.add_argument("--seed", type=int, help="run seed (overrides the preset's)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="dotted config override, e.g. train.lr=3e-4 (repeatable)")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                     "else sqlite:///OUT/mlflow.db)")
+    run.add_argument("--experiment", help="MLflow experiment name (default: log.experiment)")
+    run.add_argument("--out", help="output folder (default: the preset's `out`, usually runs/)")
+    run.add_argument("--budget-tokens", type=int, help="stop once rollout + policy + critic tokens "
+                     "reach this many (compare methods at equal compute)")
+    run.add_argument("--resume", action="store_true", help="continue the latest checkpointed run of "
+                     "this method and seed (same MLflow run; needs train.checkpoint_every > 0)")
+    run.add_argument("--dry-run", action="store_true", help="validate, print the resolved config and "
+                     "what the run would load, and stop (no model, data or network access)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+
+SUMMARY_KEYS = [
+    ("eval/mean_at_k", "mean@k"),
+    ("eval/maj_at_k", "maj@k"),
+    ("eval/pass_at_k", "pass@k"),
+    ("eval/greedy_acc", "greedy"),
+    ("eval/distinct_answers", "distinct answers"),
+]
+
+
+def cmd_run(args) -> int:
+    overrides = list(args.overrides)
+    for flag, key in ((args.method, "method"), (args.seed, "seed"), (args.out, "out"),
+                      (args.tracking_uri, "log.tracking_uri"), (args.experiment, "log.experiment"),
+                      (args.budget_tokens, "train.budget_tokens")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    config = load_config(args.preset, overrides)
+    if args.dry_run:
+        print(describe_run(config))
+        return 0
+    check_inputs(config)
+    ensure_writable(config.out)
+
+    out = Path(config.out)
+    uri = config.log.tracking_uri or default_tracking_uri(out)
+    run_name = run_name_of(config.method, config.seed)
+    print(f"tempo-bench run: preset={config.preset} method={config.method} seed={config.seed}")
+    if method_class(config.method).uses_test_labels:
+        print(f"  NOTE: {config.method} trains on the TEST labels: an upper bound, not a TTT method")
+    print(f"  MLflow: {uri}  experiment={config.log.experiment}")
+    check_tracking(uri)
+    if args.resume:
+
+        run_dir = find_resumable(out, config.log.experiment, run_name)
+        if run_dir is None:
+            raise ConfigError(f"nothing to resume: no checkpointed run {run_name!r} under "
+                              f"{out / config.log.experiment}")
+        run_id = check_resumable(latest_checkpoint(run_dir), config)["run_id"]
+        logger = MLflowLogger(uri, config.log.experiment, run_name, run_id=run_id,
+                              spool_path=run_dir / SPOOL)
+    else:
+        logger = MLflowLogger(uri, config.log.experiment, run_name, artifact_root=out / "mlartifacts")
+        run_dir = out / config.log.experiment / f"{run_name}-{logger.run_id[:8]}"
+        logger.spool_path = run_dir / SPOOL
+    try:
+        with logger:
+            result = run_ttt(config, logger, out_dir=run_dir, progress=not args.quiet, resume=args.resume)
+    except KeyboardInterrupt:
+        raise Interrupted(_resume_hint(args.argv, run_dir, config)) from None
+    _print_summary(result, uri)
+    return 0
+
+
+def command_line(argv: list[str], resume: bool = False) -> str:
+    """The command a user typed, to print after an interruption; with ``resume``, with
+    ``--resume`` added (once)."""
+    return shlex.join(["tempo-bench", *argv, *(["--resume"] if resume and "--resume" not in argv else [])])
+
+
+def _resume_hint(argv: list[str], run_dir: Path, config) -> str:
+    """What an interrupted run left behind, and the command that continues it."""
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        return (f"MLflow run marked KILLED; no checkpoint was written yet (train.checkpoint_every="
+                f"{config.train.checkpoint_every}). Start again: {command_line(argv)}")
+    return (f"MLflow run marked KILLED; checkpoint of step {load_state(checkpoint)['step']} kept in "
+            f"{checkpoint.parent}. Continue it: {command_line(argv, resume=True)}")
+
+
+def _print_summary(result, uri: str) -> None:
+    first, last = min(result.evals), max(result.evals)
+    print(f"\nEvaluation on the test questions (step {first} -> step {last}):")
+    for key, label in SUMMARY_KEYS:
+        if key in result.evals[first]:
+            a, b = result.evals[first][key], result.evals[last][key]
+            print(f"  {label:<17} {a:6.3f} -> {b:6.3f}  ({b - a:+.3f})")
+    steps = sorted(result.steps)
+    if steps:
+        s0, s1 = result.steps[steps[0]], result.steps[steps[-1]]
+        if "reward/pointbiserial" in s1:
+            print(f"Reward quality (point-biserial), step {steps[0]} -> {steps[-1]}: "
+                  f"{s0['reward/pointbiserial']:.3f} -> {s1['reward/pointbiserial']:.3f}")
+        mean_step = sum(result.steps[s]["time/step"] for s in steps) / len(steps)
+        print(f"Mean step time {mean_step:.2f} s (without evaluation); tokens generated for "
+              f"training: {s1['tokens/rollout']:,}")
+    print(f"\nRun {result.run_id}; adapter in {result.out_dir / 'adapter'}")
+    if uri.startswith("sqlite:///"):
+        print(f"Browse it: mlflow ui --backend-store-uri {uri}")
