@@ -17,6 +17,9 @@ from pathlib import Path
 
 import torch
 
+from tempo_bench.config import flatten
+from tempo_bench.core.errors import ConfigError
+
 KEEP = 2  # checkpoints kept per run
 
 
@@ -74,8 +77,6 @@ RESUMABLE_CHANGES = {"train.steps", "eval.every", "train.checkpoint_every", "tra
 
 def check_resumable(path: Path, config) -> dict:
     """The checkpoint's state, after checking that ``config`` matches the one it was made with."""
-    from tempo_bench.config import ConfigError, flatten
-
     state = load_state(path)
     saved, current = flatten(state["config"]), flatten(config.model_dump())
     changed = sorted(k for k in set(saved) | set(current)

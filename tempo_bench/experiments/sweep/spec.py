@@ -10,7 +10,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tempo_bench.config import ConfigError, format_errors, load_config, parse_yaml
+from tempo_bench.core.errors import ConfigError
+from tempo_bench.config import format_errors, load_config, parse_yaml
 
 
 class _Strict(BaseModel):
