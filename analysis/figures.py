@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from tempo_bench.methods.catalog import method_names
 from tempo_bench.core.stats import stratified_bootstrap_ci
+from tempo_bench.methods.catalog import method_names
 
 LABELS = {
     "standard_ttt": "standard TTT", "fixed_critic": "fixed critic", "online_critic": "online critic",

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tempo_bench.analysis.figures import _color, _figure
+from tempo_bench.analysis.runs import load_experiment
 
 from tempo_bench.core.stats import stratified_bootstrap_ci
 
@@ -63,8 +65,6 @@ def gain_row(df: pd.DataFrame, gap: float, label: str) -> dict | None:
 
 def gain_vs_gap(points: pd.DataFrame):
     """Scatter of TEMPO's gain over standard TTT (y, with 95% CI) against the probe gap (x)."""
-    from tempo_bench.analysis.figures import _color, _figure
-
     fig, (ax,) = _figure(width=6.5)
     yerr = np.array([points.gain - points.low, points.high - points.gain])
     ax.errorbar(points.gap, points.gain, yerr=np.nan_to_num(yerr), fmt="o", color=_color("tempo"), capsize=3)
@@ -86,8 +86,6 @@ def gain_vs_gap(points: pd.DataFrame):
 
 def collect(tracking_uri: str, probes: Path, settings=SETTINGS) -> tuple[pd.DataFrame, list[str]]:
     """One row per setting whose experiment and probe exist; and what was missing."""
-    from tempo_bench.analysis.runs import load_experiment
-
     rows, missing = [], []
     for s in settings:
         probe = probes / s.probe

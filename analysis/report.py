@@ -8,9 +8,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
-
 from tempo_bench.analysis import figures as F
-from tempo_bench.analysis.runs import load_experiment, load_reliability, load_run_table
+from tempo_bench.analysis.runs import (
+    describe_skipped,
+    load_experiment,
+    load_reliability,
+    load_run_table,
+)
+
+from tempo_bench.core.stats import probability_of_improvement_ci
+from tempo_bench.experiments.results import Outcome, results_table, summarise
 from tempo_bench.methods.catalog import method_names
 
 MAIN_METRIC = "eval/mean_at_k"
@@ -18,8 +25,6 @@ MAIN_METRIC = "eval/mean_at_k"
 
 def outcomes_of(df: pd.DataFrame):
     """compare.Outcome per run, summarised exactly as `tempo-bench compare` does."""
-    from tempo_bench.experiments.compare import Outcome, summarise
-
     outcomes = []
     for (run_id, method, seed), run in df.groupby(["run_id", "method", "seed"], sort=False):
         wide = run.pivot_table(index="step", columns="metric", values="value", aggfunc="last")
@@ -35,8 +40,6 @@ def outcomes_of(df: pd.DataFrame):
 
 def improvement_table(outcomes, reference: str = "tempo", key: str = f"{MAIN_METRIC}@final") -> str:
     """P(reference beats method) on the final accuracy, with its 95% interval, per other method."""
-    from tempo_bench.core.stats import probability_of_improvement_ci
-
     ref = [o.values[key] for o in outcomes if o.method == reference]
     if len(ref) < 1:
         return ""
@@ -55,9 +58,6 @@ def write_report(experiment: str, tracking_uri: str | None, out: Path, refresh: 
     """Write every figure the experiment's runs allow, and the tables; returns the files written.
     Only finished runs count, each experiment once (analysis.runs.select_runs), unless
     ``include_partial`` adds unfinished ones labelled "(partial)"."""
-    from tempo_bench.analysis.runs import describe_skipped
-    from tempo_bench.experiments.compare import results_table
-
     out.mkdir(parents=True, exist_ok=True)
     df = load_experiment(experiment, tracking_uri, cache_dir=out / ".cache", refresh=refresh,
                          include_partial=include_partial)

@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tempo_bench.core import metrics as M
+from tempo_bench.core.tracking import tracking_client
+
 COLUMNS = ["run_id", "run_name", "method", "task", "seed", "trial", "step", "tokens", "metric", "value"]
 # the compute axis: every token a method spent (rollouts, policy training, critic training and
 # the E-steps' own rollouts), cumulative
@@ -27,8 +30,6 @@ PARTIAL = " (partial)"  # the method label of a run that did not finish, with in
 
 
 def _client(tracking_uri: str | None):
-    from tempo_bench.core.tracking import tracking_client
-
     return tracking_client(tracking_uri) if tracking_uri else _default_client()
 
 
@@ -250,8 +251,6 @@ def load_reliability(run_id: str, tracking_uri: str | None = None) -> dict[int, 
 def recompute_at_k(samples: pd.DataFrame, k: int) -> pd.DataFrame:
     """pass@k (unbiased estimator) and maj@k from raw sampled rows, per run and step, using the
     first k samples of each question for maj@k (as the loop does when it logs eval/maj_at_k)."""
-    from tempo_bench.core import metrics as M
-
     out = []
     sampled = samples[~samples.greedy]
     for (run_id, step), group in sampled.groupby(["run_id", "step"]):

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from tempo_bench.policy.batch import generation_batch
-from tempo_bench.grading.answers import majority_cluster
+from tempo_bench.core.metrics import majority_cluster
 from tempo_bench.methods.critic_based import CriticMethod
 from tempo_bench.methods.registry import register_method
+from tempo_bench.policy.batch import generation_batch
 
 
 @register_method("fixed_critic", default=True)

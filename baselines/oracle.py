@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 from tempo_bench.methods.base import Method, RewardOutput, RolloutBatch
-from tempo_bench.tasks.base import AnswerKey
 from tempo_bench.methods.registry import register_method
+from tempo_bench.tasks.base import AnswerKey
 
 
 @register_method("oracle")

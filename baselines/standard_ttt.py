@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from tempo_bench.grading.answers import majority_cluster
+from tempo_bench.core.metrics import majority_cluster
 from tempo_bench.methods.base import Method, RewardOutput, RolloutBatch
 from tempo_bench.methods.registry import register_method
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import statistics
 import tempfile
 
+from tempo_bench.config import load_config
+from tempo_bench.core.loggers import MemoryLogger
+from tempo_bench.run.run import run_ttt
+
 
 def profile_tempo_step(steps: int = 4, threads: int = 2, top: int = 12) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
-
-    from tempo_bench.config import load_config
-    from tempo_bench.core.loggers import MemoryLogger
-    from tempo_bench.run.run import run_ttt
 
     config = load_config("toy-smoke", ["method=tempo", f"train.steps={steps}", f"eval.every={steps}",
                                        "log.rollouts_jsonl=false", f"threads={threads}"])

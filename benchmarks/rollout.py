@@ -9,6 +9,12 @@ import time
 
 import torch
 
+from tempo_bench.config import LoraConfig, ModelConfig, ToyTaskConfig
+from tempo_bench.policy.batch import generation_batch
+from tempo_bench.policy.model import load_policy, load_tokenizer
+from tempo_bench.rollout import SamplingParams, get_backend
+from tempo_bench.tasks import load_task_data
+
 
 def _best_of(fn, reps: int) -> float:
     times = []
@@ -22,12 +28,6 @@ def _best_of(fn, reps: int) -> float:
 
 @torch.no_grad()
 def compare_rollouts(prompts: int = 16, n: int = 8, max_new_tokens: int = 80, reps: int = 5, threads: int = 2) -> dict:
-    from tempo_bench.config import LoraConfig, ModelConfig, ToyTaskConfig
-    from tempo_bench.policy.batch import generation_batch
-    from tempo_bench.policy.model import load_policy, load_tokenizer
-    from tempo_bench.rollout import SamplingParams, get_backend
-    from tempo_bench.tasks import load_task_data
-
     torch.set_num_threads(threads)
     tokenizer = load_tokenizer("toy")
     policy = load_policy(ModelConfig(), LoraConfig())

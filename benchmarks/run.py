@@ -11,6 +11,8 @@ import platform
 import time
 from pathlib import Path
 
+from tempo_bench.benchmarks import profile, rollout, system, trl_step
+
 SECTIONS = ("trl", "rollout", "sweep", "memory", "profile")
 GOALS = {  # key: (goal, "higher"/"lower" is better)
     "step_speedup_vs_trl": (2.0, "higher"),
@@ -21,11 +23,8 @@ GOALS = {  # key: (goal, "higher"/"lower" is better)
 
 
 def run_bench(sections=SECTIONS, threads: int = 2) -> dict:
-    from tqdm.auto import tqdm
-
     import torch
-
-    from tempo_bench.benchmarks import profile, rollout, system, trl_step
+    from tqdm.auto import tqdm
 
     jobs = {
         "trl": lambda: trl_step.compare_steps(threads=threads),

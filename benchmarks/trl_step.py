@@ -10,6 +10,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from tempo_bench.config import LoraConfig, ToyTaskConfig, load_config
+from tempo_bench.core.loggers import MemoryLogger
+from tempo_bench.grading.answers import (
+    cluster_answers,
+    extract_answer,
+    majority_cluster,
+)
+from tempo_bench.policy.model import load_tokenizer, resolve_model_path
+from tempo_bench.run.run import run_ttt
+from tempo_bench.tasks import load_task_data
+
 
 @dataclass(frozen=True)
 class StepWork:
@@ -23,8 +34,6 @@ class StepWork:
 
 def majority_vote_reward(generations: int):
     """TRL reward function: 1 for a completion whose answer is in its prompt's majority cluster."""
-    from tempo_bench.grading.answers import cluster_answers, extract_answer, majority_cluster
-
     def reward(prompts, completions, **kwargs):
         out = []
         for start in range(0, len(completions), generations):  # a prompt's completions are contiguous
@@ -38,10 +47,6 @@ def majority_vote_reward(generations: int):
 
 def ours_step_seconds(work: StepWork, threads: int) -> list[float]:
     """time/step of each step of a tempo-bench standard_ttt run (evaluation excluded)."""
-    from tempo_bench.config import load_config
-    from tempo_bench.core.loggers import MemoryLogger
-    from tempo_bench.run.run import run_ttt
-
     # the pretrained toy model on the default addition questions: the TRL side's model and prompts
     config = load_config("toy-smoke", [
         "method=standard_ttt", "model.path=toy", "task.test_size=64",
@@ -63,10 +68,6 @@ def trl_step_seconds(work: StepWork, threads: int) -> list[float]:
     from peft import LoraConfig as PeftLoraConfig
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
-
-    from tempo_bench.config import LoraConfig, ToyTaskConfig
-    from tempo_bench.policy.model import load_tokenizer, resolve_model_path
-    from tempo_bench.tasks import load_task_data
 
     torch.set_num_threads(threads)
     lora = LoraConfig()

@@ -5,9 +5,16 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-
 from tempo_bench.analysis import figures as F
-from tempo_bench.analysis.runs import COLUMNS, load_experiment, load_reliability, load_rollouts, load_run_table, recompute_at_k
+from tempo_bench.analysis.runs import (
+    COLUMNS,
+    load_experiment,
+    load_reliability,
+    load_rollouts,
+    load_run_table,
+    recompute_at_k,
+)
+
 from tempo_bench.commands.cli import main
 
 matplotlib.use("Agg")

@@ -4,10 +4,10 @@ package folder installs, no module over 400 lines and no function over 80."""
 from __future__ import annotations
 
 import ast
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPED = {"tempo_bench.baselines": ROOT / "baselines", "tempo_bench.analysis": ROOT / "analysis",
@@ -116,6 +116,7 @@ def test_functions_stay_short():
 
 def test_methods_register_by_decorator_once_under_one_name():
     from tempo_bench.baselines.standard_ttt import StandardTTT
+
     from tempo_bench.methods.catalog import default_methods, method_class, method_names
     from tempo_bench.methods.registry import METHODS, register_method
 
@@ -128,3 +129,30 @@ def test_methods_register_by_decorator_once_under_one_name():
         register_method("standard_ttt")(type("Other", (StandardTTT,), {}))
     with pytest.raises(KeyError, match="did you mean 'tempo'"):
         method_class("tempoo")
+
+
+# the layers of docs/architecture.md, bottom first; a module may import its own layer and below
+LAYERS = [
+    ["tempo_bench.core"],
+    ["tempo_bench.tasks", "tempo_bench.grading", "tempo_bench.rollout", "tempo_bench.policy"],
+    ["tempo_bench.critic"],
+    ["tempo_bench.methods", "tempo_bench.baselines"],
+    ["tempo_bench.config"],
+    ["tempo_bench.run"],
+    ["tempo_bench.experiments", "tempo_bench.toy", "tempo_bench.analysis", "tempo_bench.benchmarks"],
+    ["tempo_bench.commands"],
+]
+
+
+def layer_of(module: str) -> int:
+    for level, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return level
+    raise AssertionError(f"{module} belongs to no layer of docs/architecture.md")
+
+
+def test_imports_point_down_the_layers():
+    graph = import_graph()
+    upward = sorted(f"{a} -> {b}" for a, targets in graph.items() if a != "tempo_bench"
+                    for b in targets if b != "tempo_bench" and layer_of(b) > layer_of(a))
+    assert not upward, "imports pointing up a layer:\n" + "\n".join(upward)

@@ -3,6 +3,7 @@ in the step comparison, the goal table, and bad input. (Timings are never assert
 
 from tempo_bench.benchmarks.run import summary
 from tempo_bench.benchmarks.trl_step import majority_vote_reward
+
 from tempo_bench.commands.cli import main
 
 

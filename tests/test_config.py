@@ -2,8 +2,8 @@
 
 import pytest
 
-from tempo_bench.core.errors import ConfigError
 from tempo_bench.config import apply_override, flatten, load_config, preset_names
+from tempo_bench.core.errors import ConfigError
 
 
 def test_presets_load_and_overrides_apply():

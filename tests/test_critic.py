@@ -4,8 +4,8 @@ import torch
 
 from tempo_bench.config import CriticConfig
 from tempo_bench.critic.model import Critic, StateIndex
-from tempo_bench.policy.model import load_tokenizer
 from tempo_bench.policy.batch import make_train_batch
+from tempo_bench.policy.model import load_tokenizer
 
 
 def toy_batch():

@@ -4,13 +4,17 @@ import math
 
 import pytest
 import torch
-
+from batches import advantage_phase, make_batch
 from tempo_bench.baselines.critic_baselines import FixedCritic, OnlineCritic
 from tempo_bench.baselines.empo import EMPO
 from tempo_bench.baselines.labeled_rlvr import LabeledRLVR
 from tempo_bench.baselines.oracle import Oracle
-from batches import advantage_phase, make_batch
-from tempo_bench.core.algos import clipped_value_loss, em_group_advantages, em_token_advantages
+
+from tempo_bench.core.algos import (
+    clipped_value_loss,
+    em_group_advantages,
+    em_token_advantages,
+)
 from tempo_bench.methods.tempo import Tempo
 from tempo_bench.tasks import AnswerKey
 

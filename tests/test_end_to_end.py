@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 
 from tempo_bench.config import load_config
 from tempo_bench.core.loggers import MemoryLogger
-from tempo_bench.run.run import run_ttt
 from tempo_bench.methods.catalog import method_names, uses_test_labels
+from tempo_bench.run.run import run_ttt
 from tempo_bench.tasks import TaskData, load_task_data
 
 STEP_KEYS = [

@@ -172,6 +172,7 @@ def _grid_spec(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
 def test_grid_sweep_interrupted_then_rerun_completes_every_point_once(tmp_path, sig):
     from tempo_bench.analysis.runs import load_experiment
+
     from tempo_bench.experiments.sweep import load_spec, make_storage, open_study
 
     spec = _grid_spec(tmp_path)
@@ -252,8 +253,8 @@ def _fake_run(client, experiment_id, method, seed, status, steps_done, planned=4
 
 def test_analysis_counts_only_finished_runs_once_and_says_what_it_skipped(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
-
     from tempo_bench.analysis.runs import PARTIAL, load_experiment, load_run_table
+
     from tempo_bench.commands.cli import main
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

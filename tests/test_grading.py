@@ -2,13 +2,13 @@
 
 import pytest
 
+from tempo_bench.core.metrics import majority_cluster
 from tempo_bench.grading.answers import (
     answers_equivalent,
     canonical_number,
     cluster_answers,
     extract_answer,
     is_correct,
-    majority_cluster,
 )
 
 

@@ -6,7 +6,11 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tempo_bench.grading.answers import answers_equivalent, cluster_answers, extract_answer
+from tempo_bench.grading.answers import (
+    answers_equivalent,
+    cluster_answers,
+    extract_answer,
+)
 from tempo_bench.tasks import get_task
 
 LIMIT_S = 6.0  # the verdict budget is 5 s (tempo_bench.grading.answers.VERDICT_TIMEOUT_S)

@@ -103,7 +103,10 @@ def test_stratified_bootstrap_on_hand_computed_cases():
 
 
 def test_probability_of_improvement_hand_computed():
-    from tempo_bench.core.stats import probability_of_improvement, probability_of_improvement_ci
+    from tempo_bench.core.stats import (
+        probability_of_improvement,
+        probability_of_improvement_ci,
+    )
 
     # pairs (x, y): 1 beats 0; 2 beats 0 and ties 2 twice; 3 beats all three -> (1 + 2 + 3) / 9
     assert probability_of_improvement([1, 2, 3], [0, 2, 2]) == pytest.approx(6 / 9)

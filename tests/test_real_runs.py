@@ -9,8 +9,8 @@ import pytest
 from pool_helpers import sleep_then_echo
 
 from tempo_bench.config import load_config
-from tempo_bench.grading.pool import GradingPool, grader_by_name
 from tempo_bench.core.loggers import MemoryLogger
+from tempo_bench.grading.pool import GradingPool, grader_by_name
 from tempo_bench.run.run import run_ttt
 from tempo_bench.tasks import get_task, load_task_data
 

@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 
-from tempo_bench.run.checkpoint import latest_checkpoint, load_state
 from tempo_bench.commands.cli import main
+from tempo_bench.run.checkpoint import latest_checkpoint, load_state
 
 STEPS = 6
 ARGS = ["--preset", "toy-smoke", "--method", "tempo", "--quiet", "--set", f"train.steps={STEPS}",

@@ -3,12 +3,12 @@
 import torch
 from batches import scale_lora, trained_toy_policy
 
-from tempo_bench.core.algos import token_logprobs
 from tempo_bench.config import LoraConfig, ModelConfig
-from tempo_bench.policy.model import load_policy, load_tokenizer
-from tempo_bench.policy.batch import make_train_batch, response_logits
-from tempo_bench.rollout import SamplingParams, get_backend
+from tempo_bench.core.algos import token_logprobs
 from tempo_bench.core.seeds import questions_for_step
+from tempo_bench.policy.batch import make_train_batch, response_logits
+from tempo_bench.policy.model import load_policy, load_tokenizer
+from tempo_bench.rollout import SamplingParams, get_backend
 from tempo_bench.tasks import Question
 
 

@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-
-from tempo_bench.baselines.standard_ttt import StandardTTT
 from batches import advantage_phase, make_batch
+from tempo_bench.baselines.standard_ttt import StandardTTT
 
 
 def test_majority_gets_one_minority_zero_with_equivalent_forms():

@@ -12,7 +12,13 @@ import pytest
 import yaml
 
 from tempo_bench.core.errors import ConfigError
-from tempo_bench.experiments.sweep import ObjectiveSpec, load_spec, make_storage, objective_value, open_study
+from tempo_bench.experiments.sweep import (
+    ObjectiveSpec,
+    load_spec,
+    make_storage,
+    objective_value,
+    open_study,
+)
 
 SMOKE = Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml"
 

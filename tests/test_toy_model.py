@@ -2,8 +2,14 @@
 
 import json
 
-from tempo_bench.toy.model import SHIPPED_DIR, ToyModelSpec, build, corpus_of, weights_hash
 from tempo_bench.tasks.addition import data_hash
+from tempo_bench.toy.model import (
+    SHIPPED_DIR,
+    ToyModelSpec,
+    build,
+    corpus_of,
+    weights_hash,
+)
 
 MANIFEST = json.loads((SHIPPED_DIR / "manifest.json").read_text())
 

@@ -1,8 +1,13 @@
 """The embedded task: solutions, the planted misconception, determinism, tokenizer round trip."""
 
 from tempo_bench.grading.answers import extract_answer
+from tempo_bench.tasks.addition import (
+    Addition,
+    pretraining_corpus,
+    sample_questions,
+    solution,
+)
 from tempo_bench.toy.model import build_tokenizer
-from tempo_bench.tasks.addition import Addition, pretraining_corpus, sample_questions, solution
 
 
 def test_solution_is_correct_and_extractable():

@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from tempo_bench.toy.model import VERIFIER_DIR, weights_hash
 from tempo_bench.tasks.addition import Addition, final_answer, solution
-from tempo_bench.toy.verifier import ERROR_KINDS, VerifierSpec, excluded_questions, verification_corpus, wrong_solution
+from tempo_bench.toy.model import VERIFIER_DIR, weights_hash
+from tempo_bench.toy.verifier import (
+    ERROR_KINDS,
+    VerifierSpec,
+    excluded_questions,
+    verification_corpus,
+    wrong_solution,
+)
 
 needs_verifier = pytest.mark.skipif(not (VERIFIER_DIR / "manifest.json").is_file(),
                                     reason="the verifier backbone is not built (tempo-bench toy-model build "
@@ -75,8 +81,8 @@ def test_verdict_head_reads_the_verifiers_verdict_at_the_response_end():
 
     from tempo_bench.config import load_config
     from tempo_bench.critic.model import Critic
-    from tempo_bench.policy.model import load_tokenizer
     from tempo_bench.policy.batch import make_train_batch
+    from tempo_bench.policy.model import load_tokenizer
 
     cfg = load_config("toy").critic
     critic = Critic.from_pretrained("toy-verifier", cfg)

@@ -11,10 +11,10 @@ import urllib.request
 
 import pytest
 
-from tempo_bench.core.tracking import check_tracking
 from tempo_bench.config import load_config
 from tempo_bench.core.errors import StorageError
 from tempo_bench.core.loggers import MLflowLogger
+from tempo_bench.core.tracking import check_tracking
 from tempo_bench.run.run import run_ttt
 
 STEPS = 6

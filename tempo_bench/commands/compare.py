@@ -11,12 +11,8 @@ from tempo_bench.commands.run import command_line
 from tempo_bench.config import load_config
 from tempo_bench.core.errors import ConfigError
 from tempo_bench.core.tracking import ensure_writable
-from tempo_bench.experiments.compare import (
-    parse_methods,
-    parse_seeds,
-    results_table,
-    run_compare,
-)
+from tempo_bench.experiments.compare import parse_methods, parse_seeds, run_compare
+from tempo_bench.experiments.results import results_table
 from tempo_bench.methods.catalog import default_methods
 from tempo_bench.policy.model import resolve_device
 

@@ -8,6 +8,14 @@ from tempo_bench.core.errors import ConfigError
 from tempo_bench.core.tracking import ensure_writable
 from tempo_bench.experiments.probe import report
 from tempo_bench.toy.build import build_and_score, build_rlvr, build_verifier
+from tempo_bench.toy.model import (
+    CRITIC_BASE_DIR,
+    RLVR_DIR,
+    SHIPPED_DIR,
+    VERIFIER_DIR,
+    ToyModelSpec,
+    critic_backbone_spec,
+)
 from tempo_bench.toy.rlvr import RLVRSpec
 from tempo_bench.toy.verifier import VerifierSpec
 
@@ -81,14 +89,6 @@ def _typed(cls, name: str, value):
 
 
 def cmd_toy_build(args) -> int:
-    from tempo_bench.toy.model import (
-        CRITIC_BASE_DIR,
-        RLVR_DIR,
-        SHIPPED_DIR,
-        VERIFIER_DIR,
-        ToyModelSpec,
-        critic_backbone_spec,
-    )
     spec = _spec(ToyModelSpec, args.overrides, "")
     rlvr_spec = _spec(RLVRSpec, args.overrides, "rlvr.")
     verifier_spec = _spec(VerifierSpec, args.overrides, "verifier.")

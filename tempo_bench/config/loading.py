@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from tempo_bench.config.schema import RunConfig, format_errors
 from tempo_bench.core.errors import ConfigError, DataError
 from tempo_bench.core.registry import unknown_name
+from tempo_bench.methods.catalog import method_class, method_names
 
 
 def preset_names(include_bases: bool = False) -> list[str]:
@@ -96,7 +97,6 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Run
         config = RunConfig(**data)
     except ValidationError as err:
         raise ConfigError(format_errors(err)) from None
-    from tempo_bench.methods.catalog import method_names
 
     for name in {config.method, *config.methods}:
         if name not in method_names():
@@ -108,8 +108,6 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Run
 
 def _check_labeled_pool(config: RunConfig) -> None:
     """A method that needs labeled questions must have some left after the critic's probe."""
-    from tempo_bench.methods.catalog import method_class
-
     cls = method_class(config.method)
     try:
         method = cls(config.method_options(), n_train=config.rollout.n)

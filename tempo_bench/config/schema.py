@@ -4,12 +4,13 @@ settings are validated against its ``Options`` model (``methods.<name>``)."""
 from __future__ import annotations
 
 import difflib
-
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tempo_bench.core.errors import ConfigError
+from tempo_bench.methods.catalog import method_class
+from tempo_bench.tasks.real import TASK_SPECS
 
 
 class _Strict(BaseModel):
@@ -60,8 +61,6 @@ class RealTaskConfig(_Strict):
 
     @model_validator(mode="after")
     def _same_grading(self):
-        from tempo_bench.tasks.real import TASK_SPECS
-
         kinds = {TASK_SPECS[n].kind == "choice" for n in (self.name, self.labeled)}
         if self.labeled_size and len(kinds) > 1:
             raise ValueError(f"labeled pool {self.labeled!r} and test task {self.name!r} are graded "
@@ -219,8 +218,6 @@ class RunConfig(_Strict):
 
     def method_options(self, name: str | None = None):
         """The validated options object of ``name`` (default: the selected method)."""
-        from tempo_bench.methods.catalog import method_class
-
         name = name or self.method
         return _validate_options(name, method_class(name), self.methods.get(name, {}))
 

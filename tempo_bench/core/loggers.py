@@ -14,6 +14,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+from tempo_bench.core.tracking import store_lock, tracking_client
+
 # MLflow's limits per log_batch call and per param value.
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAMS_PER_BATCH = 100
@@ -114,8 +116,6 @@ def ensure_experiment(client, experiment: str, artifact_root: Path | None) -> st
     sqlite store is locked meanwhile, and a creation that loses a race reads the winner's id."""
     from mlflow.exceptions import MlflowException
 
-    from tempo_bench.core.tracking import store_lock
-
     with store_lock(client.tracking_uri):
         found = client.get_experiment_by_name(experiment)
         if found is not None:
@@ -154,8 +154,6 @@ class MLflowLogger(Logger):
         spool_path: Path | None = None,
     ):
         """Start a new run named ``run_name``, or with ``run_id`` reopen that run (resume)."""
-        from tempo_bench.core.tracking import tracking_client
-
         if tracking_uri.startswith("http"):  # fail fast during an outage instead of retrying for minutes
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")

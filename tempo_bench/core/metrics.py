@@ -13,9 +13,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tempo_bench.grading.answers import majority_cluster
-
 Clusters = Sequence[Sequence[int | None]]
+
+
+def majority_cluster(cluster_ids: list[int | None]) -> int | None:
+    """The most frequent cluster; ties go to the cluster seen first in sampling order (samples are
+    drawn i.i.d., so this is a uniformly random tie-break that stays reproducible). None when no
+    response has a parseable answer."""
+    counts: dict[int, int] = {}
+    for c in cluster_ids:
+        if c is not None:
+            counts[c] = counts.get(c, 0) + 1
+    if not counts:
+        return None
+    best = max(counts.values())
+    return next(c for c in cluster_ids if c is not None and counts[c] == best)
 
 
 def mean_at_k(correct: np.ndarray) -> float:

@@ -15,8 +15,19 @@ from pathlib import Path
 import torch
 
 from tempo_bench.core.algos import clipped_value_loss
-from tempo_bench.policy.batch import TrainBatch, accumulated_step, micro_batches, select_rows
-from tempo_bench.policy.model import resolve_model_path
+from tempo_bench.core.errors import ConfigError
+from tempo_bench.policy.batch import (
+    TrainBatch,
+    accumulated_step,
+    micro_batches,
+    select_rows,
+)
+from tempo_bench.policy.model import (
+    model_kwargs,
+    peft_config,
+    place,
+    resolve_model_path,
+)
 
 
 @dataclass
@@ -57,8 +68,6 @@ class Critic:
         from transformers import AutoConfig, AutoModelForTokenClassification
         from transformers.utils import logging as hf_logging
 
-        from tempo_bench.policy.model import model_kwargs, place
-
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the new head's "newly initialized weights" notice
         try:
@@ -77,8 +86,6 @@ class Critic:
             model.enable_input_require_grads()  # a LoRA backbone's frozen embeddings
         if getattr(cfg, "lora", False):
             from peft import get_peft_model
-
-            from tempo_bench.policy.model import peft_config
 
             model = get_peft_model(model, peft_config(lora_cfg, "TOKEN_CLS"))
         model = place(model, model_cfg)
@@ -173,8 +180,6 @@ class Critic:
         """A saved critic: a full model, or (critic.lora) a LoRA adapter plus head on its base."""
         from transformers import AutoModelForTokenClassification
 
-        from tempo_bench.policy.model import model_kwargs, place
-
         if (out_dir / "adapter_config.json").is_file():
             from peft import PeftConfig, PeftModel
 
@@ -199,8 +204,6 @@ def verdict_head(model, backbone_dir: str, scale: float) -> None:
     hidden state the language-model head does, so at the response's last token (where the
     verifier was trained to write its verdict) the value is scale * (logit(yes) - logit(no))."""
     import json
-
-    from tempo_bench.core.errors import ConfigError
 
     manifest = Path(backbone_dir) / "manifest.json"
     tokens = json.loads(manifest.read_text()).get("covers", {}).get("verdict_tokens") if manifest.is_file() else None

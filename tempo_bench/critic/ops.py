@@ -18,9 +18,11 @@ import numpy as np
 import torch
 
 from tempo_bench.core import metrics as M
+from tempo_bench.core.seeds import Stream, step_seed
 from tempo_bench.critic.model import Critic, values_to_prob
 from tempo_bench.grading.answers import GENERIC, Grader
 from tempo_bench.policy.batch import TrainBatch, generation_batch
+from tempo_bench.policy.model import resolve_model_path
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 from tempo_bench.tasks.base import LabeledQuestion
 
@@ -78,7 +80,7 @@ class CriticOps:
     def estep(self, step: int) -> dict[str, float]:
         """Recalibrate on fresh current-policy rollouts of ``cfg.estep_questions`` labeled
         questions drawn from the pool (seeded by step)."""
-        rng = random.Random(self.seed * 7_919 + step)
+        rng = random.Random(step_seed(self.seed, step, Stream.ESTEP_QUESTIONS))
         questions = rng.sample(self.pool, min(self.cfg.estep_questions, len(self.pool)))
         # the probe of this step samples the same policy: one generate call for both (the per-token
         # cost of a sampling loop is paid once)
@@ -86,7 +88,7 @@ class CriticOps:
                       and bool(self.probe_questions) and not self._has_probe_rollouts(step))
         extra = self.probe_questions if with_probe else []
         with torch.random.fork_rng():
-            torch.manual_seed(self.seed * 104_729 + step)
+            torch.manual_seed(step_seed(self.seed, step, Stream.ESTEP_ROLLOUT))
             generation, correct = self._rollout_labeled(questions + extra, self.cfg.estep_samples)
         if with_probe:
             probe_ids = range(len(questions), len(questions) + len(extra))
@@ -111,7 +113,7 @@ class CriticOps:
         return stats
 
     def _fit(self, batch, targets, row_mask, epochs: int, step: int) -> dict[str, float]:
-        generator = torch.Generator().manual_seed(self.seed * 31 + step)
+        generator = torch.Generator().manual_seed(step_seed(self.seed, step, Stream.CRITIC_FIT))
         stats = self.critic.fit(batch, targets, row_mask, epochs, self.cfg.cliprange_value,
                                 self.cfg.minibatch_rows, generator)
         self.tokens["tokens/critic"] += stats.pop("tokens/critic_step")
@@ -124,7 +126,7 @@ class CriticOps:
             return self._probe_cache[1]
         if not self._has_probe_rollouts(step):
             with torch.random.fork_rng():
-                torch.manual_seed(self.seed * 15_485_863 + step)
+                torch.manual_seed(step_seed(self.seed, step, Stream.PROBE_ROLLOUT))
                 self._probe_rollouts = (step, *self._rollout_labeled(self.probe_questions, self.cfg.probe_samples))
         _, generation, correct = self._probe_rollouts
         _, final = self.critic.score(generation_batch(generation, self.pad_id))
@@ -146,10 +148,7 @@ def _reliability(before: torch.Tensor, after: torch.Tensor, correct: np.ndarray)
 def starting_critic_key(config) -> str:
     """What the starting critic depends on: model, critic settings, data and sampling."""
     import hashlib
-
     from pathlib import Path
-
-    from tempo_bench.policy.model import resolve_model_path
 
     backbone = Path(resolve_model_path(config.critic.path or config.model.path)) / "manifest.json"
     spec = {
@@ -172,8 +171,6 @@ def starting_critic(config, backend: RolloutBackend, pad_id: int, pool: list[Lab
     (``cache``, shared by the runs of one process) and under ``cache_dir``; each run gets its own
     copy."""
     from pathlib import Path
-
-    from tempo_bench.policy.model import resolve_model_path
 
     cfg = config.critic
     key = starting_critic_key(config)
@@ -200,9 +197,9 @@ def warm_up(critic: Critic, cfg, backend: RolloutBackend, pad_id: int, pool: lis
             sampling: SamplingParams, grader: Grader) -> None:
     """Fit a fresh critic to the outcomes of labeled rollouts of the initial policy."""
     with torch.random.fork_rng():
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(step_seed(cfg.seed, 0, Stream.CRITIC_WARMUP))
         generation, correct = rollout_labeled(backend, pool[: cfg.warmup_questions], cfg.warmup_samples, sampling,
                                               grader)
     targets = torch.as_tensor(correct.reshape(-1), dtype=torch.float) * 2 - 1
     critic.fit(generation_batch(generation, pad_id), targets, torch.ones(len(targets)), cfg.warmup_epochs,
-               cfg.warmup_cliprange, cfg.minibatch_rows, torch.Generator().manual_seed(cfg.seed))
+               cfg.warmup_cliprange, cfg.minibatch_rows, torch.Generator().manual_seed(step_seed(cfg.seed, 0, Stream.CRITIC_WARMUP)))

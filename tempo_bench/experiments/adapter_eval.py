@@ -13,8 +13,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from tempo_bench.config import EvalConfig, load_config
 from tempo_bench.grading.answers import Grader
+from tempo_bench.rollout.hf import HFBackend
+from tempo_bench.run.evaluation import evaluate
 from tempo_bench.tasks.base import AnswerKey, Question
+from tempo_bench.tasks.real import get_task
+from tempo_bench.tasks.toy import load_toy_task
 
 TOY = "toy"
 
@@ -31,13 +36,9 @@ def load_eval_set(task: str, data: str | None, limit: int | None) -> EvalSet:
     """The test questions of ``task``: 'toy' (the 64 test questions of the `toy` preset, where its
     runs train) or a real benchmark from ``data`` (a local file) or the hub."""
     if task == TOY:
-        from tempo_bench.config import load_config
-        from tempo_bench.tasks.toy import load_toy_task
-
         toy = load_toy_task(load_config("toy").task)
         questions = toy.test[:limit] if limit else toy.test
         return EvalSet("toy", questions, toy.answer_key, toy.grader)
-    from tempo_bench.tasks.real import get_task
 
     real = get_task(task)
     rows = real.load(data, limit=limit)
@@ -67,10 +68,6 @@ def load_adapter_policy(adapter: Path, base: str, dtype: str, device: str):
 def our_eval(policy, tokenizer, eval_set: EvalSet, render, k: int, max_new_tokens: int, seed: int):
     """Our evaluation: (metrics, greedy responses in question order)."""
     import torch
-
-    from tempo_bench.config import EvalConfig
-    from tempo_bench.run.evaluation import evaluate
-    from tempo_bench.rollout.hf import HFBackend
 
     questions = [Question(q.id, render(q.prompt)) for q in eval_set.questions] if render else eval_set.questions
     torch.manual_seed(seed)

@@ -173,20 +173,6 @@ def cluster_answers(answers: list[str | None], equivalent=None) -> list[int | No
     return ids
 
 
-def majority_cluster(cluster_ids: list[int | None]) -> int | None:
-    """The most frequent cluster; ties go to the cluster seen first in sampling order (samples are
-    drawn i.i.d., so this is a uniformly random tie-break that stays reproducible). None when no
-    response has a parseable answer."""
-    counts: dict[int, int] = {}
-    for c in cluster_ids:
-        if c is not None:
-            counts[c] = counts.get(c, 0) + 1
-    if not counts:
-        return None
-    best = max(counts.values())
-    return next(c for c in cluster_ids if c is not None and counts[c] == best)
-
-
 class Grader:
     """How a task reads and checks answers; this one is the generic maths grader (extraction as
     :func:`extract_answer`, equivalence by :func:`answers_equivalent`). Tasks with other rules

@@ -18,13 +18,13 @@ import os
 from multiprocessing.pool import Pool
 
 from tempo_bench.grading.answers import GENERIC, NUMERIC, Grader
+from tempo_bench.tasks.real import get_task
 
 
 def grader_by_name(name: str) -> Grader:
     """The grader of a task name: a real benchmark's (tempo_bench.tasks.get_task) or the generic one."""
     if name in (GENERIC.name, NUMERIC.name):
         return GENERIC if name == GENERIC.name else NUMERIC
-    from tempo_bench.tasks.real import get_task
 
     return get_task(name)  # raises ValueError naming the known tasks
 

@@ -4,7 +4,13 @@ method is listed, validated, compared and covered by the leakage test without fu
 
 from __future__ import annotations
 
-from tempo_bench.baselines import critic_baselines, empo, labeled_rlvr, oracle, standard_ttt
+from tempo_bench.baselines import (
+    critic_baselines,
+    empo,
+    labeled_rlvr,
+    oracle,
+    standard_ttt,
+)
 from tempo_bench.core.registry import unknown_name
 from tempo_bench.methods import tempo
 from tempo_bench.methods.base import Method

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from tempo_bench.core.assets import RLVR_DIR, SHIPPED_DIR, VERIFIER_DIR
 from tempo_bench.core.errors import UserError
 
 TOY_MODEL = "toy"
@@ -23,7 +24,6 @@ def resolve_model_path(path: str, part: str = "actor") -> str:
     else is a hub id or local dir."""
     if path not in (TOY_MODEL, TOY_RLVR, TOY_VERIFIER):
         return path
-    from tempo_bench.toy.model import RLVR_DIR, SHIPPED_DIR, VERIFIER_DIR
 
     folder = {TOY_MODEL: SHIPPED_DIR, TOY_RLVR: RLVR_DIR / part, TOY_VERIFIER: VERIFIER_DIR}[path]
     stage = {TOY_MODEL: "pretrain", TOY_RLVR: "rlvr", TOY_VERIFIER: "verifier-pretrain"}[path]

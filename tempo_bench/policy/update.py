@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from tempo_bench.core.algos import LOSS_AVERAGES_OVER, POLICY_LOSSES, masked_mean, token_entropy, token_logprobs
-from tempo_bench.policy.batch import TrainBatch, accumulated_step, micro_batches, response_logits, select_rows
+from tempo_bench.core.algos import (
+    LOSS_AVERAGES_OVER,
+    POLICY_LOSSES,
+    masked_mean,
+    token_entropy,
+    token_logprobs,
+)
+from tempo_bench.policy.batch import (
+    TrainBatch,
+    accumulated_step,
+    micro_batches,
+    response_logits,
+    select_rows,
+)
 from tempo_bench.policy.model import trainable_parameters
 
 

@@ -22,6 +22,7 @@ import inspect
 
 import torch
 
+from tempo_bench.policy.model import merged_lora_weights
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 
 
@@ -45,7 +46,6 @@ class HFBackend(RolloutBackend):
         """The module to sample from: the training model itself, or its merged copy."""
         if not self.merge_lora:
             return self.model
-        from tempo_bench.policy.model import merged_lora_weights
 
         if self._merged is None:
             self._merged = copy.deepcopy(self.model.get_base_model())

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from tempo_bench.policy.model import merged_lora_weights
+from tempo_bench.policy.model import merged_lora_weights, resolve_model_path
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's kernels are built for
@@ -60,7 +60,6 @@ class VLLMBackend(RolloutBackend):
         if cfg.sync == "merged" and cfg.tensor_parallel_size > 1:
             os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # load_weights via RPC
         vllm = _import_vllm()
-        from tempo_bench.policy.model import resolve_model_path
 
         path = resolve_model_path(config.model.path)
         kwargs = dict(

@@ -32,15 +32,30 @@ from tempo_bench.grading.pool import make_grader
 from tempo_bench.methods.base import Method, RolloutBatch
 from tempo_bench.methods.catalog import method_class
 from tempo_bench.policy.batch import generation_batch
-from tempo_bench.policy.model import load_policy, load_tokenizer, prompt_renderer, save_adapter, trainable_parameters
+from tempo_bench.policy.model import (
+    load_policy,
+    load_tokenizer,
+    prompt_renderer,
+    save_adapter,
+    trainable_parameters,
+)
 from tempo_bench.policy.update import policy_update
 from tempo_bench.rollout import SamplingParams, get_backend
 from tempo_bench.rollout.base import RolloutBackend
 from tempo_bench.run.caches import RunCaches, initial_eval_key
-from tempo_bench.run.checkpoint import check_resumable, latest_checkpoint, restore_policy, save_checkpoint
+from tempo_bench.run.checkpoint import (
+    check_resumable,
+    latest_checkpoint,
+    restore_policy,
+    save_checkpoint,
+)
 from tempo_bench.run.evaluation import evaluate
 from tempo_bench.run.provenance import git_commit, run_name_of
-from tempo_bench.run.step_metrics import critic_diagnostics, train_batch_metrics, true_correctness
+from tempo_bench.run.step_metrics import (
+    critic_diagnostics,
+    train_batch_metrics,
+    true_correctness,
+)
 from tempo_bench.tasks import LabeledQuestion, Question, TaskData, load_task_data
 
 RUN_TOKENS = ("tokens/rollout", "tokens/policy", "tokens/eval")

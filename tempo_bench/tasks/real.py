@@ -15,9 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from tempo_bench.core.errors import DataError
-from tempo_bench.grading.answers import Grader, answers_equivalent, canonical_number, extract_answer
 from tempo_bench.core.registry import unknown_name
-from tempo_bench.tasks.base import LabeledQuestion
+from tempo_bench.grading.answers import (
+    Grader,
+    answers_equivalent,
+    canonical_number,
+    extract_answer,
+)
+from tempo_bench.tasks.base import AnswerKey, LabeledQuestion, Question, TaskData
 
 if TYPE_CHECKING:
     from tempo_bench.tasks.base import TaskData
@@ -207,8 +212,6 @@ def load_real_task(config) -> "TaskData":
     are a seeded sample of the pool, with any question whose text is also a test question
     dropped, so no test answer can reach a method through the labeled pool."""
     import random
-
-    from tempo_bench.tasks.base import AnswerKey, Question, TaskData
 
     task = get_task(config.name)
     test = task.load(config.source, limit=config.limit)

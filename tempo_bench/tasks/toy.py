@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tempo_bench.grading.answers import NUMERIC
-from tempo_bench.tasks.base import AnswerKey, LabeledQuestion, Question, TaskData
 from tempo_bench.tasks.addition import Addition, sample_questions
+from tempo_bench.tasks.base import AnswerKey, LabeledQuestion, Question, TaskData
 
 
 def toy_test_questions(config) -> list[Addition]:

@@ -7,20 +7,34 @@ from pathlib import Path
 
 import torch
 
-from tempo_bench.toy.model import ToyModelSpec, build
+from tempo_bench.config import EvalConfig, ToyTaskConfig, load_config
+from tempo_bench.core import metrics as M
+from tempo_bench.experiments.probe import probe_asymmetry
+from tempo_bench.policy.model import load_tokenizer
+from tempo_bench.rollout.hf import HFBackend
+from tempo_bench.run.evaluation import evaluate
+from tempo_bench.tasks import load_task_data
+from tempo_bench.tasks.toy import toy_test_questions
+from tempo_bench.toy.model import (
+    SHIPPED_DIR,
+    ToyModelSpec,
+    _portable_tokenizer_config,
+    build,
+    weights_hash,
+)
+from tempo_bench.toy.rlvr import run_rlvr
+from tempo_bench.toy.verifier import (
+    corpus_texts,
+    encode_verification,
+    verdict_token_ids,
+    verification_corpus,
+)
 
 
 def score_checkpoint(model_dir: Path, k: int = 8, max_new_tokens: int = 96, seed: int = 0) -> dict:
     """Greedy accuracy, mean@k, maj@k and pass@k of the checkpoint on the default toy test set
     (ToyTaskConfig defaults), also split by whether the question has a chain carry."""
     from transformers import AutoModelForCausalLM
-
-    from tempo_bench.config import EvalConfig, ToyTaskConfig
-    from tempo_bench.run.evaluation import evaluate
-    from tempo_bench.policy.model import load_tokenizer
-    from tempo_bench.rollout.hf import HFBackend
-    from tempo_bench.tasks import load_task_data
-    from tempo_bench.tasks.toy import toy_test_questions
 
     config = ToyTaskConfig()
     task = load_task_data(config)
@@ -53,8 +67,6 @@ def build_verifier(out_dir: Path, spec, show_progress: bool = True, probe_rounds
     import json
     from dataclasses import asdict
 
-    from tempo_bench.toy.verifier import corpus_texts, encode_verification, verification_corpus
-
     data = verification_corpus(spec)
     held_out = verification_corpus(type(spec)(**{**asdict(spec), "seed": spec.seed + 1, "corpus_size": 512}))
 
@@ -80,9 +92,6 @@ def probe_preset(preset: str, overrides: list[str], rounds: int, show_progress: 
     """`tempo-bench probe` on a preset before any TTT run, on one thread (what a manifest records)."""
     import tempfile
 
-    from tempo_bench.config import load_config
-    from tempo_bench.experiments.probe import probe_asymmetry
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -96,13 +105,8 @@ def probe_preset(preset: str, overrides: list[str], rounds: int, show_progress: 
 @torch.no_grad()
 def score_verifier(model_dir: Path, examples, verdicts: dict) -> dict:
     """Verdict AUROC and accuracy (logit(Y) > logit(N)) on labelled worked solutions."""
-    from transformers import AutoModelForCausalLM
-
-    from tempo_bench.core import metrics as M
-    from tempo_bench.policy.model import load_tokenizer
-    from tempo_bench.toy.verifier import verdict_token_ids
-
     import numpy as np
+    from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
@@ -130,13 +134,7 @@ def build_rlvr(out_dir: Path, spec, preset: str = "toy-symmetric", base_dir: Pat
     manifest with what `tempo-bench probe` measures on the result (the asymmetry TTT needs)."""
     import json
     import time
-
     from dataclasses import asdict
-
-    from tempo_bench.config import load_config
-    from tempo_bench.policy.model import load_tokenizer
-    from tempo_bench.toy.model import SHIPPED_DIR, _portable_tokenizer_config, weights_hash
-    from tempo_bench.toy.rlvr import run_rlvr
 
     base_dir = Path(base_dir or SHIPPED_DIR)
     config = load_config(preset)

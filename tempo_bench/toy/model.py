@@ -18,15 +18,12 @@ from pathlib import Path
 
 import torch
 
+from tempo_bench.core.assets import CRITIC_BASE_DIR, RLVR_DIR, SHIPPED_DIR, VERIFIER_DIR  # noqa: F401 (re-exported)
 from tempo_bench.tasks.addition import data_hash, pretraining_corpus
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 # Printable ASCII without the exotic whitespace: room for other toy formats without a new tokenizer.
 CHARACTERS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_model"  # pretrained
-RLVR_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_rlvr"  # actor/ and critic/ after RLVR
-CRITIC_BASE_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_critic_base"  # the critic's backbone
-VERIFIER_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_verifier"  # verification-corpus backbone
 
 
 def build_tokenizer():

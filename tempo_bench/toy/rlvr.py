@@ -19,7 +19,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tempo_bench.config import CriticConfig, TrainConfig
 from tempo_bench.core import metrics as M
+from tempo_bench.core.algos import em_token_advantages
+from tempo_bench.core.seeds import Stream, questions_for_step, step_seed
+from tempo_bench.critic.model import Critic
+from tempo_bench.critic.ops import rollout_labeled
+from tempo_bench.policy.batch import generation_batch
+from tempo_bench.policy.model import load_tokenizer
+from tempo_bench.policy.update import policy_update
+from tempo_bench.rollout import SamplingParams
+from tempo_bench.rollout.hf import HFBackend
+from tempo_bench.tasks import load_task_data
+from tempo_bench.tasks.toy import toy_pool
 
 
 @dataclass
@@ -44,25 +56,15 @@ class RLVRSpec:
     eval_k: int = 4
 
     def train_config(self):
-        from tempo_bench.config import TrainConfig
-
         return TrainConfig(lr=self.lr, clip_low=self.clip_low, clip_high=self.clip_high, loss="ppo")
 
     def critic_config(self):
-        from tempo_bench.config import CriticConfig
-
         return CriticConfig(lr=self.critic_lr, minibatch_rows=self.critic_minibatch_rows)
 
 
 def rlvr_step(step: int, spec: RLVRSpec, actor, optimizer, critic, backend, questions, grader, pad_id: int,
               train_cfg) -> dict[str, float]:
     """One PPO step on labeled ``questions``: sample, grade, score, update actor then critic."""
-    from tempo_bench.core.algos import em_token_advantages
-    from tempo_bench.policy.batch import generation_batch
-    from tempo_bench.critic.ops import rollout_labeled
-    from tempo_bench.policy.update import policy_update
-    from tempo_bench.rollout import SamplingParams
-
     sampling = SamplingParams(n=spec.n, temperature=spec.temperature, max_new_tokens=spec.max_new_tokens)
     generation, correct = rollout_labeled(backend, questions, spec.n, sampling, grader)
     batch = generation_batch(generation, pad_id)
@@ -71,7 +73,7 @@ def rlvr_step(step: int, spec: RLVRSpec, actor, optimizer, critic, backend, ques
     advantages = em_token_advantages(values[:, : batch.mask.shape[1]], targets, batch.mask)
     policy_stats = policy_update(actor, optimizer, batch, advantages, train_cfg, spec.temperature)
     critic_stats = critic.fit(batch, targets, torch.ones(len(targets)), spec.critic_epochs, spec.critic_cliprange,
-                              spec.critic_minibatch_rows, torch.Generator().manual_seed(spec.seed * 31 + step))
+                              spec.critic_minibatch_rows, torch.Generator().manual_seed(step_seed(spec.seed, step, Stream.CRITIC_FIT)))
     final = final.reshape(correct.shape).numpy()
     return {
         "accuracy": float(correct.mean()),
@@ -83,8 +85,6 @@ def rlvr_step(step: int, spec: RLVRSpec, actor, optimizer, critic, backend, ques
 
 def score_on(backend, questions, answers: list[str], k: int, max_new_tokens: int, grader) -> dict[str, float]:
     """mean@k and maj@k of the current actor on ``questions`` (true answers given)."""
-    from tempo_bench.rollout import SamplingParams
-
     generation = backend.generate([q.prompt for q in questions],
                                   SamplingParams(n=k, temperature=1.0, max_new_tokens=max_new_tokens))
     got, clusters = grader.grade_generation(generation)
@@ -99,13 +99,6 @@ def run_rlvr(base_dir, spec: RLVRSpec, task_config, show_progress: bool = True, 
     questions every ``eval_every`` steps (evidence of convergence)."""
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
-
-    from tempo_bench.critic.model import Critic
-    from tempo_bench.core.seeds import questions_for_step
-    from tempo_bench.policy.model import load_tokenizer
-    from tempo_bench.rollout.hf import HFBackend
-    from tempo_bench.tasks.toy import toy_pool
-    from tempo_bench.tasks import load_task_data
 
     task = load_task_data(task_config)
     pool = toy_pool(task_config)
@@ -124,7 +117,7 @@ def run_rlvr(base_dir, spec: RLVRSpec, task_config, show_progress: bool = True, 
 
     def checkpoint_scores(step: int) -> dict:
         with torch.random.fork_rng():
-            torch.manual_seed(spec.seed * 7_919 + step)
+            torch.manual_seed(step_seed(spec.seed, step, Stream.RLVR_SCORE))
             pool_scores = score_on(backend, held_out, [q.answer for q in held_out], spec.eval_k,
                                    spec.max_new_tokens, grader)
             test_scores = score_on(backend, test, test_answers, spec.eval_k, spec.max_new_tokens, grader)
@@ -136,7 +129,7 @@ def run_rlvr(base_dir, spec: RLVRSpec, task_config, show_progress: bool = True, 
     with tqdm(range(1, spec.steps + 1), desc="RLVR (PPO + critic on the labeled pool)",
               disable=not show_progress) as bar:
         for step in bar:
-            torch.manual_seed(spec.seed * 1_000_003 + step)
+            torch.manual_seed(step_seed(spec.seed, step, Stream.RLVR_STEP))
             questions = questions_for_step(train_pool, step, spec.prompts_per_step, spec.seed)  # as TTT does
             stats = rlvr_step(step, spec, actor, optimizer, critic, backend, questions, grader,
                               tokenizer.pad_token_id, train_cfg)

@@ -28,7 +28,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from tempo_bench.tasks.addition import Addition, columns, final_answer, sample_question, solution
+from tempo_bench.config import load_config
+from tempo_bench.tasks.addition import (
+    Addition,
+    columns,
+    final_answer,
+    sample_question,
+    solution,
+)
+from tempo_bench.tasks.toy import toy_test_questions
 
 ERROR_KINDS = ("chain", "carry", "slip")  # forgotten chain carry, any dropped carry, a slipped digit
 VERDICTS = {"correct": "Y", "wrong": "N"}
@@ -108,9 +116,6 @@ def verification_corpus(spec: VerifierSpec) -> list[tuple[str, str, bool]]:
 
 def excluded_questions(presets: tuple[str, ...]) -> set[Addition]:
     """The test questions (D_U) of these toy presets: the verifier never sees them."""
-    from tempo_bench.config import load_config
-    from tempo_bench.tasks.toy import toy_test_questions
-
     out: set[Addition] = set()
     for name in presets:
         task = load_config(name).task

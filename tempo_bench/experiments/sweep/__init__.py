@@ -15,13 +15,35 @@ from __future__ import annotations
 
 import math
 
-from tempo_bench.core.errors import ConfigError
-from tempo_bench.core.errors import Interrupted
-from tempo_bench.experiments.sweep.spec import (ObjectiveSpec, ParamSpec, SweepSpec, grid_points, load_spec, objective_value,
-                                    trial_config)
-from tempo_bench.experiments.sweep.study import (_params, count_finished, fail_dead_trials, make_storage, missing, open_study,
-                                     plan_trials, worker_gone)
-from tempo_bench.experiments.sweep.worker import _worker_entry, parent_run_id, run_worker
+from tempo_bench.core.errors import ConfigError, Interrupted
+from tempo_bench.core.loggers import default_tracking_uri
+from tempo_bench.core.processes import stop_processes
+from tempo_bench.core.tracking import check_tracking, ensure_writable, tracking_client
+from tempo_bench.experiments.sweep.spec import (
+    ObjectiveSpec,
+    ParamSpec,
+    SweepSpec,
+    grid_points,
+    load_spec,
+    objective_value,
+    trial_config,
+)
+from tempo_bench.experiments.sweep.study import (
+    _params,
+    count_finished,
+    fail_dead_trials,
+    make_storage,
+    missing,
+    open_study,
+    plan_trials,
+    worker_gone,
+)
+from tempo_bench.experiments.sweep.worker import (
+    _worker_entry,
+    parent_run_id,
+    run_worker,
+)
+from tempo_bench.run.inputs import check_inputs
 
 __all__ = ["ObjectiveSpec", "ParamSpec", "SweepSpec", "count_finished", "describe", "grid_points", "load_spec",
            "make_storage", "missing", "objective_value", "open_study", "plan_trials", "run_sweep", "trial_config",
@@ -39,16 +61,12 @@ def run_sweep(spec_path: str, study_name: str | None, storage_url: str | None, n
 
     import optuna
 
-    from tempo_bench.core.loggers import default_tracking_uri
-    from tempo_bench.core.tracking import check_tracking, ensure_writable
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_spec(spec_path)
     study_name = study_name or spec.study
     n_trials = n_trials or spec.n_trials
     if spec.sampler.name == "grid" and n_trials > len(grid_points(spec)):
         raise ConfigError(f"--n-trials {n_trials}: the grid of {spec_path} has {len(grid_points(spec))} points")
-    from tempo_bench.run.inputs import check_inputs
 
     check_inputs(trial_config(spec, {}))  # a missing model or a malformed task file: before any trial
     out = ensure_writable(out_dir)
@@ -82,8 +100,6 @@ def run_sweep(spec_path: str, study_name: str | None, storage_url: str | None, n
                 for p in procs:
                     p.join()
             except KeyboardInterrupt:
-                from tempo_bench.core.processes import stop_processes
-
                 stop_processes([p.pid for p in procs if p.is_alive()])
                 raise
     except KeyboardInterrupt:
@@ -99,8 +115,6 @@ def run_sweep(spec_path: str, study_name: str | None, storage_url: str | None, n
 
 
 def _set_parent(tracking_uri: str, run_id: str, status: str, state: str) -> None:
-    from tempo_bench.core.tracking import tracking_client
-
     client = tracking_client(tracking_uri)
     client.set_tag(run_id, "sweep_state", state)
     if status == "RUNNING":
@@ -113,8 +127,6 @@ def _summarise_parent(study, tracking_uri: str, parent: str, n_trials: int, left
     """Log the study's outcome on its parent run: FINISHED once every promised trial finished,
     FAILED with the reasons otherwise (rerunning the sweep command continues it)."""
     from optuna.trial import TrialState
-
-    from tempo_bench.core.tracking import tracking_client
 
     client = tracking_client(tracking_uri)
     states = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}

@@ -10,8 +10,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tempo_bench.core.errors import ConfigError
 from tempo_bench.config import format_errors, load_config, parse_yaml
+from tempo_bench.core.errors import ConfigError
+from tempo_bench.run.evaluation import eval_metric_names
 
 
 class _Strict(BaseModel):
@@ -102,8 +103,6 @@ def load_spec(path: str | Path) -> SweepSpec:
 def check_objective(spec: SweepSpec, where: str | Path) -> None:
     """The objective must be an evaluation metric a run of this spec logs (the objective reads
     the run's evaluations), or every trial would run to its end and then fail."""
-    from tempo_bench.run.evaluation import eval_metric_names
-
     logged = eval_metric_names(trial_config(spec, {}).eval)
     if spec.objective.metric not in logged:
         raise ConfigError(f"sweep spec {where}: objective.metric {spec.objective.metric!r} is not an evaluation "

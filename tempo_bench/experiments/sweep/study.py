@@ -8,8 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tempo_bench.core.errors import ConfigError
-from tempo_bench.core.errors import StorageError
+from tempo_bench.core.errors import ConfigError, StorageError
+from tempo_bench.core.processes import process_alive
+from tempo_bench.core.tracking import (
+    check_database,
+    ensure_writable,
+    redact,
+    sqlite_path,
+    tracking_client,
+)
 from tempo_bench.experiments.sweep.spec import SweepSpec, grid_points
 
 
@@ -21,20 +28,14 @@ def make_storage(url: str | None, sweep_dir: Path):
     if url is None:
         from optuna.storages.journal import JournalFileBackend
 
-        from tempo_bench.core.tracking import ensure_writable
-
         ensure_writable(sweep_dir, "sweep folder")
         return optuna.storages.JournalStorage(JournalFileBackend(str(sweep_dir / "optuna.journal")))
     if not url.startswith(("sqlite", "postgresql", "mysql")):
         raise ConfigError(f"--storage {url!r}: give a sqlite:// or postgresql:// URL, or omit it for a journal file")
     from optuna.storages import RDBStorage
 
-    from tempo_bench.core.tracking import check_database, redact, sqlite_path
-
     path = sqlite_path(url)
     if path is not None:
-        from tempo_bench.core.tracking import ensure_writable
-
         ensure_writable(path.parent, "folder of the Optuna storage")
     check_database(url, what="Optuna storage")
     connect = {"connect_args": {"connect_timeout": 10}} if url.startswith(("postgresql", "mysql")) else {}
@@ -85,8 +86,6 @@ def _params(trial) -> dict[str, Any]:
 def worker_gone(trial, stale_after_s: float, now: float | None = None) -> str | None:
     """Why a RUNNING trial's worker is gone (None while it is alive): its process on this machine
     no longer exists, or it has written no heartbeat for ``stale_after_s``."""
-    from tempo_bench.core.processes import process_alive
-
     now = time.time() if now is None else now
     host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
     if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
@@ -101,8 +100,6 @@ def fail_dead_trials(study, stale_after_s: float, tracking_uri: str) -> list[tup
     """Mark RUNNING trials whose worker is gone as interrupted and FAIL, and their MLflow runs
     (the trial's and its per-seed ones) KILLED; returns (number, why)."""
     from optuna.trial import TrialState
-
-    from tempo_bench.core.tracking import tracking_client
 
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

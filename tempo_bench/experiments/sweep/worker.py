@@ -12,8 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tempo_bench.core.loggers import MLflowLogger
-from tempo_bench.experiments.sweep.spec import SweepSpec, load_spec, objective_value, suggest, trial_config
+from tempo_bench.core.loggers import MLflowLogger, ensure_experiment
+from tempo_bench.core.processes import ParentWatch, init_worker, interruptible_run
+from tempo_bench.core.tracking import store_lock, tracking_client
+from tempo_bench.experiments.sweep.spec import (
+    SweepSpec,
+    load_spec,
+    objective_value,
+    suggest,
+    trial_config,
+)
 from tempo_bench.experiments.sweep.study import count_finished, make_storage, open_study
 from tempo_bench.run.caches import RunCaches
 from tempo_bench.run.run import run_ttt
@@ -21,9 +29,6 @@ from tempo_bench.run.run import run_ttt
 
 def parent_run_id(tracking_uri: str, experiment: str, study_name: str, artifact_root: Path) -> str:
     """The study's parent run, created by the first process that asks and found by the others."""
-    from tempo_bench.core.loggers import ensure_experiment
-    from tempo_bench.core.tracking import store_lock, tracking_client
-
     client = tracking_client(tracking_uri)
     exp_id = ensure_experiment(client, experiment, artifact_root)
     with store_lock(tracking_uri):  # one parent even when two coordinators start at once
@@ -41,8 +46,6 @@ class _Heartbeat:
     (in a spawned worker) stops the trial if the coordinating process was killed."""
 
     def __init__(self, trial, spec: SweepSpec, report: bool, watch_parent: bool):
-        from tempo_bench.core.processes import ParentWatch
-
         self.trial, self.spec, self.report = trial, spec, report
         self.parent = ParentWatch() if watch_parent else None
 
@@ -136,8 +139,6 @@ def run_trial(study, trial, objective) -> str:
     import optuna
     from optuna.trial import TrialState
 
-    from tempo_bench.core.processes import interruptible_run
-
     try:
         with interruptible_run():
             value = objective(trial)
@@ -181,8 +182,6 @@ def run_worker(spec_path: str, study_name: str, storage_url: str | None, n_trial
 
 
 def _worker_entry(args):
-    from tempo_bench.core.processes import init_worker
-
     init_worker()
     try:
         run_worker(*args, watch_parent=True)

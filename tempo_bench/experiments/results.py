@@ -1,0 +1,130 @@
+"""The results table of a comparison: one row per method, each cell the mean over seeds with its
+95% stratified-bootstrap interval, from a run's logged history. Shared by ``tempo-bench compare``
+and the analysis (``tempo-bench figures``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+
+from tempo_bench.core.stats import mean_ci
+from tempo_bench.methods.catalog import uses_test_labels
+
+# (column, metric key, where): "initial" / "final" = first / last eval, "start" / "end" = first /
+# last training steps
+TABLE = [
+    ("mean@k", "eval/mean_at_k", "final"),
+    ("maj@k", "eval/maj_at_k", "final"),
+    ("pass@k", "eval/pass_at_k", "final"),
+    ("greedy", "eval/greedy_acc", "final"),
+    ("distinct start", "eval/distinct_answers", "initial"),
+    ("distinct end", "eval/distinct_answers", "final"),
+    ("pb start", "reward/pointbiserial", "start"),
+    ("pb end", "reward/pointbiserial", "end"),
+    ("auroc_w start", "reward/auroc_within", "start"),
+    ("auroc_w end", "reward/auroc_within", "end"),
+    ("critic gap ece", "critic/gap/ece", "end"),
+    ("critic gap auroc_w", "critic/gap/auroc_within", "end"),
+]
+
+
+@dataclass
+class Outcome:
+    method: str
+    seed: int
+    run_id: str | None = None
+    values: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+def summarise(result, window: int = 5) -> dict[str, float]:
+    """The table's numbers from one run: the last evaluation, and reward quality averaged over the
+    first and the last ``window`` training steps (one step's figure is noisy)."""
+    out: dict[str, float] = {}
+    evals = {"initial": result.evals[min(result.evals)], "final": result.evals[max(result.evals)]}
+    steps = sorted(result.steps)
+    for _, key, where in TABLE:
+        if where in evals:
+            out[f"{key}@{where}"] = evals[where].get(key, math.nan)
+        else:
+            chosen = steps[:window] if where == "start" else steps[-window:]
+            vals = [result.steps[s].get(key, math.nan) for s in chosen]
+            vals = [v for v in vals if np.isfinite(v)]
+            out[f"{key}@{where}"] = float(np.mean(vals)) if vals else math.nan
+    return out
+
+
+def results_cells(outcomes: list[Outcome]) -> list[dict]:
+    """One row per method: the method label, its seed count, and per TABLE column the mean over
+    seeds with its 95% stratified-bootstrap interval, as (mean, low, high)."""
+    rows = []
+    for method in dict.fromkeys(o.method for o in outcomes):
+        done = [o for o in outcomes if o.method == method and o.error is None]
+        row = {"method": method + (" (test labels)" if uses_test_labels(method) else ""), "seeds": len(done)}
+        for column, key, where in TABLE:
+            row[column] = mean_ci([o.values.get(f"{key}@{where}", math.nan) for o in done])
+        rows.append(row)
+    return rows
+
+
+def _cell(value: tuple[float, float, float], latex: bool) -> str:
+    mean, lo, hi = value
+    if math.isnan(mean):
+        return "--" if latex else "-"
+    if math.isnan(lo):
+        return f"{mean:.3f}"
+    return f"{mean:.3f} {{\\scriptsize [{lo:.3f}, {hi:.3f}]}}" if latex else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def results_table(outcomes: list[Outcome], fmt: str = "markdown") -> str:
+    """The results table, one row per method, each cell mean [95% CI] over seeds, as markdown
+    or as a LaTeX tabular (booktabs)."""
+    rows = results_cells(outcomes)
+    columns = [c for c, _, _ in TABLE]
+    if fmt == "markdown":
+        lines = ["| method | seeds | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
+        lines += [f"| {r['method']} | {r['seeds']} | " + " | ".join(_cell(r[c], False) for c in columns) + " |"
+                  for r in rows]
+        return "\n".join(lines)
+    if fmt == "latex":
+        def esc(text: str) -> str:
+            return text.replace("_", "\\_").replace("%", "\\%")
+
+        lines = ["\\begin{tabular}{l" + "r" * (len(columns) + 1) + "}", "\\toprule",
+                 "method & seeds & " + " & ".join(esc(c) for c in columns) + " \\\\", "\\midrule"]
+        lines += [f"{esc(r['method'])} & {r['seeds']} & " + " & ".join(_cell(r[c], True) for c in columns) + " \\\\"
+                  for r in rows]
+        return "\n".join(lines + ["\\bottomrule", "\\end{tabular}"])
+    raise ValueError(f"unknown table format {fmt!r}: markdown or latex")
+
+
+def run_history(client, run_id: str) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, float]]]:
+    """(evals, steps) of a logged run, as run_ttt returns them: eval metrics per evaluated step,
+    every metric per training step."""
+    run = client.get_run(run_id)
+    rows = [(m.step, key, m.value) for key in run.data.metrics for m in client.get_metric_history(run_id, key)]
+    return split_history(rows)
+
+
+def split_history(rows) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, float]]]:
+    """(step, key, value) rows -> (evals: step -> eval/* values, steps: step >= 1 -> all values)."""
+    evals: dict[int, dict[str, float]] = {}
+    steps: dict[int, dict[str, float]] = {}
+    for step, key, value in rows:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        step = int(step)
+        if key.startswith("eval/"):
+            evals.setdefault(step, {})[key] = float(value)
+        if step >= 1:
+            steps.setdefault(step, {})[key] = float(value)
+    return evals, steps
+
+
+def summarise_history(evals, steps) -> dict[str, float]:
+    return summarise(SimpleNamespace(evals=evals, steps=steps))
+
+
