@@ -12,11 +12,8 @@ from dataclasses import dataclass
 
 from tempo_bench.config import LoraConfig, ToyTaskConfig, load_config
 from tempo_bench.core.loggers import MemoryLogger
-from tempo_bench.grading.answers import (
-    cluster_answers,
-    extract_answer,
-    majority_cluster,
-)
+from tempo_bench.core.metrics import majority_cluster
+from tempo_bench.grading.answers import cluster_answers, extract_answer
 from tempo_bench.policy.model import load_tokenizer, resolve_model_path
 from tempo_bench.run.run import run_ttt
 from tempo_bench.tasks import load_task_data
