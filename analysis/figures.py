@@ -13,11 +13,13 @@ import numpy as np
 import pandas as pd
 
 from tempo_bench.core.stats import stratified_bootstrap_ci
+from tempo_bench.experiments.results import best_step, collapse_step
 from tempo_bench.methods.catalog import method_names
 
 LABELS = {
     "standard_ttt": "standard TTT", "fixed_critic": "fixed critic", "online_critic": "online critic",
     "tempo": "TEMPO", "labeled_rlvr": "labeled RLVR", "empo": "EMPO", "oracle": "oracle (test labels)",
+    "self_certainty": "self-certainty (Intuitor)", "entropy_min": "entropy min (RENT)", "random_reward": "random reward",
 }
 NEVER = "never"  # the x label of recal_interval = None (no E-step after the start)
 
@@ -25,7 +27,7 @@ NEVER = "never"  # the x label of recal_interval = None (no E-step after the sta
 # indices into seaborn's colour-blind palette: hues far apart for the four methods the paper
 # compares, grey (dashed) for the oracle
 PALETTE_INDEX = {"standard_ttt": 0, "fixed_critic": 1, "online_critic": 2, "tempo": 4, "labeled_rlvr": 5,
-                 "empo": 9, "oracle": 7}
+                 "empo": 9, "oracle": 7, "self_certainty": 3, "entropy_min": 6, "random_reward": 8}
 
 
 def method_colors() -> dict[str, tuple]:
@@ -225,3 +227,32 @@ def _spread(items: list, n: int) -> list:
 
 ALL_FIGURES = ("accuracy_vs_step", "accuracy_vs_compute", "reward_quality", "diversity", "recal_sweep",
                "reliability")
+
+
+def best_vs_last(df: pd.DataFrame, metric: str = "eval/mean_at_k", collapse_tolerance: float = 0.05):
+    """Per method: the last evaluation and the best one after step 0 (mean over seeds, 95% CI),
+    with the step-0 value as a line, and how many seeds collapsed (mean@k below step 0 minus
+    ``collapse_tolerance`` from some evaluation to the end)."""
+    fig, (ax,) = _figure(width=max(5.5, 0.9 * len(_methods(df))))
+    sub = _metric(df, metric)
+    methods, ticks = _methods(sub), []
+    for x, method in enumerate(methods):
+        runs = [dict(zip(r.step, r.value)) for _, r in sub[sub.method == method].groupby("run_id")]
+        last = [t[max(t)] for t in runs]
+        best = [best_step(t)[1] for t in runs]
+        collapsed = sum(collapse_step(t, collapse_tolerance) is not None for t in runs)
+        for offset, values, marker, label in ((-0.15, last, "o", "last"), (0.15, best, "^", "best (after step 0)")):
+            values = [v for v in values if np.isfinite(v)]
+            if not values:
+                continue
+            mean, low, high = stratified_bootstrap_ci(np.asarray(values))
+            ax.errorbar(x + offset, mean, yerr=[[mean - low], [high - mean]] if np.isfinite(low) else None,
+                        fmt=marker, color=_color(method), label=label if x == 0 else None, capsize=3)
+        ticks.append(f"{LABELS.get(method, method)}\n{collapsed}/{len(runs)} collapsed")
+    initial = sub[sub.step == 0].value
+    if len(initial):
+        ax.axhline(float(initial.mean()), color="grey", lw=0.8, ls=":", label="step 0")
+    ax.set_xticks(range(len(methods)), ticks, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(metric.split("/")[-1].replace("_at_", "@"))
+    return _finish(fig, [ax], "last vs best evaluation")
+

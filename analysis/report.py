@@ -23,7 +23,7 @@ from tempo_bench.methods.catalog import method_names
 MAIN_METRIC = "eval/mean_at_k"
 
 
-def outcomes_of(df: pd.DataFrame):
+def outcomes_of(df: pd.DataFrame, collapse_tolerance: float = 0.05):
     """compare.Outcome per run, summarised exactly as `tempo-bench compare` does."""
     outcomes = []
     for (run_id, method, seed), run in df.groupby(["run_id", "method", "seed"], sort=False):
@@ -33,7 +33,8 @@ def outcomes_of(df: pd.DataFrame):
         steps = {s: row.dropna().to_dict() for s, row in wide.iterrows() if s >= 1}
         if not evals:
             continue
-        outcomes.append(Outcome(method, int(seed), run_id, summarise(SimpleNamespace(evals=evals, steps=steps))))
+        outcomes.append(Outcome(method, int(seed), run_id, summarise(SimpleNamespace(evals=evals, steps=steps),
+                                                                         collapse_tolerance=collapse_tolerance)))
     order = {m: i for i, m in enumerate(method_names())}
     return sorted(outcomes, key=lambda o: (order.get(o.method, len(order)), o.seed))
 
@@ -54,7 +55,7 @@ def improvement_table(outcomes, reference: str = "tempo", key: str = f"{MAIN_MET
 
 
 def write_report(experiment: str, tracking_uri: str | None, out: Path, refresh: bool = False,
-                 include_partial: bool = False) -> list[Path]:
+                 include_partial: bool = False, collapse_tolerance: float = 0.05) -> list[Path]:
     """Write every figure the experiment's runs allow, and the tables; returns the files written.
     Only finished runs count, each experiment once (analysis.runs.select_runs), unless
     ``include_partial`` adds unfinished ones labelled "(partial)"."""
@@ -97,7 +98,8 @@ def write_report(experiment: str, tracking_uri: str | None, out: Path, refresh: 
         load_reliability(tempo_runs.run_id.iloc[0], tracking_uri) if len(tempo_runs) else {}),
         None, "tempo-bench run --preset toy --method tempo")
 
-    outcomes = outcomes_of(df)
+    save("best_vs_last", lambda: F.best_vs_last(df, MAIN_METRIC, collapse_tolerance), MAIN_METRIC, compare_cmd)
+    outcomes = outcomes_of(df, collapse_tolerance)
     for fmt, suffix in (("markdown", "md"), ("latex", "tex")):
         path = out / f"results.{suffix}"
         text = results_table(outcomes, fmt)

@@ -29,8 +29,8 @@ class StandardTTT(Method):
             None, ge=1, description="samples that vote per question (None: rollout.n)"
         )
 
-    def __init__(self, options: Options, n_train: int):
-        super().__init__(options, n_train)
+    def __init__(self, options: Options, n_train: int, seed: int = 0):
+        super().__init__(options, n_train, seed)
         if options.n_vote is not None and options.n_vote < n_train:
             raise ValueError(
                 f"methods.standard_ttt.n_vote ({options.n_vote}) must be >= rollout.n ({n_train}): "

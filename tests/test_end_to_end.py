@@ -9,8 +9,12 @@ from safetensors.torch import load_file
 from tempo_bench.config import load_config
 from tempo_bench.core.loggers import MemoryLogger
 from tempo_bench.methods.catalog import method_names, uses_test_labels
+from tempo_bench.run.caches import RunCaches
 from tempo_bench.run.run import run_ttt
 from tempo_bench.tasks import TaskData, load_task_data
+
+# the runs of this module share what does not depend on the method (as compare's do)
+CACHES = RunCaches()
 
 STEP_KEYS = [
     "reward/mean", "reward/pointbiserial", "reward/auroc", "reward/auroc_within", "reward/accuracy",
@@ -36,7 +40,7 @@ def lora_tensors(result):
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     logger = MemoryLogger()
-    result = run_ttt(two_step_config(), logger, out_dir=tmp_path_factory.mktemp("run"), progress=False)
+    result = run_ttt(two_step_config(), logger, out_dir=tmp_path_factory.mktemp("run"), progress=False, caches=CACHES)
     return result, logger
 
 
@@ -59,7 +63,7 @@ def test_two_steps_train_lora_and_log_every_metric(first_run):
 def test_same_seed_same_run(first_run, tmp_path):
     result, logger = first_run
     again_logger = MemoryLogger()
-    again = run_ttt(two_step_config(), again_logger, out_dir=tmp_path, progress=False)
+    again = run_ttt(two_step_config(), again_logger, out_dir=tmp_path, progress=False, caches=CACHES)
     a, b = lora_tensors(result), lora_tensors(again)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert logger.history("policy/loss") == again_logger.history("policy/loss")
@@ -80,7 +84,7 @@ def test_leakage_rule_hidden_answers_change_no_update(method, tmp_path):
     runs = []
     for i, data in enumerate((task, shuffled)):
         logger = MemoryLogger()
-        runs.append((run_ttt(config, logger, task=data, out_dir=tmp_path / str(i), progress=False), logger))
+        runs.append((run_ttt(config, logger, task=data, out_dir=tmp_path / str(i), progress=False, caches=CACHES), logger))
     (a, log_a), (b, log_b) = runs
     ta, tb = lora_tensors(a), lora_tensors(b)
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
@@ -104,7 +108,7 @@ def test_oracle_sees_the_answers_and_is_flagged(method, tmp_path):
     logs = []
     for i, data in enumerate((task, shuffled)):
         logger = MemoryLogger()
-        run_ttt(config, logger, task=data, out_dir=tmp_path / str(i), progress=False)
+        run_ttt(config, logger, task=data, out_dir=tmp_path / str(i), progress=False, caches=CACHES)
         logs.append(logger)
     assert logs[0].history("reward/mean") != logs[1].history("reward/mean")
     assert logs[0].tags["uses_test_labels"] == "true" and "oracle" in logs[0].tags
@@ -114,7 +118,7 @@ def test_tempo_recalibrates_every_k_steps_in_the_loop(tmp_path):
     config = two_step_config(method="tempo", **{"methods.tempo.recal_interval": 2, "train.steps": 4,
                                                 "eval.every": 4})
     logger = MemoryLogger()
-    run_ttt(config, logger, out_dir=tmp_path, progress=False)
+    run_ttt(config, logger, out_dir=tmp_path, progress=False, caches=CACHES)
     assert logger.history("critic/estep_count") == [0, 1, 1, 2]
     assert [s for s, _ in logger.metrics["critic/value_loss"]] == [2, 4]
     assert {"critic/reliability_step_00002.json", "critic/reliability_step_00004.json"} <= set(logger.artifacts)
@@ -126,7 +130,7 @@ def test_tempo_recalibrates_every_k_steps_in_the_loop(tmp_path):
 def test_token_budget_stops_the_run_and_evaluates_there(tmp_path):
     logger = MemoryLogger()
     result = run_ttt(two_step_config(**{"train.steps": 5, "train.budget_tokens": 1, "eval.every": 10}),
-                     logger, out_dir=tmp_path, progress=False)
+                     logger, out_dir=tmp_path, progress=False, caches=CACHES)
     assert sorted(result.steps) == [1]  # the first step already spent more than 1 token
     assert sorted(result.evals) == [0, 1]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
@@ -147,7 +151,7 @@ def test_non_finite_reward_stops_with_step_and_phase_after_a_checkpoint(tmp_path
     monkeypatch.setattr(StandardTTT, "calls", 0, raising=False)
     monkeypatch.setattr(StandardTTT, "rewards", poisoned)
     with pytest.raises(FloatingPointError, match=r"step 3, phase 'reward'.*checkpoint of step 2 saved"):
-        run_ttt(two_step_config(**{"train.steps": 4}), MemoryLogger(), out_dir=tmp_path, progress=False)
+        run_ttt(two_step_config(**{"train.steps": 4}), MemoryLogger(), out_dir=tmp_path, progress=False, caches=CACHES)
     from tempo_bench.run.checkpoint import latest_checkpoint, load_state
 
     assert load_state(latest_checkpoint(tmp_path))["step"] == 2

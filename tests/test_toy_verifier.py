@@ -142,10 +142,10 @@ def test_verifier_build_is_deterministic(tmp_path):
 
 
 def test_a_missing_shipped_checkpoint_names_the_build_stage(tmp_path, monkeypatch, capsys):
-    import tempo_bench.toy.model as toy_model
+    import tempo_bench.core.assets as assets
     from tempo_bench.commands.cli import main
 
-    monkeypatch.setattr(toy_model, "VERIFIER_DIR", tmp_path / "toy_verifier")
+    monkeypatch.setattr(assets, "VERIFIER_DIR", tmp_path / "toy_verifier")
     assert main(["run", "--preset", "toy", "--out", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert "toy-verifier" in err and "tempo-bench toy-model build --stage verifier-pretrain" in err

@@ -79,9 +79,10 @@ def cmd_compare(args) -> int:
         print(f"FAILED {o.method} seed {o.seed}: {o.error}", file=sys.stderr)
     if args.figures:
 
-        experiment = args.experiment or f"compare-{load_config(args.preset, overrides).preset}"
+        config = load_config(args.preset, overrides)
+        experiment = args.experiment or f"compare-{config.preset}"
         print(f"\nFigures of experiment {experiment}:")
-        write_report(experiment, uri, ensure_writable(args.figures))
+        write_report(experiment, uri, ensure_writable(args.figures), collapse_tolerance=config.eval.collapse_tolerance)
         print(f"Accuracy against step: {Path(args.figures) / 'accuracy_vs_step.png'}")
     if uri.startswith("sqlite:///"):
         print(f"\nCompare the runs: mlflow ui --backend-store-uri {uri}")

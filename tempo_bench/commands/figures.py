@@ -21,6 +21,8 @@ def add_parser(sub) -> None:
     fg.add_argument("--include-partial", action="store_true", help="also plot runs that did not finish "
                     "(killed, failed, pruned, still running), labelled '<method> (partial)'; by default "
                     "only finished runs count, and the command says how many it skipped and why")
+    fg.add_argument("--collapse-tolerance", type=float, default=0.05, help="a run has collapsed once mean@k stays "
+                    "below its step-0 value minus this to the end (default 0.05; in [0, 1])")
     fg.set_defaults(func=cmd_figures)
 
 
@@ -33,11 +35,13 @@ def cmd_figures(args) -> int:
                               "of the run's --out folder)")
         uri = f"sqlite:///{store.resolve()}"
     check_tracking(uri)
+    if not 0 <= args.collapse_tolerance <= 1:
+        raise ConfigError(f"--collapse-tolerance takes a value in [0, 1], got {args.collapse_tolerance}")
     ensure_writable(args.out)
     print(f"tempo-bench figures: experiment {args.experiment} at {uri} -> {args.out}")
     try:
         written = write_report(args.experiment, uri, Path(args.out), refresh=args.refresh,
-                               include_partial=args.include_partial)
+                               include_partial=args.include_partial, collapse_tolerance=args.collapse_tolerance)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     print(f"{len(written)} files in {args.out}")

@@ -152,6 +152,8 @@ def config_identity(config) -> str:
             return [canonical(v) for v in value]
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
-    data = canonical({k: v for k, v in config.model_dump().items() if k not in _NOT_IN_IDENTITY})
+    data = {k: v for k, v in config.model_dump().items() if k not in _NOT_IN_IDENTITY}
+    data["eval"] = {k: v for k, v in data["eval"].items() if k != "collapse_tolerance"}  # analysis only
+    data = canonical(data)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

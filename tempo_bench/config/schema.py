@@ -174,6 +174,9 @@ class EvalConfig(_Strict):
     size: int | None = Field(None, ge=1, description="test questions evaluated (None: all)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the k samples")
     greedy: bool = True
+    collapse_tolerance: float = Field(
+        0.05, ge=0, le=1, description="a run has collapsed once mean@k stays below its step-0 value minus this "
+        "for the rest of the run (results tables and figures; not part of the run's identity)")
 
 
 class GradingConfig(_Strict):

@@ -126,8 +126,19 @@ def auroc_within(rewards: np.ndarray, correct: np.ndarray) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
+    """1 - Var(target - predicted) / Var(target) over all entries (1: perfect, 0: no better than
+    the mean, negative: worse); NaN when the target does not vary."""
+    predicted, target = np.ravel(predicted).astype(float), np.ravel(target).astype(float)
+    spread = target.var()
+    return float(1 - (target - predicted).var() / spread) if spread > 0 else math.nan
+
+
 def reward_accuracy(rewards: np.ndarray, correct: np.ndarray, threshold: float) -> float:
-    """Share of samples where ``reward > threshold`` agrees with the truth."""
+    """Share of samples where ``reward > threshold`` agrees with the truth (NaN without a
+    threshold: a reward that is no verdict, such as a confidence score)."""
+    if math.isnan(threshold):
+        return math.nan
     predicted = np.ravel(rewards) > threshold
     return float((predicted == np.ravel(correct).astype(bool)).mean())
 

@@ -26,6 +26,7 @@ class Stream(Enum):
     CRITIC_WARMUP = (8, 1, 0, 0)  # the starting critic's warm-up: the critic's own seed, once
     RLVR_STEP = (9, 1_000_003, 1, 0)  # a step of the toy's RLVR stage
     RLVR_SCORE = (10, 7_919, 1, 0)  # the RLVR stage's held-out scoring
+    RANDOM_REWARD = (11, 1_000_003, 7919, 4 * 104_729)  # the random_reward control's rewards
 
 
 def step_seed(seed: int, step: int, stream: Stream) -> int:

@@ -35,6 +35,8 @@ def critic_quality(final_values: np.ndarray, correct: np.ndarray) -> dict[str, f
         "brier": M.brier(prob, correct),
         "auroc": M.auroc(prob, correct),
         "auroc_within": M.auroc_within(prob, correct),
+        # of the +1/-1 outcomes by the values (TEMPO's code logs it as vf_explained_var)
+        "explained_variance": M.explained_variance(final_values, np.asarray(correct, dtype=float) * 2 - 1),
         "mean_value": float(np.mean(final_values)),
         "accuracy": float(np.mean(correct)),
     }

@@ -143,7 +143,8 @@ def plan_jobs(client, experiment_id: str, configs: dict, identity_of, run_root: 
             finished = [r for r in same if r.info.status == "FINISHED"]
             if finished:
                 evals, steps = run_history(client, finished[0].info.run_id)
-                job.reuse = Outcome(method, seed, finished[0].info.run_id, summarise_history(evals, steps))
+                job.reuse = Outcome(method, seed, finished[0].info.run_id, summarise_history(evals, steps,
+                                                                                       config.eval.collapse_tolerance))
             else:
                 folder = run_root / f"{run_name_of(method, seed)}-{same[0].info.run_id[:8]}"
                 if latest_checkpoint(folder) is not None:
@@ -238,7 +239,7 @@ def _run_one(job: Job, uri: str, experiment: str, out_dir: str, progress: bool, 
                 result = run_ttt(config, logger, out_dir=run_dir, progress=progress,
                                  on_step=ParentWatch() if worker else None, resume=job.resume_run_id is not None,
                                  caches=caches)
-        outcome.values = summarise(result)
+        outcome.values = summarise(result, collapse_tolerance=config.eval.collapse_tolerance)
     except KeyboardInterrupt:
         if not worker:
             raise

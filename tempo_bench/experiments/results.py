@@ -14,9 +14,13 @@ from tempo_bench.core.stats import mean_ci
 from tempo_bench.methods.catalog import uses_test_labels
 
 # (column, metric key, where): "initial" / "final" = first / last eval, "start" / "end" = first /
-# last training steps
+# last training steps; "best" / "best_step" = the best evaluation after step 0 and its step;
+# "collapse" = the collapse step (collapse_step), shown as how many seeds collapsed and when
 TABLE = [
-    ("mean@k", "eval/mean_at_k", "final"),
+    ("mean@k last", "eval/mean_at_k", "final"),
+    ("mean@k best", "eval/mean_at_k", "best"),
+    ("best step", "eval/mean_at_k", "best_step"),
+    ("collapsed", "eval/mean_at_k", "collapse"),
     ("maj@k", "eval/maj_at_k", "final"),
     ("pass@k", "eval/pass_at_k", "final"),
     ("greedy", "eval/greedy_acc", "final"),
@@ -40,13 +44,45 @@ class Outcome:
     error: str | None = None
 
 
-def summarise(result, window: int = 5) -> dict[str, float]:
-    """The table's numbers from one run: the last evaluation, and reward quality averaged over the
-    first and the last ``window`` training steps (one step's figure is noisy)."""
-    out: dict[str, float] = {}
+def collapse_step(trajectory: dict[int, float], tolerance: float) -> int | None:
+    """The first evaluation from which the metric stays below its step-0 value minus
+    ``tolerance`` to the end of the run (None: it never does, or the run has no step 0)."""
+    if 0 not in trajectory:
+        return None
+    line, since = trajectory[0] - tolerance, None
+    for step in sorted(s for s in trajectory if s > 0):
+        below = trajectory[step] < line
+        since = (since if since is not None else step) if below else None
+    return since
+
+
+def best_step(trajectory: dict[int, float]) -> tuple[int | None, float]:
+    """(step, value) of the best evaluation after step 0 (the first of ties); (None, NaN) if none."""
+    trained = {s: v for s, v in trajectory.items() if s > 0 and np.isfinite(v)}
+    if not trained:
+        return None, math.nan
+    step = max(sorted(trained), key=lambda s: trained[s])
+    return step, trained[step]
+
+
+def _trajectory_summary(evals, key: str, tolerance: float) -> dict[str, float]:
+    trajectory = {s: v[key] for s, v in evals.items() if key in v}
+    step, value = best_step(trajectory)
+    collapsed = collapse_step(trajectory, tolerance)
+    return {f"{key}@best": value, f"{key}@best_step": math.nan if step is None else float(step),
+            f"{key}@collapse": math.nan if collapsed is None else float(collapsed)}
+
+
+def summarise(result, window: int = 5, collapse_tolerance: float = 0.05) -> dict[str, float]:
+    """The table's numbers from one run: the last and the best evaluation, the collapse step, and
+    reward quality averaged over the first and the last ``window`` training steps (one step's
+    figure is noisy)."""
+    out: dict[str, float] = _trajectory_summary(result.evals, "eval/mean_at_k", collapse_tolerance)
     evals = {"initial": result.evals[min(result.evals)], "final": result.evals[max(result.evals)]}
     steps = sorted(result.steps)
     for _, key, where in TABLE:
+        if where in ("best", "best_step", "collapse"):
+            continue
         if where in evals:
             out[f"{key}@{where}"] = evals[where].get(key, math.nan)
         else:
@@ -65,12 +101,33 @@ def results_cells(outcomes: list[Outcome]) -> list[dict]:
         done = [o for o in outcomes if o.method == method and o.error is None]
         row = {"method": method + (" (test labels)" if uses_test_labels(method) else ""), "seeds": len(done)}
         for column, key, where in TABLE:
-            row[column] = mean_ci([o.values.get(f"{key}@{where}", math.nan) for o in done])
+            values = [o.values.get(f"{key}@{where}", math.nan) for o in done]
+            row[column] = (_collapse_cell(values) if where == "collapse" else _step_cell(values) if where == "best_step"
+                           else mean_ci(values))
         rows.append(row)
     return rows
 
 
-def _cell(value: tuple[float, float, float], latex: bool) -> str:
+def _step_cell(steps: list[float]) -> str:
+    """"12" for one seed, "12.5 (10-15)" for several: mean and range of a step over seeds."""
+    steps = [s for s in steps if np.isfinite(s)]
+    if not steps:
+        return "-"
+    mean = f"{np.mean(steps):.3g}"
+    return mean if len(steps) == 1 else f"{mean} ({min(steps):.0f}-{max(steps):.0f})"
+
+
+def _collapse_cell(steps: list[float]) -> str:
+    """"2/5 (mean step 15)": how many seeds collapsed, and when on average."""
+    collapsed = [s for s in steps if np.isfinite(s)]
+    if not steps:
+        return "-"
+    return f"{len(collapsed)}/{len(steps)}" + (f" (mean step {np.mean(collapsed):.0f})" if collapsed else "")
+
+
+def _cell(value: tuple[float, float, float] | str, latex: bool) -> str:
+    if isinstance(value, str):
+        return value
     mean, lo, hi = value
     if math.isnan(mean):
         return "--" if latex else "-"
@@ -124,7 +181,7 @@ def split_history(rows) -> tuple[dict[int, dict[str, float]], dict[int, dict[str
     return evals, steps
 
 
-def summarise_history(evals, steps) -> dict[str, float]:
-    return summarise(SimpleNamespace(evals=evals, steps=steps))
+def summarise_history(evals, steps, collapse_tolerance: float = 0.05) -> dict[str, float]:
+    return summarise(SimpleNamespace(evals=evals, steps=steps), collapse_tolerance=collapse_tolerance)
 
 

@@ -46,9 +46,12 @@ class RolloutBatch:
     answers: list[list[str | None]]
     clusters: list[list[int | None]]
     labeled_correct: list[list[bool] | None]
-    # critic_score phase
+    step: int = 0
+    # critic_score phase (critic methods)
     state_values: torch.Tensor | None = None
     final_values: torch.Tensor | None = None
+    # confidence phase (methods whose reward is the policy's confidence): name -> [G, N]
+    confidence: dict[str, torch.Tensor] | None = None
     # reward phase
     rewards: torch.Tensor | None = None
     reward_threshold: float = 0.5
@@ -58,14 +61,14 @@ class RolloutBatch:
     advantages: torch.Tensor | None = None
 
     @classmethod
-    def graded(cls, questions: list[Question], generation: Generation, grader: Grader) -> "RolloutBatch":
+    def graded(cls, questions: list[Question], generation: Generation, grader: Grader, step: int = 0) -> "RolloutBatch":
         """The grade phase: answers and clusters of every group, and the visible truth of the
         labeled ones."""
         answers, clusters = grader.grade_generation(generation)
         labeled = [i for i, q in enumerate(questions) if isinstance(q, LabeledQuestion)]
         checked = dict(zip(labeled, grader.correctness([questions[i].answer for i in labeled],
                                                        [answers[i] for i in labeled]).tolist()))
-        return cls(questions, generation, answers, clusters, [checked.get(i) for i in range(len(questions))])
+        return cls(questions, generation, answers, clusters, [checked.get(i) for i in range(len(questions))], step)
 
     @property
     def n(self) -> int:
@@ -106,9 +109,10 @@ class Method(ABC):
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
-    def __init__(self, options: BaseModel, n_train: int):
+    def __init__(self, options: BaseModel, n_train: int, seed: int = 0):
         self.options = options
         self.n_train = n_train
+        self.seed = seed  # the run's: a method's own draws come from step_seed(seed, step, stream)
 
     # -- what to sample ---------------------------------------------------------------------
     def samples_per_prompt(self) -> int:
@@ -123,6 +127,11 @@ class Method(ABC):
     def labeled_per_step(self) -> int:
         """Labeled questions mixed into each step's M-step batch."""
         return 0
+
+    def confidence_temperature(self, sampling_temperature: float) -> float | None:
+        """The temperature at which the loop's confidence phase scores the policy's own samples
+        (batch.confidence); None: this method's reward does not need them."""
+        return None
 
     # -- reward and advantage ---------------------------------------------------------------
     @abstractmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 from tempo_bench.baselines import (
     critic_baselines,
     empo,
+    label_free,
     labeled_rlvr,
     oracle,
     standard_ttt,
@@ -16,8 +17,8 @@ from tempo_bench.methods import tempo
 from tempo_bench.methods.base import Method
 from tempo_bench.methods.registry import METHODS
 
-# display order: the label-free TTT baseline, the critic methods, TEMPO, then the controls
-_ORDER = [m.__name__ for m in (standard_ttt, critic_baselines, tempo, labeled_rlvr, empo, oracle)]
+# display order: TTRL, the critic methods, TEMPO, then the controls and the other label-free rewards
+_ORDER = [m.__name__ for m in (standard_ttt, critic_baselines, tempo, labeled_rlvr, empo, label_free, oracle)]
 
 
 def method_names() -> list[str]:

@@ -33,8 +33,8 @@ class TempoOptions(CriticOptions):
 class Tempo(CriticMethod):
     Options = TempoOptions
 
-    def __init__(self, options, n_train):
-        super().__init__(options, n_train)
+    def __init__(self, options, n_train, seed: int = 0):
+        super().__init__(options, n_train, seed)
         self.reference: dict[str, float] | None = None  # probe metrics since the last E-step
 
     def state_dict(self) -> dict:

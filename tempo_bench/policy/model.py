@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from tempo_bench.core.assets import RLVR_DIR, SHIPPED_DIR, VERIFIER_DIR
+from tempo_bench.core import assets
 from tempo_bench.core.errors import UserError
 
 TOY_MODEL = "toy"
@@ -25,7 +25,8 @@ def resolve_model_path(path: str, part: str = "actor") -> str:
     if path not in (TOY_MODEL, TOY_RLVR, TOY_VERIFIER):
         return path
 
-    folder = {TOY_MODEL: SHIPPED_DIR, TOY_RLVR: RLVR_DIR / part, TOY_VERIFIER: VERIFIER_DIR}[path]
+    # read at call time: a test may point an asset folder elsewhere
+    folder = {TOY_MODEL: assets.SHIPPED_DIR, TOY_RLVR: assets.RLVR_DIR / part, TOY_VERIFIER: assets.VERIFIER_DIR}[path]
     stage = {TOY_MODEL: "pretrain", TOY_RLVR: "rlvr", TOY_VERIFIER: "verifier-pretrain"}[path]
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(

@@ -1,7 +1,7 @@
 """One TTT run (DESIGN section 3). :func:`build_run` does the setup once; :meth:`Run.step` is the
 loop body, read top to bottom, every phase named and timed:
 
-    rollout -> grade -> critic_score -> reward -> advantage -> policy -> sync -> critic -> critic_probe
+    rollout -> grade -> critic_score | confidence -> reward -> advantage -> policy -> sync -> critic -> critic_probe
 
 One :class:`~tempo_bench.methods.base.RolloutBatch` flows forward through the phases, each filling
 in its part; the method's hooks read and write it. Methods differ only in how their batch is made
@@ -39,6 +39,7 @@ from tempo_bench.policy.model import (
     save_adapter,
     trainable_parameters,
 )
+from tempo_bench.policy.scoring import confidence_scores
 from tempo_bench.policy.update import policy_update
 from tempo_bench.rollout import SamplingParams, get_backend
 from tempo_bench.rollout.base import RolloutBackend
@@ -122,12 +123,16 @@ class Run:
         with timer.phase("rollout"):
             generation = self.backend.generate([q.prompt for q in questions], self.sampling)
         with timer.phase("grade"):
-            batch = RolloutBatch.graded(questions, generation, self.grader)
+            batch = RolloutBatch.graded(questions, generation, self.grader, step)
             truth = true_correctness(batch, self.task.answer_key, self.grader)  # metrics only
         if ops is not None:
             with timer.phase("critic_score"):
                 batch.state_values, final = ops.critic.score(generation_batch(generation, self.pad_id))
                 batch.final_values = final.reshape(len(questions), generation.n)
+        temperature = method.confidence_temperature(config.rollout.temperature)
+        if temperature is not None:
+            with timer.phase("confidence"):
+                batch.confidence = self.confidence(generation, temperature)
         with self.stop_on_non_finite(step, timer):
             with timer.phase("reward"):
                 reward = method.rewards(batch)
@@ -161,6 +166,14 @@ class Run:
             "train/labeled_groups": float(sum(batch.is_labeled(i) for i in range(len(questions)))),
             "train/rows": float(len(batch.rows)),
         }
+
+    def confidence(self, generation, temperature: float) -> dict[str, torch.Tensor]:
+        """The confidence phase: the policy's mean token self-certainty and entropy over each of
+        the step's samples, [G, N] each (a teacher-forced pass, counted as training compute)."""
+        sequences = generation_batch(generation, self.pad_id)
+        scores = confidence_scores(self.policy, sequences, temperature, self.config.train.micro_batch_rows)
+        self.tokens["tokens/confidence"] += sequences.num_tokens
+        return {name: values.reshape(generation.num_prompts, generation.n) for name, values in scores.items()}
 
     def questions_for(self, step: int) -> list[Question]:
         """The step's unlabeled test questions, then its labeled ones (the method's make-up)."""
@@ -337,7 +350,7 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
     if render is not None:  # the prompts as the model saw them in instruction tuning
         task = task.with_prompts(render)
     cls = method_class(config.method)
-    method = cls(config.method_options(), n_train=config.rollout.n)
+    method = cls(config.method_options(), n_train=config.rollout.n, seed=config.seed)
     pool, probe_questions = split_labeled(task, config, method)
     if cls.uses_test_labels:
         method.answer_key = task.answer_key  # the oracle only; its runs are tagged
@@ -348,7 +361,8 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
                                   weight_decay=config.train.weight_decay)
     sampling = SamplingParams(n=method.samples_per_prompt(), temperature=config.rollout.temperature,
                               top_p=config.rollout.top_p, max_new_tokens=config.rollout.max_new_tokens)
-    tokens = dict.fromkeys(RUN_TOKENS + (CRITIC_TOKENS if cls.uses_critic else ()), 0)
+    tokens = dict.fromkeys(RUN_TOKENS + (CRITIC_TOKENS if cls.uses_critic else ())
+                           + (("tokens/confidence",) if method.confidence_temperature(1.0) is not None else ()), 0)
     ops = None
     if cls.uses_critic:
         critic = starting_critic(config, backend, tokenizer.pad_token_id, pool, sampling, Path(config.out) / "critics",

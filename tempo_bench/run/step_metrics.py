@@ -40,13 +40,17 @@ def train_batch_metrics(batch: RolloutBatch, truth: np.ndarray, n_train: int) ->
     unlabeled group), voting and diversity statistics on all samples of the unlabeled groups.
     Empty for a method that trains on labeled questions only."""
     groups = batch.unlabeled_groups
+    # the true reward (1 correct, 0 not) of the samples trained on, beside the proxy reward/mean
+    gt_mean = float(truth.reshape(-1)[batch.rows].mean()) if batch.rows else float("nan")
     if not groups:
-        return {"reward/mean": float(batch.rewards.mean()), "ttt/majority_ratio": float("nan")}
+        return {"reward/mean": float(batch.rewards.mean()), "reward/gt_mean": gt_mean,
+                "ttt/majority_ratio": float("nan")}
     rewards = batch.rewards.numpy()[groups]
     trained_r, trained_y = rewards[:, :n_train], truth[groups, :n_train]
     clusters = [batch.clusters[i] for i in groups]
     return {
         "reward/mean": float(trained_r.mean()),
+        "reward/gt_mean": gt_mean,
         "reward/pointbiserial": M.pointbiserial(trained_r, trained_y),
         "reward/auroc": M.auroc(trained_r, trained_y),
         "reward/auroc_within": M.auroc_within(trained_r, trained_y),
