@@ -24,7 +24,7 @@ from tempo_bench.core.tracking import tracking_client
 COLUMNS = ["run_id", "run_name", "method", "task", "seed", "trial", "step", "tokens", "metric", "value"]
 # the compute axis: every token a method spent (rollouts, policy training, critic training and
 # the E-steps' own rollouts), cumulative
-TOKEN_KEYS = ["tokens/rollout", "tokens/policy", "tokens/critic", "tokens/estep_rollout"]
+TOKEN_KEYS = ["tokens/rollout", "tokens/policy", "tokens/critic", "tokens/estep_rollout", "tokens/confidence"]
 FINISHED = {"FINISHED", "FAILED", "KILLED"}  # ended: their cached rows stay valid
 PARTIAL = " (partial)"  # the method label of a run that did not finish, with include_partial
 

@@ -83,3 +83,25 @@ def test_resume_without_checkpoint_or_with_changed_config_is_a_clear_error(tmp_p
     changed = short + ["--set", "train.lr=0.5"]
     assert main(["run", *changed, "--out", str(tmp_path), "--resume"]) == 2
     assert "the config differs in train.lr" in capsys.readouterr().err
+
+
+def test_a_checkpoint_made_before_a_config_field_existed_still_resumes(tmp_path):
+    """A field added since (eval.collapse_tolerance) holds its default: no difference. The
+    analysis-only field may change on resume; a training setting may not."""
+    import json
+
+    import pytest
+
+    from tempo_bench.config import load_config
+    from tempo_bench.core.errors import ConfigError
+    from tempo_bench.run.checkpoint import check_resumable
+
+    saved = load_config("toy-smoke").model_dump()
+    del saved["eval"]["collapse_tolerance"]
+    path = tmp_path / "step_000001"
+    path.mkdir()
+    (path / "state.json").write_text(json.dumps({"config": saved, "step": 1}))
+    assert check_resumable(path, load_config("toy-smoke"))["step"] == 1
+    assert check_resumable(path, load_config("toy-smoke", ["eval.collapse_tolerance=0.2"]))["step"] == 1
+    with pytest.raises(ConfigError, match="train.lr"):
+        check_resumable(path, load_config("toy-smoke", ["train.lr=1e-3"]))

@@ -147,8 +147,9 @@ def _reliability(before: torch.Tensor, after: torch.Tensor, correct: np.ndarray)
     }
 
 
-def starting_critic_key(config) -> str:
-    """What the starting critic depends on: model, critic settings, data and sampling."""
+def starting_critic_key(config, pool: list[LabeledQuestion] = ()) -> str:
+    """What the starting critic depends on: model, critic settings, data (the labeled questions
+    it warms up on, not only the config naming them) and sampling."""
     import hashlib
     from pathlib import Path
 
@@ -159,6 +160,7 @@ def starting_critic_key(config) -> str:
         "backbone": json.loads(backbone.read_text()).get("weights_hash") if backbone.is_file() else None,
         "model": config.model.model_dump(), "critic": config.critic.model_dump(),
         "task": config.task.model_dump(),
+        "warmup_questions": [[q.id, q.prompt, q.answer] for q in pool[: config.critic.warmup_questions]],
         "sampling": [config.rollout.temperature, config.rollout.top_p, config.rollout.max_new_tokens],
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
@@ -175,7 +177,7 @@ def starting_critic(config, backend: RolloutBackend, pad_id: int, pool: list[Lab
     from pathlib import Path
 
     cfg = config.critic
-    key = starting_critic_key(config)
+    key = starting_critic_key(config, pool)
     path = Path(cache_dir) / key
     cache = {} if cache is None else cache
     if key not in cache:

@@ -94,7 +94,9 @@ def accumulated_step(optimizer, params: list[torch.nn.Parameter], parts: Iterabl
                      total: float, grad_clip: float, what: str) -> tuple[dict[str, float], float]:
     """One optimiser step whose gradient equals the whole minibatch's: ``loss_of(part)`` returns
     (loss, units, stats) for one micro-batch, its loss a mean over its own ``units`` (tokens, rows
-    or states); each is weighted by units / ``total`` before its backward pass. Returns the
+    or states); each is weighted by units / ``total`` before its backward pass. A statistic given
+    as a callable is evaluated after the backward pass (its temporaries then do not share memory
+    with the autograd graph). Returns the
     share-weighted statistics (the loss among them) and the gradient norm before clipping."""
     optimizer.zero_grad(set_to_none=True)
     stats: dict[str, float] = {}
@@ -105,6 +107,7 @@ def accumulated_step(optimizer, params: list[torch.nn.Parameter], parts: Iterabl
         share = units / total
         (loss * share).backward()
         for key, value in {"loss": loss, **part_stats}.items():
+            value = value() if callable(value) else value
             stats[key] = stats.get(key, 0.0) + share * float(value.detach() if torch.is_tensor(value) else value)
         del loss
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))

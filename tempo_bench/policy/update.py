@@ -65,8 +65,10 @@ def policy_update(
         mb_adv = advantages[micro] if advantages.dim() == 1 else advantages[micro, :width]
         mask = mb.mask.to(device)
         loss, loss_stats = loss_fn(logp, mb_old, mb_adv.to(device), mask, train_cfg.clip_low, train_cfg.clip_high)
-        with torch.no_grad():
-            entropy = masked_mean(token_entropy(logits.detach()), mask)
+        def entropy():  # after the backward pass, when the graph's memory is free
+            with torch.no_grad():
+                return masked_mean(token_entropy(logits.detach()), mask)
+
         units = float(mb.mask.sum()) if by_tokens else float(len(micro))
         return loss, units, {"entropy": entropy, **loss_stats}
 

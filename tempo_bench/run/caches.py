@@ -32,4 +32,4 @@ def task_fingerprint(task) -> str:
 
 def initial_eval_key(config, task) -> str:
     return json.dumps([config.model.model_dump(), config.task.model_dump(), config.eval.model_dump(),
-                       config.seed, config.rollout.max_new_tokens, task_fingerprint(task)])
+                       config.seed, config.rollout.backend, config.rollout.max_new_tokens, task_fingerprint(task)])

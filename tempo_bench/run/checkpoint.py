@@ -72,13 +72,20 @@ def find_resumable(out: Path, experiment: str, run_name: str) -> Path | None:
 
 
 # config fields a resumed run may change (extend a run, evaluate or checkpoint more or less often)
-RESUMABLE_CHANGES = {"train.steps", "eval.every", "train.checkpoint_every", "train.budget_tokens", "threads"}
+RESUMABLE_CHANGES = {"train.steps", "eval.every", "train.checkpoint_every", "train.budget_tokens", "threads",
+                     "eval.collapse_tolerance"}
 
 
 def check_resumable(path: Path, config) -> dict:
     """The checkpoint's state, after checking that ``config`` matches the one it was made with."""
     state = load_state(path)
     saved, current = flatten(state["config"]), flatten(config.model_dump())
+    # a field added to the config after the checkpoint was made is unchanged if it holds its default
+    try:
+        defaults = flatten(type(config).model_validate(state["config"]).model_dump())
+    except ValueError:  # a field since removed: reported as a difference below
+        defaults = {}
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     changed = sorted(k for k in set(saved) | set(current)
                      if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
     if changed:

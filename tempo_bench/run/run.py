@@ -129,21 +129,22 @@ class Run:
             with timer.phase("critic_score"):
                 batch.state_values, final = ops.critic.score(generation_batch(generation, self.pad_id))
                 batch.final_values = final.reshape(len(questions), generation.n)
-        temperature = method.confidence_temperature(config.rollout.temperature)
+        temperature, confidence_tokens = method.confidence_temperature(config.rollout.temperature), 0
         if temperature is not None:
             with timer.phase("confidence"):
-                batch.confidence = self.confidence(generation, temperature)
+                batch.confidence, confidence_tokens = self.confidence(generation, temperature)
         with self.stop_on_non_finite(step, timer):
             with timer.phase("reward"):
                 reward = method.rewards(batch)
                 batch.rewards, batch.reward_threshold = _finite(reward.rewards, "reward"), reward.threshold
             with timer.phase("advantage"):
                 batch.rows = method.train_rows(batch)
-                batch.train = generation_batch(generation, self.pad_id, batch.rows)
-                batch.advantages = _finite(method.advantages(batch), "advantage")
+                if batch.rows:  # (a method may train on no row in a step: then no update)
+                    batch.train = generation_batch(generation, self.pad_id, batch.rows)
+                    batch.advantages = _finite(method.advantages(batch), "advantage")
             with timer.phase("policy"):
-                policy_stats = policy_update(self.policy, self.optimizer, batch.train, batch.advantages,
-                                             config.train, config.rollout.temperature)
+                policy_stats = {} if not batch.rows else policy_update(
+                    self.policy, self.optimizer, batch.train, batch.advantages, config.train, config.rollout.temperature)
         with timer.phase("sync"):  # before the critic phase: E-step rollouts sample the updated policy
             self.backend.sync_weights()
         critic_stats = {}
@@ -153,8 +154,11 @@ class Run:
             if step % config.critic.probe_every == 0:
                 with timer.phase("critic_probe"):
                     critic_stats.update(critic_diagnostics(ops, batch, truth, step))
+        # counted once the step is through (a step stopped by a non-finite value counts nothing)
         self.tokens["tokens/rollout"] += generation.num_tokens
-        self.tokens["tokens/policy"] += batch.train.num_tokens
+        self.tokens["tokens/policy"] += batch.train.num_tokens if batch.train is not None else 0
+        if confidence_tokens:
+            self.tokens["tokens/confidence"] += confidence_tokens
         return {
             **train_batch_metrics(batch, truth, method.n_train),
             **{f"policy/{k}": v for k, v in policy_stats.items()},
@@ -167,13 +171,15 @@ class Run:
             "train/rows": float(len(batch.rows)),
         }
 
-    def confidence(self, generation, temperature: float) -> dict[str, torch.Tensor]:
+    def confidence(self, generation, temperature: float) -> tuple[dict[str, torch.Tensor], int]:
         """The confidence phase: the policy's mean token self-certainty and entropy over each of
-        the step's samples, [G, N] each (a teacher-forced pass, counted as training compute)."""
-        sequences = generation_batch(generation, self.pad_id)
-        scores = confidence_scores(self.policy, sequences, temperature, self.config.train.micro_batch_rows)
-        self.tokens["tokens/confidence"] += sequences.num_tokens
-        return {name: values.reshape(generation.num_prompts, generation.n) for name, values in scores.items()}
+        the step's samples, [G, N] each, and the tokens of this teacher-forced pass (training
+        compute). Without micro_batch_rows, rows go in chunks the size of a policy minibatch."""
+        sequences, train = generation_batch(generation, self.pad_id), self.config.train
+        rows = train.micro_batch_rows or -(-sequences.input_ids.shape[0] // train.minibatches)
+        scores = confidence_scores(self.policy, sequences, temperature, rows)
+        shaped = {name: values.reshape(generation.num_prompts, generation.n) for name, values in scores.items()}
+        return shaped, sequences.num_tokens
 
     def questions_for(self, step: int) -> list[Question]:
         """The step's unlabeled test questions, then its labeled ones (the method's make-up)."""
@@ -280,8 +286,10 @@ class Run:
             self.logger.log_artifacts(self.critic_ops.critic.save(self.out_dir / "critic"), "critic")
 
     def close(self) -> None:
-        self.backend.close()
-        self.grader.close()
+        try:
+            self.backend.close()
+        finally:
+            self.grader.close()
 
     # -- the driver ---------------------------------------------------------------------------
     def train(self, progress: bool = True, on_step=None, resume: bool = False) -> RunResult:
@@ -355,20 +363,28 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
     if cls.uses_test_labels:
         method.answer_key = task.answer_key  # the oracle only; its runs are tagged
     grader = make_grader(task.grader, config.grading.workers, config.grading.timeout_s)
-    policy = load_policy(config.model, config.lora, caches.base_models)
-    backend = get_backend(config.rollout.backend).create(config, policy, tokenizer, out_dir)
-    optimizer = torch.optim.AdamW(trainable_parameters(policy), lr=config.train.lr,
-                                  weight_decay=config.train.weight_decay)
-    sampling = SamplingParams(n=method.samples_per_prompt(), temperature=config.rollout.temperature,
-                              top_p=config.rollout.top_p, max_new_tokens=config.rollout.max_new_tokens)
-    tokens = dict.fromkeys(RUN_TOKENS + (CRITIC_TOKENS if cls.uses_critic else ())
-                           + (("tokens/confidence",) if method.confidence_temperature(1.0) is not None else ()), 0)
-    ops = None
-    if cls.uses_critic:
-        critic = starting_critic(config, backend, tokenizer.pad_token_id, pool, sampling, Path(config.out) / "critics",
-                                 grader, caches.starting_critics)
-        ops = CriticOps(critic, backend, tokenizer.pad_token_id, pool, probe_questions, config.critic, sampling,
-                        config.seed, log_text=logger.log_text, grader=grader, tokens=tokens)
+    backend = None
+    try:  # a failure past this point closes the grading workers and the engine it opened
+        policy = load_policy(config.model, config.lora, caches.base_models)
+        backend = get_backend(config.rollout.backend).create(config, policy, tokenizer, out_dir)
+        optimizer = torch.optim.AdamW(trainable_parameters(policy), lr=config.train.lr,
+                                      weight_decay=config.train.weight_decay)
+        sampling = SamplingParams(n=method.samples_per_prompt(), temperature=config.rollout.temperature,
+                                  top_p=config.rollout.top_p, max_new_tokens=config.rollout.max_new_tokens)
+        scores_confidence = method.confidence_temperature(config.rollout.temperature) is not None
+        tokens = dict.fromkeys(RUN_TOKENS + (CRITIC_TOKENS if cls.uses_critic else ())
+                               + (("tokens/confidence",) if scores_confidence else ()), 0)
+        ops = None
+        if cls.uses_critic:
+            critic = starting_critic(config, backend, tokenizer.pad_token_id, pool, sampling,
+                                     Path(config.out) / "critics", grader, caches.starting_critics)
+            ops = CriticOps(critic, backend, tokenizer.pad_token_id, pool, probe_questions, config.critic, sampling,
+                            config.seed, log_text=logger.log_text, grader=grader, tokens=tokens)
+    except BaseException:
+        if backend is not None:
+            backend.close()
+        grader.close()
+        raise
     eval_questions = task.test[: config.eval.size] if config.eval.size else task.test
     return Run(config, logger, task, out_dir, caches, method, pool, eval_questions, grader, policy, tokenizer,
                backend, optimizer, sampling, ops, tokens, RunResult(logger.run_id, out_dir))

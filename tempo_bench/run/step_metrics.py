@@ -40,8 +40,11 @@ def train_batch_metrics(batch: RolloutBatch, truth: np.ndarray, n_train: int) ->
     unlabeled group), voting and diversity statistics on all samples of the unlabeled groups.
     Empty for a method that trains on labeled questions only."""
     groups = batch.unlabeled_groups
-    # the true reward (1 correct, 0 not) of the samples trained on, beside the proxy reward/mean
-    gt_mean = float(truth.reshape(-1)[batch.rows].mean()) if batch.rows else float("nan")
+    # the true reward (1 correct, 0 not) of the samples trained on, beside the proxy reward/mean:
+    # over the same population as reward/mean (the trained unlabeled rows, when there are any)
+    unlabeled_rows = [r for r in batch.rows if not batch.is_labeled(r // batch.n)]
+    rows = unlabeled_rows or batch.rows
+    gt_mean = float(truth.reshape(-1)[rows].mean()) if rows else float("nan")
     if not groups:
         return {"reward/mean": float(batch.rewards.mean()), "reward/gt_mean": gt_mean,
                 "ttt/majority_ratio": float("nan")}
