@@ -16,7 +16,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,6 +52,7 @@ from tempo_bench.run.checkpoint import (
 )
 from tempo_bench.run.evaluation import evaluate
 from tempo_bench.run.provenance import git_commit, run_name_of
+from tempo_bench.run.records import PhaseTimer, RunResult
 from tempo_bench.run.step_metrics import (
     critic_diagnostics,
     train_batch_metrics,
@@ -61,33 +62,6 @@ from tempo_bench.tasks import LabeledQuestion, Question, TaskData, load_task_dat
 
 RUN_TOKENS = ("tokens/rollout", "tokens/policy", "tokens/eval")
 CRITIC_TOKENS = ("tokens/critic", "tokens/estep_rollout")
-
-
-class PhaseTimer:
-    """Wall seconds per named phase, accumulated over a step; ``current`` names the phase running."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self.current: str | None = None
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start, self.current = time.perf_counter(), name
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-    def metrics(self) -> dict[str, float]:
-        return {f"time/{name}": s for name, s in self.seconds.items()}
-
-
-@dataclass
-class RunResult:
-    run_id: str | None
-    out_dir: Path
-    evals: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> eval metrics
-    steps: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> train metrics
 
 
 @dataclass
