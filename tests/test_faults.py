@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 SEED = int(os.environ.get("FAULT_SEED", "0"))
+STOP_WITHIN_S = 30
 SMOKE = ["--preset", "toy-smoke", "--quiet", "--set", "eval.size=4", "--set", "train.checkpoint_every=1"]
 
 
@@ -62,9 +63,13 @@ def interrupt_when(proc: subprocess.Popen, ready, sig: int, timeout: float = 400
             os.killpg(proc.pid, sig)
             break
         time.sleep(0.1)
+    signalled = time.time()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode in (130, -signal.SIGKILL), (
         f"the command was not interrupted mid-way (exit {proc.returncode}):\n{out[-2000:]}\n{err[-3000:]}")
+    # a worker that lingers after its run is marked KILLED holds its parent until stop_processes'
+    # 60 s timeout; ending the run's cleanup takes a few seconds
+    assert time.time() - signalled < STOP_WITHIN_S, f"the command took {time.time() - signalled:.0f} s to stop"
     return out, err
 
 

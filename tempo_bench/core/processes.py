@@ -16,6 +16,7 @@ import threading
 from contextlib import contextmanager
 
 _IN_RUN = False
+_TERMINATED = False  # SIGTERM received: this worker is asked to stop
 _INTERRUPT_SIGNAL = signal.SIGINT  # what turns into KeyboardInterrupt here: SIGTERM in a worker
 
 
@@ -35,6 +36,8 @@ def quiet_libraries() -> None:
 
 
 def _on_terminate(signum, frame):
+    global _TERMINATED
+    _TERMINATED = True
     if _IN_RUN:
         raise KeyboardInterrupt  # unwinds through the run's cleanup: MLflow run KILLED, trial marked
     os._exit(128 + signum)
@@ -79,7 +82,16 @@ def interruptible_run():
         yield
     finally:
         _IN_RUN = False
-_INTERRUPT_SIGNAL = signal.SIGINT  # what turns into KeyboardInterrupt here: SIGTERM in a worker
+
+
+def exit_if_terminated() -> None:
+    """A pool worker whose run SIGTERM interrupted exits once the run's cleanup is done: the pool
+    would otherwise hand it the next task, or leave it waiting for one while its parent waits for
+    it to end (`stop_processes`' timeout, then SIGKILL)."""
+    if _TERMINATED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signal.SIGTERM)
 
 
 def stop_processes(pids: list[int], timeout_s: float = 60.0) -> None:

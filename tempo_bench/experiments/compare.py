@@ -22,6 +22,7 @@ from tempo_bench.core.loggers import (
 )
 from tempo_bench.core.processes import (
     ParentWatch,
+    exit_if_terminated,
     init_worker,
     interruptible_run,
     stop_processes,
@@ -243,6 +244,7 @@ def _run_one(job: Job, uri: str, experiment: str, out_dir: str, progress: bool, 
     except KeyboardInterrupt:
         if not worker:
             raise
+        exit_if_terminated()  # the run is marked KILLED; the parent is stopping its workers
         outcome.error = "interrupted"
     except Exception as err:  # one failed run must not lose the others
         outcome.error = f"{type(err).__name__}: {err}"
