@@ -15,6 +15,8 @@ from tempo_bench.analysis.runs import (
     recompute_at_k,
 )
 
+from conftest import copy_store
+
 from tempo_bench.commands.cli import main
 
 matplotlib.use("Agg")
@@ -22,9 +24,10 @@ EXPERIMENT = "compare-toy-smoke"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, _empty_store):
     """2 methods x 2 seeds, 3 steps each, evaluated every step."""
     out = tmp_path_factory.mktemp("store")
+    copy_store(_empty_store, out)
     assert main(["compare", "--preset", "toy-smoke", "--methods", "standard_ttt,tempo", "--seeds", "0,1",
                  "--out", str(out), "--set", "train.steps=3", "--set", "eval.size=8", "--set", "threads=1"]) == 0
     return out, f"sqlite:///{out / 'mlflow.db'}"

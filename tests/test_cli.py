@@ -59,7 +59,8 @@ def test_help_lists_commands(capsys):
     assert "toy-smoke" in preset_names()
 
 
-def test_compare_runs_methods_into_one_experiment_and_prints_table(tmp_path, capsys):
+def test_compare_runs_methods_into_one_experiment_and_prints_table(tmp_path, capsys, created_store):
+    created_store(tmp_path)
     table = tmp_path / "table.md"
     code = main(["compare", "--preset", "toy-smoke", "--methods", "standard_ttt,tempo", "--seeds", "0",
                  "--out", str(tmp_path), "--table", str(table),
@@ -76,7 +77,7 @@ def test_compare_runs_methods_into_one_experiment_and_prints_table(tmp_path, cap
     assert "Final metrics, mean [95% bootstrap CI]" in capsys.readouterr().out
 
 
-def test_parallel_compare_equals_the_sequential_one(tmp_path):
+def test_parallel_compare_equals_the_sequential_one(tmp_path, created_store):
     """Runs in spawned worker processes log the same numbers as the same runs one after another
     (each run's randomness is its own seed's; both with one torch thread per run)."""
     from tempo_bench.experiments.compare import run_compare
@@ -84,6 +85,7 @@ def test_parallel_compare_equals_the_sequential_one(tmp_path):
     common = ["train.steps=2", "eval.size=4", "threads=1"]
     runs = {}
     for workers in (1, 2):
+        created_store(tmp_path / f"w{workers}")
         outcomes, _ = run_compare("toy-smoke", ["standard_ttt"], [0, 1], common, None,
                                   str(tmp_path / f"w{workers}"), None, workers=workers)
         assert all(o.error is None for o in outcomes)

@@ -116,7 +116,7 @@ def test_config_identity_ignores_output_settings_and_number_spelling():
     assert config_identity(load_config("toy-smoke", ["train.lr=1e-3"])) != config_identity(config)
 
 
-def test_a_sweep_whose_trials_fail_exits_nonzero_and_says_why(tmp_path, capsys):
+def test_a_sweep_whose_trials_fail_exits_nonzero_and_says_why(tmp_path, capsys, created_store):
     """Both grid points diverge (lr 1e30: a NaN policy loss at step 2): the sweep ends with 0 of 2
     trials complete, exit code 1, and names each point's error."""
     from pathlib import Path
@@ -126,6 +126,7 @@ def test_a_sweep_whose_trials_fail_exits_nonzero_and_says_why(tmp_path, capsys):
     data["space"] = {"train.lr": {"type": "categorical", "choices": [1.0e30, 2.0e30]}}
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(data))
+    created_store(tmp_path)
     assert main(["sweep", str(spec), "--out", str(tmp_path), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "the sweep is incomplete" in err and err.count("failed: FloatingPointError") == 2

@@ -101,7 +101,8 @@ def assert_each_step_once(db: Path, run_id: str, steps: int) -> None:
     assert evals == sorted(set(evals)) and evals[0] == 0 and evals[-1] == steps, evals
 
 
-def test_run_ctrl_c_prints_the_resume_command_and_it_finishes_the_same_run(tmp_path):
+def test_run_ctrl_c_prints_the_resume_command_and_it_finishes_the_same_run(tmp_path, created_store):
+    created_store(tmp_path)
     steps = 5
     stop_at = random.Random(f"{SEED}-run").randint(1, steps - 2)
     print(f"FAULT_SEED={SEED}: SIGINT after step {stop_at}")
@@ -121,11 +122,11 @@ def test_run_ctrl_c_prints_the_resume_command_and_it_finishes_the_same_run(tmp_p
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig,workers", [(signal.SIGINT, "2"), (signal.SIGKILL, "1")], ids=["sigint-2-workers", "sigkill-sequential"])
-def test_compare_interrupted_then_resumed_counts_every_run_once(tmp_path, sig, workers):
+def test_compare_interrupted_then_resumed_counts_every_run_once(tmp_path, created_store, sig, workers):
     from tempo_bench.analysis.runs import load_experiment
 
     steps = 4
-    db = tmp_path / "mlflow.db"
+    db = created_store(tmp_path)
     args = ["compare", *[a for a in SMOKE if a != "--quiet"], "--methods", "standard_ttt,tempo", "--seeds", "0",
             "--set", f"train.steps={steps}", "--set", "threads=1", "--workers", workers, "--out", str(tmp_path)]
     # sequential: stop in the second run (the first is finished and must be reused, not repeated)
@@ -162,26 +163,33 @@ def test_compare_interrupted_then_resumed_counts_every_run_once(tmp_path, sig, w
     assert "| standard_ttt | 1 |" in done.stdout and "| tempo | 1 |" in done.stdout
 
 
-def _grid_spec(tmp_path: Path) -> Path:
-    spec = {"preset": "toy-smoke", "study": "faults", "n_trials": 3, "sampler": {"name": "grid"},
-            "pruner": {"name": "none"}, "seeds": [0],
+def _sweep_spec(tmp_path: Path, sampler: str) -> Path:
+    spec = {"preset": "toy-smoke", "study": "faults", "n_trials": 3, "sampler": {"name": sampler, "seed": 0},
+            "pruner": {"name": "none"}, "seeds": [0], "stale_after_s": 1,
             "overrides": ["method=tempo", "train.steps=3", "eval.every=3", "eval.size=4"],
             "space": {"methods.tempo.recal_interval": {"type": "categorical", "choices": [1, 2, 3]}},
             "objective": {"metric": "eval/mean_at_k"}}
-    path = tmp_path / "grid.yaml"
+    if sampler == "grid":
+        del spec["sampler"]["seed"]
+    path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
-def test_grid_sweep_interrupted_then_rerun_completes_every_point_once(tmp_path, sig):
+@pytest.mark.parametrize("sig,sampler", [(signal.SIGINT, "grid"), (signal.SIGKILL, "random")],
+                         ids=["sigint-grid", "sigkill-random"])
+def test_sweep_interrupted_then_rerun_completes_every_trial_once(tmp_path, created_store, sig, sampler):
+    """Stopped in its second trial, then the same command again: every trial owed runs to
+    COMPLETE exactly once. Ctrl-C: the trial marks itself interrupted; kill -9: the rerun finds it
+    dead (no heartbeat for stale_after_s). Grid: the interrupted point runs again; other samplers:
+    the interrupted trial is retried with its parameters."""
     from tempo_bench.analysis.runs import load_experiment
 
     from tempo_bench.experiments.sweep import load_spec, make_storage, open_study
 
-    spec = _grid_spec(tmp_path)
-    db = tmp_path / "mlflow.db"
+    spec = _sweep_spec(tmp_path, sampler)
+    db = created_store(tmp_path)
     command = cli("sweep", str(spec), "--out", str(tmp_path), "--quiet")
     stop_at = random.Random(f"{SEED}-sweep-{sig}").randint(1, 2)
     print(f"FAULT_SEED={SEED}: signal {sig} in the second trial after step {stop_at}")
@@ -192,38 +200,34 @@ def test_grid_sweep_interrupted_then_rerun_completes_every_point_once(tmp_path, 
         return len(logged) >= 2 and sorted(v[-1] for v in logged.values())[0] >= stop_at
 
     _, err = interrupt_when(proc, ready, sig)
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130
+    if sig == signal.SIGINT:  # Ctrl-C: the trial interrupted, the parent run KILLED with the count
+        # in its tag, nothing claims to be running (SIGKILL gives the sweep no chance to say so)
+        assert proc.returncode == 130 and "1/3 trials finished" in err
         assert recovery_command(err) == command
+        runs = runs_of(db, "sweep-faults")
+        (parent,) = [r for r in runs if r.data.tags.get("sweep_parent") == "faults"]
+        assert parent.info.status == "KILLED" and parent.data.tags["sweep_state"].startswith("interrupted")
+        assert all(r.info.status != "RUNNING" for r in runs)
+    else:
+        time.sleep(1.5)  # older than stale_after_s
     rerun = subprocess.run(command, timeout=600, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
     assert "interrupted" in rerun.stdout
     study = open_study(load_spec(spec), "faults", make_storage(None, tmp_path / "sweeps" / "faults"))
-    complete = [t.params["methods.tempo.recal_interval"] for t in study.trials if t.state.name == "COMPLETE"]
-    assert sorted(complete) == [1, 2, 3], [(t.number, t.state.name, t.params) for t in study.trials]
+    states = [(t.number, t.state.name, t.params, t.user_attrs.get("retry_of")) for t in study.trials]
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     (failed,) = [t for t in study.trials if t.state.name == "FAIL"]
-    assert "interrupted" in failed.user_attrs
+    assert "interrupted" in failed.user_attrs and len(complete) == 3, states
+    (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == failed.number]
+    assert retry.state.name == "COMPLETE" and retry.params == failed.params, states
+    if sampler == "grid":
+        assert sorted(t.params["methods.tempo.recal_interval"] for t in complete) == [1, 2, 3], states
     runs = runs_of(db, "sweep-faults")
     (parent,) = [r for r in runs if r.data.tags.get("sweep_parent") == "faults"]
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep_state"].startswith("complete")
     assert sorted(r.info.status for r in runs if "trial_number" in r.data.tags) == ["FINISHED"] * 3 + ["KILLED"]
     df = load_experiment("sweep-faults", f"sqlite:///{db}")
-    assert df.run_id.nunique() == 3 and sorted(df.trial.unique()) == sorted(
-        t.number for t in study.trials if t.state.name == "COMPLETE")
-
-
-def test_interrupted_sweep_marks_its_parent_run_killed(tmp_path):
-    """Ctrl-C in the first trial: exit 130, the trial interrupted, the parent run KILLED with the
-    count in its tag; nothing claims to be running."""
-    spec = _grid_spec(tmp_path)
-    db = tmp_path / "mlflow.db"
-    proc = start(cli("sweep", str(spec), "--out", str(tmp_path), "--quiet"))
-    _, err = interrupt_when(proc, lambda: bool(logged_steps(db)), signal.SIGINT)
-    assert proc.returncode == 130 and "0/3 trials finished" in err
-    runs = runs_of(db, "sweep-faults")
-    (parent,) = [r for r in runs if r.data.tags.get("sweep_parent") == "faults"]
-    assert parent.info.status == "KILLED" and parent.data.tags["sweep_state"].startswith("interrupted")
-    assert all(r.info.status != "RUNNING" for r in runs)
+    assert df.run_id.nunique() == 3 and sorted(df.trial.unique()) == sorted(t.number for t in complete)
 
 
 def test_two_runs_started_at_once_on_a_new_store_both_succeed(tmp_path):

@@ -38,8 +38,9 @@ def run_dir(out):
     return folder
 
 
-def test_sigkill_at_a_random_step_then_resume_equals_uninterrupted(tmp_path):
+def test_sigkill_at_a_random_step_then_resume_equals_uninterrupted(tmp_path, created_store):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
+    created_store(whole), created_store(broken)
     assert main(["run", *ARGS, "--out", str(whole)]) == 0
     kill_after = random.Random(os.environ.get("PYTEST_SEED", "0") + str(time.time())).randint(1, STEPS - 2)
     proc = subprocess.Popen([sys.executable, "-m", "tempo_bench.commands.cli", "run", *ARGS, "--out", str(broken)],

@@ -52,7 +52,8 @@ def stop_server(proc) -> None:
         proc.wait()
 
 
-def test_server_down_mid_run_loses_nothing(tmp_path):
+def test_server_down_mid_run_loses_nothing(tmp_path, created_store):
+    created_store(tmp_path)  # the server's backend store
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = {"proc": start_server(port, tmp_path)}
