@@ -166,12 +166,12 @@ def recal_sweep(df: pd.DataFrame, runs: pd.DataFrame, metric: str = "eval/mean_a
     E-step rollout tokens) against K, one point per run, mean and 95% CI per K."""
     if param not in runs:
         raise ValueError(f"the runs have no parameter {param!r}: not a recalibration-interval sweep")
-    k_of = runs.set_index("run_id")[param].map(_interval)
+    k_of = runs.set_index("run_id")[param].map(interval_label)
     finals = _final(df, metric).assign(K=lambda d: d.run_id.map(k_of))
     costs = (_final(df, "tokens/critic").set_index("run_id").value
              .add(_final(df, "tokens/estep_rollout").set_index("run_id").value, fill_value=0))
     costs = costs.rename("value").reset_index().assign(K=lambda d: d.run_id.map(k_of))
-    order = sorted({k for k in k_of.dropna()}, key=lambda k: math.inf if k == NEVER else float(k))
+    order = interval_order(k_of)
     fig, (left, right) = _figure(2)
     for ax, data, label in ((left, finals, f"final {metric.split('/')[-1].replace('_at_', '@')}"),
                             (right, costs, "critic tokens (training + E-step rollouts)")):
@@ -186,10 +186,18 @@ def recal_sweep(df: pd.DataFrame, runs: pd.DataFrame, metric: str = "eval/mean_a
     return _finish(fig, [left, right], "TEMPO's recalibration interval (points: runs; bars: mean, 95% CI)")
 
 
-def _interval(value) -> str | None:
+def interval_label(value) -> str | None:
+    """A logged recal_interval parameter as a label: "5", or "never" for None (no E-step after
+    the start); None where the run has no such parameter."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return NEVER if str(value) in ("None", "null", "") else str(int(float(value)))
+
+
+def interval_order(labels) -> list[str]:
+    """The distinct interval labels, shortest interval first, "never" last."""
+    return sorted({k for k in labels if k is not None and k == k},
+                  key=lambda k: math.inf if k == NEVER else float(k))
 
 
 def _final(df: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -16,11 +16,12 @@ from tempo_bench.analysis.runs import (
     load_run_table,
 )
 
-from tempo_bench.core.stats import probability_of_improvement_ci
+from tempo_bench.core.stats import mean_ci, probability_of_improvement_ci
 from tempo_bench.experiments.results import Outcome, results_table, summarise
 from tempo_bench.methods.catalog import method_names
 
 MAIN_METRIC = "eval/mean_at_k"
+INTERVAL = "params.methods.tempo.recal_interval"
 
 
 def outcomes_of(df: pd.DataFrame, collapse_tolerance: float = 0.05):
@@ -110,13 +111,80 @@ def write_report(experiment: str, tracking_uri: str | None, out: Path, refresh: 
         path.write_text(text + "\n")
         written.append(path)
     print("  wrote results.md / results.tex")
+    if _is_interval_sweep(runs):
+        path = out / "results_by_interval.md"
+        path.write_text(f"Experiment `{experiment}`: TEMPO per recalibration interval K, mean over runs "
+                        f"[95% CI].\n\n{interval_table(df, runs)}\n")
+        written.append(path)
+        print("  wrote results_by_interval.md")
     return written
 
 
 def _is_interval_sweep(runs: pd.DataFrame) -> bool:
-    param = "params.methods.tempo.recal_interval"
     tempo = runs[runs.method == "tempo"]
-    return param in tempo and tempo[param].nunique() >= 2
+    return INTERVAL in tempo and tempo[INTERVAL].nunique() >= 2
+
+
+def _last_steps_mean(df: pd.DataFrame, metric: str, window: int) -> pd.Series:
+    """run_id -> the mean of ``metric`` over the run's last ``window`` training steps."""
+    sub = df[(df.metric == metric) & (df.step >= 1)].sort_values("step")
+    return sub.groupby("run_id").tail(window).groupby("run_id").value.mean()
+
+
+def _final_value(df: pd.DataFrame, metric: str) -> pd.Series:
+    """run_id -> the value of ``metric`` at the run's last logged step."""
+    sub = df[df.metric == metric]
+    return sub[sub.step == sub.groupby("run_id").step.transform("max")].set_index("run_id").value
+
+
+INTERVAL_COLUMNS = ("final mean@k", "critic P(correct) - truth", "reward AUROC-w", "critic gap ECE",
+                    "E-steps", "critic tokens")
+
+
+def interval_values(df: pd.DataFrame, window: int = 5) -> pd.DataFrame:
+    """Per run (index run_id), what the interval sweep trades: final accuracy; over the last
+    ``window`` training steps, the critic's belief against the truth on the trained rows (its
+    P(correct) = (V + 1) / 2 from the mean reward, minus their true accuracy: positive means
+    over-confident), its within-question ranking (AUROC) and its transfer gap (test minus probe
+    ECE); and its cost: E-steps run and critic tokens (training and E-step rollouts)."""
+    columns = [
+        _final_value(df, MAIN_METRIC),
+        (_last_steps_mean(df, "reward/mean", window) + 1) / 2 - _last_steps_mean(df, "reward/gt_mean", window),
+        _last_steps_mean(df, "reward/auroc_within", window),
+        _last_steps_mean(df, "critic/gap/ece", window),
+        _final_value(df, "critic/estep_count"),
+        _final_value(df, "tokens/critic").add(_final_value(df, "tokens/estep_rollout"), fill_value=0),
+    ]
+    return pd.concat(columns, axis=1, keys=INTERVAL_COLUMNS)
+
+
+def interval_table(df: pd.DataFrame, runs: pd.DataFrame, window: int = 5) -> str:
+    """The recalibration-interval sweep as a markdown table: one row per K (shortest first,
+    "never" last), each cell the mean over that K's runs [95% CI] of interval_values."""
+    tempo = runs[runs.method == "tempo"]
+    k_of = tempo.set_index("run_id")[INTERVAL].map(F.interval_label).dropna()
+    values = interval_values(df, window).reindex(k_of.index)
+    lines = [f"| K | runs | {' | '.join(INTERVAL_COLUMNS)} |", "|" + "---|" * (len(INTERVAL_COLUMNS) + 2)]
+    for k in F.interval_order(k_of):
+        chosen = values[(k_of == k).to_numpy()]
+        cells = [_interval_cell(mean_ci(chosen[c].to_numpy(dtype=float)), INTERVAL_FORMATS.get(c, ".3f"))
+                 for c in INTERVAL_COLUMNS]
+        lines.append(f"| {k} | {len(chosen)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+INTERVAL_FORMATS = {"critic P(correct) - truth": "+.3f", "critic gap ECE": "+.3f", "E-steps": ",.0f",
+                    "critic tokens": ",.0f"}
+
+
+def _interval_cell(stats: tuple[float, float, float], fmt: str) -> str:
+    """"0.835 [0.832, 0.840]"; counts without an interval; "-" where no run logged the metric."""
+    mean, low, high = stats
+    if mean != mean:
+        return "-"
+    if fmt.endswith(".0f") or low != low:
+        return format(mean, fmt)
+    return f"{format(mean, fmt)} [{format(low, fmt)}, {format(high, fmt)}]"
 
 
 def _raise(message: str):

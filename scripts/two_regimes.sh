@@ -33,12 +33,26 @@ if [[ $step == all || $step == trigger ]]; then
     --table $DOCS/toy_trigger.md --figures $DOCS/toy_trigger
 fi
 if [[ $step == all || $step == symmetric ]]; then
-  # (EMPO and the oracle in this regime: the 3-seed comparison of the README's symmetric section)
+  # the core methods and labeled RLVR x 5 seeds, every other method x 3; the table and figures
+  # count every finished run of the experiment
   tempo-bench compare --preset toy-symmetric --methods standard_ttt,fixed_critic,online_critic,tempo,labeled_rlvr \
-    --seeds 0,1,2,3,4 --out "$OUT" --resume --table $DOCS/toy_symmetric.md --figures $DOCS/toy_symmetric
+    --seeds 0,1,2,3,4 --out "$OUT" --resume
+  tempo-bench compare --preset toy-symmetric --methods empo,oracle,self_certainty,entropy_min,random_reward \
+    --seeds 0,1,2 --out "$OUT" --resume
+  tempo-bench figures --experiment compare-toy-symmetric --tracking-uri "$URI" --out $DOCS/toy_symmetric
 fi
 if [[ $step == all || $step == settings ]]; then
   # more knob settings for the gain-versus-gap figure (TEMPO and standard TTT only)
   tempo-bench compare --preset toy --set task.test_digits=[4] --experiment compare-toy-4digit \
     --methods standard_ttt,tempo --seeds 0,1,2 --out "$OUT" --resume
+  # the verifier's knowledge not read out: a fresh value head on its backbone (probe: 0.567)
+  tempo-bench compare --preset toy --set critic.head_init=random --experiment compare-toy-value-head \
+    --methods standard_ttt,tempo --seeds 0,1,2 --out "$OUT" --resume
+  python -m tempo_bench.analysis.regimes --tracking-uri "$URI" --out $DOCS
+fi
+if [[ $step == demo ]]; then
+  # the README's first command, timed (its figures and table committed under docs/regimes/demo)
+  rm -rf runs/demo
+  /usr/bin/time -f "demo: %e s wall" tempo-bench compare --preset toy --seeds 0 --out runs/demo \
+    --figures $DOCS/demo --table $DOCS/demo/table.md
 fi

@@ -134,6 +134,33 @@ def test_recal_sweep_figure_on_a_constructed_sweep():
         F.recal_sweep(pd.DataFrame(rows), pd.DataFrame(runs).drop(columns="params.methods.tempo.recal_interval"))
 
 
+def test_interval_table_on_a_constructed_sweep():
+    """Two runs at K=2, one at K=never, 6 training steps each: the table averages the last 5
+    steps per run, then the runs of each K; the critic's P(correct) is (V + 1) / 2 of its mean
+    reward V, compared with the true accuracy of the same rows."""
+    from tempo_bench.analysis.report import interval_table
+
+    rows, runs = [], []
+    for i, (k, rewards, truth) in enumerate([(2, [0.0] + [0.6] * 5, 0.7), (2, [0.0] + [0.2] * 5, 0.5),
+                                             (None, [0.0] + [-0.2] * 5, 0.5)]):
+        run_id = f"r{i}"
+        runs.append({"run_id": run_id, "method": "tempo", "params.methods.tempo.recal_interval": str(k)})
+        values = [("eval/mean_at_k", 6, 0.8 - 0.1 * i), ("critic/estep_count", 6, 3.0 if k else 0.0),
+                  ("tokens/critic", 6, 1000.0 * (k is not None)), ("tokens/estep_rollout", 6, 500.0 * (k is not None))]
+        values += [("reward/mean", step + 1, r) for step, r in enumerate(rewards)]
+        values += [("reward/gt_mean", step + 1, truth) for step in range(6)]
+        rows += [{"run_id": run_id, "method": "tempo", "seed": i, "trial": i, "step": step, "tokens": 0.0,
+                  "metric": metric, "value": value} for metric, step, value in values]
+    table = interval_table(pd.DataFrame(rows), pd.DataFrame(runs)).splitlines()
+    assert table[0].startswith("| K | runs | final mean@k | critic P(correct) - truth |")
+    two, never = table[2].split(" | "), table[3].split(" | ")
+    # K=2: final 0.8 and 0.7; P(correct) 0.8 - 0.7 and 0.6 - 0.5 -> +0.100 in both runs
+    assert two[:4] == ["| 2", "2", "0.750 [0.700, 0.800]", "+0.100 [+0.100, +0.100]"]
+    assert two[-2:] == ["3", "1,500 |"]
+    # never: one run, 0.4 - 0.5 = -0.100, no interval
+    assert never[:4] == ["| never", "1", "0.600", "-0.100"] and never[-2:] == ["0", "0 |"]
+
+
 def test_figures_command_writes_figures_and_tables_and_names_what_is_missing(store, tmp_path, capsys):
     out = tmp_path / "figs"
     assert main(["figures", "--experiment", EXPERIMENT, "--tracking-uri", store[1], "--out", str(out)]) == 0

@@ -101,3 +101,46 @@ def test_two_workers_share_one_postgresql_study(tmp_path, created_store):
     for summary in optuna.get_all_study_summaries(url):  # a clean database for this test
         optuna.delete_study(study_name=summary.study_name, storage=url)
     _two_workers(tmp_path, created_store, storage=url)
+
+
+@pytest.mark.parametrize("sampler", ["grid", "random"])
+def test_a_study_planned_by_two_coordinators_at_once_runs_each_trial_once(tmp_path, sampler):
+    """Two `tempo-bench sweep` commands started together on one study both plan it before either
+    runs a trial, so every owed grid point (or retry) is queued twice. Workers claim each once;
+    the later copy is marked a duplicate and not run."""
+    from optuna.trial import TrialState
+
+    from tempo_bench.experiments.sweep.study import plan_trials, trial_params
+    from tempo_bench.experiments.sweep.worker import claim_queued
+
+    spec = load_spec(spec_file(tmp_path, n_trials=3, sampler={"name": sampler, "seed": 0}, space={
+        "methods.tempo.recal_interval": {"type": "categorical", "choices": [1, 2, 3]}}))
+    study = open_study(spec, "twice", make_storage(None, tmp_path / "study"))
+    if sampler == "random":  # two interrupted trials for the coordinators to retry
+        for _ in range(2):
+            trial = study.ask()
+            trial.suggest_categorical("methods.tempo.recal_interval", [1, 2, 3])
+            trial.set_user_attr("interrupted", "killed")
+            study.tell(trial, state=TrialState.FAIL)
+    before = study.get_trials()
+
+    class PlannedAtOnce:  # a coordinator that read the study before the other one queued
+        def get_trials(self, deepcopy=False, states=None):
+            return [t for t in before if states is None or t.state in states]
+
+        def enqueue_trial(self, *args, **kwargs):
+            return study.enqueue_trial(*args, **kwargs)
+
+    for _ in range(2):
+        plan_trials(PlannedAtOnce(), spec, 3)
+    owed = 3 if sampler == "grid" else 2
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 2 * owed
+    ran = []
+    while (trial := claim_queued(study, spec)) is not None:
+        ran.append(trial.number)
+        study.tell(trial, 0.5)
+    trials = study.get_trials()
+    assert len(ran) == owed and len({str(trial_params(trials[n])) for n in ran}) == owed
+    duplicates = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert len(duplicates) == owed and all(t.state == TrialState.FAIL for t in duplicates)
+    assert all(t.user_attrs["duplicate_of"] in ran for t in duplicates)

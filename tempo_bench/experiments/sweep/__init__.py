@@ -29,13 +29,13 @@ from tempo_bench.experiments.sweep.spec import (
     trial_config,
 )
 from tempo_bench.experiments.sweep.study import (
-    _params,
     count_finished,
     fail_dead_trials,
     make_storage,
     missing,
     open_study,
     plan_trials,
+    trial_params,
     worker_gone,
 )
 from tempo_bench.experiments.sweep.worker import (
@@ -148,9 +148,11 @@ def describe(study) -> str:
     lines = []
     for t in study.get_trials(deepcopy=False):
         value = "-" if t.value is None or (isinstance(t.value, float) and math.isnan(t.value)) else f"{t.value:.4f}"
-        note = ("interrupted" if "interrupted" in t.user_attrs else "error" if "error" in t.user_attrs else "")
+        note = ("interrupted" if "interrupted" in t.user_attrs else "error" if "error" in t.user_attrs
+                else f"queued twice: trial {t.user_attrs['duplicate_of']} runs it" if "duplicate_of" in t.user_attrs
+                else "")
         note += f" (retry of {t.user_attrs['retry_of']})" if "retry_of" in t.user_attrs else ""
-        lines.append(f"  trial {t.number:>3}  {t.state.name:<9} {value:>8}  {_params(t)}  {note}".rstrip())
+        lines.append(f"  trial {t.number:>3}  {t.state.name:<9} {value:>8}  {trial_params(t)}  {note}".rstrip())
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if done:
         lines.append(f"best: trial {study.best_trial.number} value {study.best_value:.4f} params {study.best_params}")

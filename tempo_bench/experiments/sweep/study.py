@@ -78,7 +78,7 @@ def _key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
 
-def _params(trial) -> dict[str, Any]:
+def trial_params(trial) -> dict[str, Any]:
     """A trial's parameters: suggested ones, or for a queued trial the ones it will take."""
     return trial.params or trial.system_attrs.get("fixed_params", {})
 
@@ -144,7 +144,7 @@ def plan_trials(study, spec: SweepSpec, n_trials: int) -> list[str]:
             lines.append(f"trial {t.number} {t.params} was interrupted ({t.user_attrs['interrupted']})")
     if spec.sampler.name == "grid":
         finished = {_key(t.params) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
-        pending = {_key(_params(t)) for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
+        pending = {_key(trial_params(t)) for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
         for point in grid_points(spec)[:n_trials]:
             key = _key(point)
             if key in finished or key in pending:
@@ -160,6 +160,25 @@ def plan_trials(study, spec: SweepSpec, n_trials: int) -> list[str]:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
             lines.append(f"trial {t.number} {t.params} runs again")
     return lines
+
+
+def queued_twice(study, claimed, spec: SweepSpec) -> int | None:
+    """The number of an earlier trial that already owns what ``claimed`` (just taken from the
+    queue) would run, or None. Two coordinators that plan one study at the same moment both queue
+    its missing grid points (or the same retry), so the queue holds each twice; claiming is atomic,
+    so the later copy is recognised here and not run. An earlier trial owns the grid point (or
+    the retried trial) while it waits, runs or has finished; a failed one does not."""
+    from optuna.trial import TrialState
+
+    def slot(t):
+        return _key(trial_params(t)) if spec.sampler.name == "grid" else t.user_attrs.get("retry_of")
+
+    if slot(claimed) is None:  # a trial the sampler drew: nobody else can hold it
+        return None
+    owning = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+    earlier = [t.number for t in study.get_trials(deepcopy=False, states=owning)
+               if t.number < claimed.number and slot(t) == slot(claimed)]
+    return min(earlier, default=None)
 
 
 def count_finished(study) -> int:
@@ -181,6 +200,8 @@ def missing(study, spec: SweepSpec, n_trials: int) -> list[str]:
             return f"trial {t.number} failed: {t.user_attrs['error'].splitlines()[0][:300]}"
         if "interrupted" in t.user_attrs:
             return f"trial {t.number} was interrupted ({t.user_attrs['interrupted']})"
+        if "duplicate_of" in t.user_attrs:
+            return f"trial {t.number} was queued twice (trial {t.user_attrs['duplicate_of']} runs it)"
         return f"trial {t.number} is {t.state.name}"
 
     if spec.sampler.name == "grid":
@@ -188,11 +209,12 @@ def missing(study, spec: SweepSpec, n_trials: int) -> list[str]:
         lines = []
         for point in grid_points(spec)[:n_trials]:
             if _key(point) not in done:
-                last = [t for t in trials if _key(_params(t)) == _key(point)]
+                last = [t for t in trials if _key(trial_params(t)) == _key(point)]
                 lines.append(f"point {point}: " + (why(last[-1]) if last else "never run"))
         return lines
     gap = n_trials - count_finished(study)
     if gap <= 0:
         return []
-    failed = [why(t) for t in trials if t.state not in (TrialState.COMPLETE, TrialState.PRUNED)]
+    failed = [why(t) for t in trials if t.state not in (TrialState.COMPLETE, TrialState.PRUNED)
+              and "duplicate_of" not in t.user_attrs]
     return [f"{gap} of {n_trials} trials not finished"] + failed[-max(gap, 3):]

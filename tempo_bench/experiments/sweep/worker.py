@@ -22,7 +22,7 @@ from tempo_bench.experiments.sweep.spec import (
     suggest,
     trial_config,
 )
-from tempo_bench.experiments.sweep.study import count_finished, make_storage, open_study
+from tempo_bench.experiments.sweep.study import count_finished, make_storage, open_study, queued_twice, trial_params
 from tempo_bench.run.caches import RunCaches
 from tempo_bench.run.run import run_ttt
 
@@ -118,19 +118,26 @@ def make_objective(spec: SweepSpec, study_name: str, tracking_uri: str, out_dir:
     return objective
 
 
-def claim_queued(study):
+def claim_queued(study, spec: SweepSpec):
     """The next queued (WAITING) trial, claimed atomically for this worker, or None. Unlike
     ``study.ask()`` this never samples a new trial when the queue is empty, so a grid sweep never
-    runs a point twice when two workers reach the end of the queue together."""
+    runs a point twice when two workers reach the end of the queue together; a trial queued twice
+    (two coordinators planning at once) is marked FAIL with ``duplicate_of`` and skipped."""
     import optuna
     from optuna.trial import TrialState
 
     for frozen in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
         try:
-            if study._storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
-                return optuna.trial.Trial(study, frozen._trial_id)
+            if not study._storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
+        owner = queued_twice(study, study._storage.get_trial(frozen._trial_id), spec)
+        if owner is None:
+            return optuna.trial.Trial(study, frozen._trial_id)
+        study._storage.set_trial_user_attr(frozen._trial_id, "duplicate_of", owner)
+        study._storage.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL)
+        print(f"trial {frozen.number} skipped: queued twice, trial {owner} runs {trial_params(frozen)}")
     return None
 
 
@@ -171,7 +178,7 @@ def run_worker(spec_path: str, study_name: str, storage_url: str | None, n_trial
     objective = make_objective(spec, study_name, tracking_uri, out, progress, watch_parent)
     errors = 0
     while errors < spec.max_failed_trials:
-        trial = claim_queued(study)
+        trial = claim_queued(study, spec)
         if trial is None:
             running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
             if spec.sampler.name == "grid" or count_finished(study) + running >= n_trials:
