@@ -41,11 +41,13 @@ def test_preset_with_a_yaml_syntax_error_names_file_line_and_column(tmp_path, ca
 @pytest.mark.parametrize("name,content,expected", [
     ("missing.jsonl", None, "missing.jsonl does not exist"),
     ("empty.jsonl", "", "empty.jsonl: no rows"),
-    ("fields.jsonl", '{"text": "1+1?", "label": "2"}\n', "fields.jsonl row 0: no question field"),
+    ("fields.jsonl", '\n{"text": "1+1?", "label": "2"}\n', "fields.jsonl:2: no question field"),
+    ("noanswer.json", '[{"question": "1+1?", "answer": "2"},\n {"question": "2+2?"}]',
+     "noanswer.json item 2: no parseable gold answer"),
     ("lines.jsonl", '{"question": "1+1?", "answer": "2"}\n{"question": "2+2?", "answer": 4\n',
      "lines.jsonl:2: not valid JSON"),
     ("list.json", '[{"question": "1+1?", "answer": "2"},\n {"question": oops}]', "list.json:2: not valid JSON"),
-    ("scalars.jsonl", '"just a string"\n', "scalars.jsonl:1: expected an object"),
+    ("scalars.jsonl", '{"question": "1+1?", "answer": "2"}\n\n"just a string"\n', "scalars.jsonl:3: expected an object"),
 ])
 def test_bad_task_files_are_named_with_their_line_before_any_run(tmp_path, capsys, name, content, expected):
     source = tmp_path / name

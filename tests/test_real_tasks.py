@@ -98,7 +98,7 @@ def test_verl_parquet_and_bad_files(tmp_path):
     assert [q.answer for q in questions] == ["2", "9"] and questions[0].prompt.startswith("What is 1+1?")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "1"}\n{"question": "q2"}\n')
-    with pytest.raises(ValueError, match="bad.jsonl row 1: no parseable gold answer"):
+    with pytest.raises(ValueError, match="bad.jsonl:2: no parseable gold answer"):
         get_task("gsm8k").load(bad)
     with pytest.raises(ValueError, match="does not exist"):
         task.load(tmp_path / "missing.json")

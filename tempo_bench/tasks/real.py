@@ -98,17 +98,16 @@ class Task(Grader):
         """Questions with gold answers from a local file (JSON list, JSONL, parquet) or, without
         ``source``, from the hub through ``datasets``. Raises ValueError naming the file and row
         when a row has no question or no parseable gold answer."""
-        rows = read_rows(source) if source is not None else self._hub_rows()
-        where = str(source or self.spec.hub_id)
+        rows = read_rows(source) if source is not None else Rows(self._hub_rows(), self.spec.hub_id)
         if not rows:
-            raise DataError(f"{where}: no rows")
+            raise DataError(f"{rows.source}: no rows")
         out = []
         for i, row in enumerate(rows[:limit] if limit else rows):
             question, answer = row_question(row), self.row_answer(row)
             if not question:
-                raise DataError(f"{where} row {i}: no question field (looked for {', '.join(_QUESTION_KEYS)})")
+                raise DataError(f"{rows.where(i)}: no question field (looked for {', '.join(_QUESTION_KEYS)})")
             if not answer:
-                raise DataError(f"{where} row {i}: no parseable gold answer (looked for answer, solution, "
+                raise DataError(f"{rows.where(i)}: no parseable gold answer (looked for answer, solution, "
                                 "reward_model.ground_truth)")
             out.append(LabeledQuestion(id=str(row.get("id", i)), prompt=self.prompt(question), answer=answer))
         return out
@@ -159,9 +158,24 @@ def row_question(row: dict) -> str | None:
     return None
 
 
-def read_rows(path: str | Path) -> list[dict]:
+class Rows(list):
+    """The rows of a task source, each of which can say where it came from: ``file:line`` for
+    JSONL, ``file item N`` (from 1) for a JSON list or a parquet file, ``hub-id row N`` (from 0,
+    as ``datasets`` indexes) for the hub."""
+
+    def __init__(self, rows, source, lines: list[int] | None = None, item_from: int = 0):
+        super().__init__(rows)
+        self.source, self.lines, self.item_from = str(source), lines, item_from
+
+    def where(self, i: int) -> str:
+        if self.lines is not None:
+            return f"{self.source}:{self.lines[i]}"
+        return f"{self.source} {'item' if self.item_from else 'row'} {i + self.item_from}"
+
+
+def read_rows(path: str | Path) -> Rows:
     """The rows of a local task file (JSON list, JSONL, parquet). Raises DataError naming the
-    file and, for JSON, the line of the first problem."""
+    file and, for JSONL and malformed JSON, the line of the first problem."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"task file {path} does not exist")
@@ -169,33 +183,34 @@ def read_rows(path: str | Path) -> list[dict]:
         if path.suffix == ".parquet":
             import pandas as pd
 
-            return _check_rows(pd.read_parquet(path).to_dict("records"), path)
+            return _check_rows(Rows(pd.read_parquet(path).to_dict("records"), path, item_from=1))
         text = path.read_text()
     except (OSError, UnicodeDecodeError, ValueError) as err:  # pyarrow raises ValueError subclasses
         raise DataError(f"task file {path} cannot be read: {err}") from None
     if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
-        rows = []
+        rows, lines = [], []
         for number, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
                     raise DataError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
-        return _check_rows(rows, path, first_line=True)
+                lines.append(number)
+        return _check_rows(Rows(rows, path, lines=lines))
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of rows (or one JSON object per line)")
-    return _check_rows(data, path)
+    return _check_rows(Rows(data, path, item_from=1))
 
 
-def _check_rows(rows: list, path: Path, first_line: bool = False) -> list[dict]:
+def _check_rows(rows: Rows) -> Rows:
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            where = f"{path}:{i + 1}" if first_line else f"{path} row {i}"
-            raise DataError(f"{where}: expected an object with a question and an answer, got {type(row).__name__}")
+            raise DataError(f"{rows.where(i)}: expected an object with a question and an answer, "
+                            f"got {type(row).__name__}")
     return rows
 
 
