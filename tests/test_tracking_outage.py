@@ -8,11 +8,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from tempo_bench.config import load_config
-from tempo_bench.core.errors import StorageError
 from tempo_bench.core.loggers import MLflowLogger
 from tempo_bench.core.tracking import check_tracking
 from tempo_bench.run.run import run_ttt
@@ -90,6 +90,25 @@ def test_server_down_mid_run_loses_nothing(tmp_path, created_store):
         stop_server(server["proc"])
 
 
-def test_unreachable_server_is_an_error_before_any_work():
-    with pytest.raises(StorageError, match="does not answer"):
-        check_tracking(f"http://127.0.0.1:{free_port()}", timeout_s=2)
+@pytest.mark.parametrize("command", ["run", "compare", "sweep"])
+def test_unreachable_or_silent_server_is_an_error_before_any_work(command, tmp_path, capsys, monkeypatch):
+    """Nothing listening, or a server that accepts connections and never answers: one error line
+    with the URL, exit code 2, within the connect timeout, and no output folder work done."""
+    from tempo_bench.commands.cli import main
+    from tempo_bench.core import tracking
+
+    monkeypatch.setattr(tracking, "CONNECT_TIMEOUT_S", 2.0)
+    closed = f"http://127.0.0.1:{free_port()}"
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # accepts (the kernel completes the handshake) and never answers
+        hanging = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        for uri in (closed, hanging):
+            target = (["sweep", str(Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml")]
+                      if command == "sweep" else [command, "--preset", "toy-smoke"])
+            start = time.monotonic()
+            assert main([*target, "--tracking-uri", uri, "--out", str(tmp_path / "out")]) == 2
+            err = capsys.readouterr().err
+            assert time.monotonic() - start < 20, f"{uri}: took {time.monotonic() - start:.0f} s"
+            assert err.startswith("error: ") and uri in err and "does not answer" in err, err
+    assert not (tmp_path / "out" / "mlflow.db").exists()

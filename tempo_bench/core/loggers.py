@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from tempo_bench.core.tracking import store_lock, tracking_client
+from tempo_bench.core.tracking import fail_fast_http, store_lock, tracking_client
 
 # MLflow's limits per log_batch call and per param value.
 _MAX_METRICS_PER_BATCH = 1000
@@ -155,8 +155,7 @@ class MLflowLogger(Logger):
     ):
         """Start a new run named ``run_name``, or with ``run_id`` reopen that run (resume)."""
         if tracking_uri.startswith("http"):  # fail fast during an outage instead of retrying for minutes
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+            fail_fast_http()
         self.tracking_uri = tracking_uri
         self.client = tracking_client(tracking_uri)
         self.pending: list[dict] = []

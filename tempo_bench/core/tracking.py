@@ -59,10 +59,11 @@ def redact(url: str) -> str:
         return url
 
 
-def check_database(url: str, timeout_s: float = CONNECT_TIMEOUT_S, what: str = "database") -> None:
+def check_database(url: str, timeout_s: float | None = None, what: str = "database") -> None:
     """Connect once to a PostgreSQL / MySQL / sqlite URL, with a connect timeout."""
     import sqlalchemy
 
+    timeout_s = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
     args = {"connect_timeout": int(timeout_s)} if url.startswith(("postgresql", "mysql")) else {}
     try:
         engine = sqlalchemy.create_engine(url, connect_args=args)
@@ -74,11 +75,22 @@ def check_database(url: str, timeout_s: float = CONNECT_TIMEOUT_S, what: str = "
         raise StorageError(f"the {what} at {redact(url)} cannot be reached or opened: {first}") from None
 
 
-def check_tracking(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """A tracking store that cannot be used is an error before any work starts."""
+def fail_fast_http() -> None:
+    """MLflow's HTTP client retries a failing request for minutes by default; during an outage
+    the run spools its writes and tries again later instead (core/loggers.py). Read by MLflow at
+    each request, and inherited by worker processes."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+def check_tracking(uri: str, timeout_s: float | None = None) -> None:
+    """A tracking store that cannot be used is an error before any work starts (within
+    ``timeout_s``, default CONNECT_TIMEOUT_S)."""
+    timeout_s = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
     if uri.startswith(("http://", "https://")):
         import urllib.request
 
+        fail_fast_http()
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).read()
         except OSError as err:
