@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from tempo_bench.analysis.figures import _color, _figure
-from tempo_bench.analysis.runs import load_experiment
+from tempo_bench.analysis.runs import describe_skipped, load_experiment
 
 from tempo_bench.core.stats import stratified_bootstrap_ci
 
@@ -35,6 +35,8 @@ SETTINGS = [
     Setting("verifier, D_L without the trigger", "compare-toy", "probe_toy.json"),
     Setting("verifier, D_L with the trigger", "compare-toy-trigger", "probe_toy_trigger.json"),
     Setting("verifier, 4-digit test (outside its corpus)", "compare-toy-4digit", "probe_toy_4digit.json"),
+    Setting("verifier backbone, value head learned from outcomes", "compare-toy-value-head",
+            "probe_toy_value_head.json"),
 ]
 
 
@@ -85,7 +87,8 @@ def gain_vs_gap(points: pd.DataFrame):
 
 
 def collect(tracking_uri: str, probes: Path, settings=SETTINGS) -> tuple[pd.DataFrame, list[str]]:
-    """One row per setting whose experiment and probe exist; and what was missing."""
+    """One row per setting whose experiment and probe exist (finished runs only); and notes on
+    what was missing or not counted."""
     rows, missing = [], []
     for s in settings:
         probe = probes / s.probe
@@ -94,6 +97,8 @@ def collect(tracking_uri: str, probes: Path, settings=SETTINGS) -> tuple[pd.Data
         except ValueError:
             missing.append(f"{s.label}: no experiment {s.experiment}")
             continue
+        if df.attrs.get("skipped"):
+            missing.append(f"{s.label}: {describe_skipped(df.attrs['skipped'], hint=False)}")
         if not probe.is_file():
             missing.append(f"{s.label}: no probe {probe}")
             continue
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     points, missing = collect(args.tracking_uri, Path(args.probes))
     for line in missing:
-        print(f"  skipped {line}")
+        print(f"  {line}")
     if points.empty:
         raise SystemExit("no setting has both its runs and its probe")
     out = Path(args.out)

@@ -89,8 +89,8 @@ def select_runs(client, runs: list, include_partial: bool = False) -> tuple[dict
     return labels, skipped
 
 
-def describe_skipped(skipped: list[tuple[str, str]]) -> str:
-    """One line: how many runs were left out and why."""
+def describe_skipped(skipped: list[tuple[str, str]], hint: bool = True) -> str:
+    """One line: how many runs were left out and why (``hint``: and the flag that keeps them)."""
     from collections import Counter
 
     if not skipped:
@@ -99,7 +99,7 @@ def describe_skipped(skipped: list[tuple[str, str]]) -> str:
                       for _, why in skipped)
     return (f"skipped {len(skipped)} run(s) that do not count as results: "
             + ", ".join(f"{n} {why}" for why, n in reasons.most_common())
-            + " (--include-partial shows unfinished ones, labelled '(partial)')")
+            + (" (--include-partial shows unfinished ones, labelled '(partial)')" if hint else ""))
 
 
 def _experiment_id(client, experiment: str) -> str:
