@@ -132,9 +132,13 @@ def test_dry_run_of_a_paper_preset_without_gpu_or_network(tmp_path, capsys, monk
 def test_compare_workers_default_to_one_run_per_core_on_cpu(monkeypatch):
     import os
 
+    import torch
+
     from tempo_bench.commands.compare import _compare_workers
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    assert _compare_workers("auto", "toy-smoke", [], runs=21) == 2
-    assert _compare_workers("auto", "toy-smoke", [], runs=1) == 1  # never more workers than runs
-    assert _compare_workers("3", "toy-smoke", [], runs=21) == 3
+    assert _compare_workers("auto", "auto", runs=21) == 2
+    assert _compare_workers("auto", "auto", runs=1) == 1  # never more workers than runs
+    assert _compare_workers("3", "auto", runs=21) == 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _compare_workers("auto", "auto", runs=21) == 1  # one run at a time on a GPU

@@ -56,6 +56,11 @@ def test_two_steps_train_lora_and_log_every_metric(first_run):
     for key in EVAL_KEYS:
         assert [s for s, _ in logger.metrics[key]] == [0, 1, 2], key
     assert logger.tags["method"] == "standard_ttt" and logger.params["train.steps"] == 2
+    # the list a sweep checks its objective against is what an evaluation logs
+    from tempo_bench.run.evaluation import eval_metric_names
+
+    logged_at_0 = {key for key, values in logger.metrics.items() if key.startswith("eval/") and values[0][0] == 0}
+    assert logged_at_0 == eval_metric_names(two_step_config().eval)
     assert "rollouts/eval_step_00002.jsonl" in logger.artifacts
     assert logger.history("tokens/rollout")[1] > logger.history("tokens/rollout")[0] > 0
 

@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
     cmp.set_defaults(func=cmd_compare)
 
 
-def _compare_workers(text: str, preset: str, overrides: list[str], runs: int) -> int:
+def _compare_workers(text: str, device: str, runs: int) -> int:
     if text != "auto":
         try:
             workers = int(text)
@@ -51,7 +51,7 @@ def _compare_workers(text: str, preset: str, overrides: list[str], runs: int) ->
         if workers < 1:
             raise ConfigError(f"--workers takes 'auto' or a whole number >= 1, got {text!r}")
         return workers
-    if resolve_device(load_config(preset, overrides).model.device) != "cpu":
+    if resolve_device(device) != "cpu":
         return 1
     return max(1, min(os.cpu_count() or 1, runs))
 
@@ -64,7 +64,8 @@ def cmd_compare(args) -> int:
         raise ConfigError(str(err)) from None
     overrides = list(args.overrides) + (
         [f"train.budget_tokens={args.budget_tokens}"] if args.budget_tokens else [])
-    workers = _compare_workers(args.workers, args.preset, overrides, len(methods) * len(seeds))
+    config = load_config(args.preset, overrides)  # the preset's own settings (each run adds its method and seed)
+    workers = _compare_workers(args.workers, config.model.device, len(methods) * len(seeds))
     outcomes, uri = run_compare(args.preset, methods, seeds, overrides, args.tracking_uri, args.out,
                                 args.experiment, workers, resume=args.resume,
                                 command=command_line(args.argv, resume=True))
@@ -77,13 +78,11 @@ def cmd_compare(args) -> int:
     failed = [o for o in outcomes if o.error]
     for o in failed:
         print(f"FAILED {o.method} seed {o.seed}: {o.error}", file=sys.stderr)
+    if uri.startswith("sqlite:///"):
+        print(f"\nCompare the runs: mlflow ui --backend-store-uri {uri}")
     if args.figures:
-
-        config = load_config(args.preset, overrides)
         experiment = args.experiment or f"compare-{config.preset}"
         print(f"\nFigures of experiment {experiment}:")
         write_report(experiment, uri, ensure_writable(args.figures), collapse_tolerance=config.eval.collapse_tolerance)
         print(f"Accuracy against step: {Path(args.figures) / 'accuracy_vs_step.png'}")
-    if uri.startswith("sqlite:///"):
-        print(f"\nCompare the runs: mlflow ui --backend-store-uri {uri}")
     return 1 if failed else 0
