@@ -141,12 +141,17 @@ def test_verifier_build_is_deterministic(tmp_path):
     assert a["covers"]["error_kinds"] == list(ERROR_KINDS) and 0.4 < a["covers"]["wrong_share"] < 0.6
 
 
-def test_a_missing_shipped_checkpoint_names_the_build_stage(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("preset,asset,name,stage", [
+    ("toy", "VERIFIER_DIR", "toy-verifier", "verifier-pretrain"),  # the critic's backbone
+    ("toy", "SHIPPED_DIR", "toy", "pretrain"),  # the policy
+    ("toy-symmetric", "RLVR_DIR", "toy-rlvr", "rlvr"),
+])
+def test_a_missing_shipped_checkpoint_names_the_build_stage(tmp_path, monkeypatch, capsys, preset, asset, name, stage):
     import tempo_bench.core.assets as assets
     from tempo_bench.commands.cli import main
 
-    monkeypatch.setattr(assets, "VERIFIER_DIR", tmp_path / "toy_verifier")
-    assert main(["run", "--preset", "toy", "--out", str(tmp_path / "runs")]) == 2
+    monkeypatch.setattr(assets, asset, tmp_path / "missing")
+    assert main(["run", "--preset", preset, "--out", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
-    assert "toy-verifier" in err and "tempo-bench toy-model build --stage verifier-pretrain" in err
+    assert f"checkpoint {name!r} is missing" in err and f"tempo-bench toy-model build --stage {stage}" in err
     assert not (tmp_path / "runs" / "mlflow.db").exists()
