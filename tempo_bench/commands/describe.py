@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from tempo_bench.methods.catalog import method_class
+from tempo_bench.run.memory_plan import on_gpu, plan_memory
 from tempo_bench.tasks.real import TASK_SPECS
 
 
@@ -37,12 +38,14 @@ def describe_run(config) -> str:
         f"grading:  {'in the training process' if not config.grading.workers else f'{config.grading.workers} worker processes'}",
         f"logging:  {uri}, experiment {config.log.experiment}",
     ]
+    if on_gpu(config):
+        lines += ["", *plan_memory(config).lines()]
     return "\n".join(lines)
 
 
 def _describe_model(path: str) -> str:
-    if path == "toy":
-        return "the shipped toy model (tempo_bench/assets/toy_model)"
+    if path in ("toy", "toy-rlvr", "toy-verifier"):
+        return f"the shipped {path} checkpoint (tempo_bench/assets)"
     if Path(path).expanduser().is_dir():
         return f"{path} (local folder)"
     try:

@@ -18,6 +18,7 @@ from tempo_bench.run.checkpoint import (
     load_state,
 )
 from tempo_bench.run.inputs import check_inputs
+from tempo_bench.run.memory_plan import check_plan
 from tempo_bench.run.run import run_name_of, run_ttt
 
 
@@ -62,6 +63,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(describe_run(config))
         return 0
+    plan = check_plan(config)  # a run that cannot fit its GPU stops here, before any work
     check_inputs(config)
     ensure_writable(config.out)
 
@@ -72,6 +74,8 @@ def cmd_run(args) -> int:
     if method_class(config.method).uses_test_labels:
         print(f"  NOTE: {config.method} trains on the TEST labels: an upper bound, not a TTT method")
     print(f"  MLflow: {uri}  experiment={config.log.experiment}")
+    if plan is not None:
+        print("\n".join(f"  {line}" for line in plan.lines()))
     check_tracking(uri)
     if args.resume:
 

@@ -136,6 +136,7 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 # settings that change where and how fast a run is recorded, not what it computes
 _NOT_IN_IDENTITY = ("out", "log", "threads")
+_PLAN_ONLY = ("gpu_memory_gb", "max_prompt_tokens")  # read by the memory plan only
 
 
 def config_identity(config) -> str:
@@ -154,6 +155,7 @@ def config_identity(config) -> str:
 
     data = {k: v for k, v in config.model_dump().items() if k not in _NOT_IN_IDENTITY}
     data["eval"] = {k: v for k, v in data["eval"].items() if k != "collapse_tolerance"}  # analysis only
+    data["model"] = {k: v for k, v in data["model"].items() if k not in _PLAN_ONLY}
     data = canonical(data)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -1,0 +1,238 @@
+"""GPU memory of a run, per GPU and per phase, from its config and the model's config alone: the
+model is built on PyTorch's meta device (no weights are read), so the plan works offline for
+every shipped preset (tempo_bench/assets/model_configs holds the paper models' configs).
+
+What each phase holds (GiB = 2**30 bytes; estimates, stated so they can be checked):
+
+- resident (every phase): the policy's base weights; the critic's backbone (a second copy of the
+  policy's base for a self-critic: the run loads it twice); LoRA weights, gradients and AdamW
+  state in float32 (16 bytes per trainable parameter), or for a critic trained in full its
+  weights, gradients and float32 AdamW state. With model.device=auto over several GPUs the
+  weights are spread evenly.
+- rollout: vLLM takes ``gpu_memory_utilization`` of the card for its weights and KV cache while
+  the trainer's memory stays resident; the engine's weights plus the KV cache of one
+  ``max_prompt_tokens + max_new_tokens`` sequence must fit inside that share. The hf backend
+  instead holds the KV cache of every sequence of a step (plus a merged sampling copy of the
+  weights when rollout.merge_lora).
+- training: per micro-batch of ``micro_batch_rows`` full-length sequences, the activations kept
+  for the backward pass (with gradient checkpointing, each layer's input plus one layer's
+  recomputed activations; without, every layer's) and the logits over the vocabulary (in the
+  model's dtype, as float32, and their log-softmax); vLLM asleep frees its share, awake keeps it.
+  The critic's training pass is the same with its own micro-batch and no vocabulary logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tempo_bench.core.assets import ASSETS
+from tempo_bench.core.errors import ConfigError
+from tempo_bench.methods.catalog import method_class
+from tempo_bench.policy.model import resolve_device, resolve_model_path
+
+GiB = 2**30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+SHIPPED_CONFIGS = ASSETS / "model_configs"
+DEFAULT_CARD_GB = 80.0
+ADAM_BYTES = 16  # float32 weight, gradient and two AdamW moments per trainable parameter
+
+
+class PlanError(ConfigError):
+    """The run does not fit the GPU its config names."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the plan needs of a model, counted on the meta device."""
+
+    params: int
+    layers: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    kv_dim: int  # key/value heads x head dim
+    q_dim: int
+    lora_fan: dict[str, int] = field(default_factory=dict)  # module name -> sum over layers of in + out
+
+    def lora_params(self, r: int, targets: list[str]) -> int:
+        return r * sum(fan for name, fan in self.lora_fan.items() if name in targets)
+
+
+def model_config(path: str):
+    """The transformers config of ``path``: a local folder, the hub cache, or a shipped copy."""
+    from transformers import AutoConfig
+
+    local = resolve_model_path(path)
+    shipped = SHIPPED_CONFIGS / local.replace("/", "--")
+    try:
+        return AutoConfig.from_pretrained(local, local_files_only=True)
+    except (OSError, ValueError):
+        if (shipped / "config.json").is_file():
+            return AutoConfig.from_pretrained(shipped)
+        raise PlanError(f"no config.json for {path!r} here (not a local folder, not in the hub cache, not "
+                        f"shipped in {SHIPPED_CONFIGS}): the memory plan needs the model's config") from None
+
+
+def model_shape(path: str) -> ModelShape:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    fan: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".layers." in name:
+            key = name.rsplit(".", 1)[-1]
+            fan[key] = fan.get(key, 0) + module.in_features + module.out_features
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return ModelShape(params=sum(p.numel() for p in model.parameters()), layers=config.num_hidden_layers,
+                      hidden=config.hidden_size, intermediate=config.intermediate_size, vocab=config.vocab_size,
+                      kv_dim=kv_heads * head_dim, q_dim=config.num_attention_heads * head_dim, lora_fan=fan)
+
+
+@dataclass
+class Phase:
+    name: str
+    items: dict[str, float]  # what -> GiB per GPU
+
+    @property
+    def total(self) -> float:
+        return sum(self.items.values())
+
+
+@dataclass
+class MemoryPlan:
+    card_gb: float
+    gpus: int
+    phases: list[Phase]
+    notes: list[str]
+
+    @property
+    def peak(self) -> Phase:
+        return max(self.phases, key=lambda p: p.total)
+
+    def fits(self) -> bool:
+        return all(p.total <= self.card_gb for p in self.phases) and not self.problems()
+
+    def problems(self) -> list[str]:
+        return [n for n in self.notes if n.startswith("does not fit")]
+
+    def lines(self) -> list[str]:
+        out = [f"memory plan: {self.gpus} GPU(s) of {self.card_gb:.0f} GiB; per GPU:"]
+        for phase in self.phases:
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in phase.items.items() if v >= 0.05)
+            out.append(f"  {phase.name:<16} {phase.total:6.1f} GiB  ({parts})")
+        out += [f"  {note}" for note in self.notes]
+        verdict = "fits" if self.fits() else "DOES NOT FIT"
+        out.append(f"  peak {self.peak.total:.1f} GiB in {self.peak.name}: {verdict} in {self.card_gb:.0f} GiB")
+        return out
+
+
+def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = None) -> MemoryPlan:
+    """The plan of ``config`` (a RunConfig). ``cuda_gpus`` / ``card_gb``: what is visible here
+    (default: asked of torch.cuda). The card checked against: model.gpu_memory_gb (the card the
+    config is sized for, default 80 GiB), or the visible card where that is smaller."""
+    visible, card = _visible_card() if cuda_gpus is None else (cuda_gpus, card_gb)
+    sized_for = config.model.gpu_memory_gb or DEFAULT_CARD_GB
+    card = min(sized_for, card) if card else sized_for
+    vllm = config.rollout.vllm if config.rollout.backend == "vllm" else None
+    spread = config.model.device == "auto" and max(visible, vllm.tensor_parallel_size if vllm else 1) > 1
+    gpus = max(visible, vllm.tensor_parallel_size if vllm else 1) if spread else 1
+    width = DTYPE_BYTES[config.model.dtype]
+    policy = model_shape(config.model.path)
+    seq = config.model.max_prompt_tokens + config.rollout.max_new_tokens
+    notes: list[str] = []
+
+    lora_bytes = ADAM_BYTES / GiB / gpus  # an adapter's weights live beside their layer's
+    resident = {"policy weights": policy.params * width / GiB / gpus,
+                "policy LoRA+AdamW": policy.lora_params(config.lora.r, config.lora.target_modules) * lora_bytes}
+    critic = None
+    if method_class(config.method).uses_critic:
+        critic = policy if config.critic.path is None else model_shape(config.critic.path)
+        resident["critic weights"] = critic.params * width / GiB / gpus
+        if config.critic.lora:
+            resident["critic LoRA+AdamW"] = critic.lora_params(config.lora.r, config.lora.target_modules) * lora_bytes
+        else:
+            resident["critic grads+AdamW"] = critic.params * (width + 8) / GiB / gpus
+        if config.critic.path is None:
+            notes.append(f"the self-critic loads a second copy of the policy's base ({resident['critic weights']:.1f} GiB)")
+
+    phases = [Phase("rollout", {**resident, **_rollout(config, policy, seq, width, card, notes)})]
+    asleep = {} if vllm is None or vllm.sleep else {"vLLM (awake)": vllm.gpu_memory_utilization * card}
+    rows = config.train.micro_batch_rows or 1
+    phases.append(Phase("policy training", {**resident, **asleep,
+                                            **_activations(policy, rows * seq, width, config, logits=True)}))
+    if critic is not None:
+        rows = config.critic.micro_batch_rows or 1
+        phases.append(Phase("critic training", {**resident, **asleep,
+                                                **_activations(critic, rows * seq, width, config, logits=False)}))
+    for phase in phases:
+        if phase.total > card:
+            notes.append(f"does not fit: {phase.name} needs {phase.total:.1f} GiB per GPU of {card:.0f} GiB")
+    return MemoryPlan(card, gpus, phases, notes)
+
+
+def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, notes: list[str]) -> dict[str, float]:
+    kv_per_token = 2 * policy.layers * policy.kv_dim * width
+    if config.rollout.backend == "vllm":
+        v = config.rollout.vllm
+        share = v.gpu_memory_utilization * card
+        need = (policy.params * width / v.tensor_parallel_size + kv_per_token * seq / v.tensor_parallel_size) / GiB
+        if need > share:
+            notes.append(f"does not fit: vLLM's share ({v.gpu_memory_utilization:.2f} x {card:.0f} = {share:.1f} GiB) "
+                         f"is below its weights plus one {seq}-token sequence's KV cache ({need:.1f} GiB): raise "
+                         "rollout.vllm.gpu_memory_utilization or tensor_parallel_size")
+        return {"vLLM share": share}
+    rows = config.rollout.n * config.train.prompts_per_step
+    items = {"KV cache": kv_per_token * seq * rows / GiB}
+    if config.rollout.merge_lora:
+        items["merged sampling copy"] = policy.params * width / GiB
+    return items
+
+
+def _activations(shape: ModelShape, tokens: int, width: int, config, logits: bool) -> dict[str, float]:
+    """Activations of one micro-batch of ``tokens`` tokens kept for the backward pass."""
+    per_layer = tokens * (4 * shape.hidden + shape.q_dim + 2 * shape.kv_dim + 4 * shape.intermediate) * width
+    if config.model.gradient_checkpointing:
+        kept = shape.layers * tokens * shape.hidden * width + per_layer
+    else:
+        kept = shape.layers * per_layer
+    items = {"activations": kept / GiB}
+    if logits:  # in the model's dtype, cast to float32, and their log-softmax
+        items["logits"] = tokens * shape.vocab * (width + 8) / GiB
+    return items
+
+
+def _visible_card() -> tuple[int, float | None]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0, None
+    return torch.cuda.device_count(), torch.cuda.get_device_properties(0).total_memory / GiB
+
+
+def on_gpu(config) -> bool:
+    """Whether the run's model goes to a GPU (a plan is made): device cuda, or auto with a GPU
+    visible or a card named in model.gpu_memory_gb."""
+    device = config.model.device
+    return device != "cpu" and (device != "auto" or resolve_device("auto") != "cpu" or config.model.gpu_memory_gb is not None)
+
+
+def check_plan(config) -> MemoryPlan | None:
+    """The plan of a run on a GPU, raising PlanError (the phase, the figure, the setting to change)
+    when it does not fit; None for a run on the CPU."""
+    if not on_gpu(config):
+        return None
+    plan = plan_memory(config)
+    if not plan.fits():
+        raise PlanError("\n".join([*plan.lines(), "lower train.micro_batch_rows / critic.micro_batch_rows or "
+                                   "rollout.max_new_tokens, lower rollout.vllm.gpu_memory_utilization, or use a "
+                                   "larger card (model.gpu_memory_gb)"]))
+    return plan
+
+
+def shipped_config_names() -> list[str]:
+    return sorted(p.name.replace("--", "/") for p in Path(SHIPPED_CONFIGS).iterdir() if (p / "config.json").is_file())

@@ -1,0 +1,78 @@
+"""The GPU memory plan (`tempo-bench run --dry-run`): computed offline from shipped model
+configs, its counts against naive references, and a run that cannot fit stopped before any work."""
+
+import pytest
+
+from tempo_bench.config import LoraConfig, ModelConfig, config_identity, load_config
+from tempo_bench.config.loading import preset_names
+from tempo_bench.run.memory_plan import GiB, model_shape, plan_memory
+
+PAPER_PRESETS = [name for name in preset_names() if not name.startswith("toy")]
+
+
+@pytest.mark.parametrize("preset", PAPER_PRESETS)
+def test_every_paper_preset_fits_the_card_it_claims(preset):
+    config = load_config(preset)
+    plan = plan_memory(config, cuda_gpus=0)  # no GPU here: the card the preset is sized for
+    assert plan.card_gb == (config.model.gpu_memory_gb or 80)
+    assert plan.fits(), "\n".join(plan.lines())
+
+
+def test_counts_agree_with_the_model_and_peft():
+    """Parameters counted on the meta device equal the loaded model's; the LoRA count equals
+    what peft makes trainable for the same rank and targets."""
+    from tempo_bench.policy.model import load_policy
+
+    lora = LoraConfig(r=4)
+    shape = model_shape("toy")
+    policy = load_policy(ModelConfig(), lora)  # the policy as a run loads it: base + LoRA
+    named = dict(policy.named_parameters())
+    assert shape.params == sum(p.numel() for n, p in named.items() if "lora_" not in n)
+    assert shape.lora_params(4, lora.target_modules) == sum(p.numel() for n, p in named.items() if "lora_" in n)
+
+
+def test_plan_figures_by_hand():
+    """Qwen3-8B in bf16 with a self-critic, vLLM at 0.45 of an 80 GiB card."""
+    config = load_config("qwen3-8b-aime24")
+    plan = plan_memory(config, cuda_gpus=1, card_gb=80.0)
+    rollout = {p.name: p for p in plan.phases}["rollout"]
+    params = 8_190_735_360  # Qwen3-8B, untied embeddings
+    assert rollout.items["policy weights"] == pytest.approx(params * 2 / GiB)
+    assert rollout.items["critic weights"] == rollout.items["policy weights"]  # the second copy
+    assert rollout.items["vLLM share"] == pytest.approx(0.45 * 80)
+    # r=64 on 7 projections of 36 layers: q (4096->4096), k and v (4096->1024), o (4096->4096),
+    # gate and up (4096->12288), down (12288->4096); 16 bytes per trainable parameter
+    fan = 36 * ((4096 + 4096) * 2 + (4096 + 1024) * 2 + (4096 + 12288) * 3)
+    assert rollout.items["policy LoRA+AdamW"] == pytest.approx(64 * fan * 16 / GiB)
+    training = {p.name: p for p in plan.phases}["policy training"]
+    tokens = config.train.micro_batch_rows * (config.model.max_prompt_tokens + config.rollout.max_new_tokens)
+    assert training.items["logits"] == pytest.approx(tokens * 151936 * (2 + 8) / GiB)
+
+
+def test_a_smaller_visible_card_is_what_counts():
+    config = load_config("qwen3-14b-aime24")  # sized for 141 GiB
+    assert plan_memory(config, cuda_gpus=0).fits()
+    small = plan_memory(config, cuda_gpus=1, card_gb=80.0)
+    assert small.card_gb == 80.0 and not small.fits()
+    assert any("rollout needs" in n for n in small.problems())
+
+
+def test_a_run_that_cannot_fit_stops_before_any_work(tmp_path, capsys):
+    from tempo_bench.commands.cli import main
+
+    assert main(["run", "--preset", "qwen3-14b-aime24", "--set", "model.gpu_memory_gb=80",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: memory plan") and "does not fit: rollout needs" in err
+    assert "rollout.vllm.gpu_memory_utilization" in err and not (tmp_path / "mlflow.db").exists()
+
+
+def test_dry_run_prints_the_plan_and_plan_settings_leave_the_identity_alone(capsys):
+    from tempo_bench.commands.cli import main
+
+    assert main(["run", "--preset", "qwen3-8b-math500", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "memory plan: 1 GPU(s) of 80 GiB" in out and "fits in 80 GiB" in out
+    config = load_config("qwen3-8b-math500")
+    changed = load_config("qwen3-8b-math500", ["model.gpu_memory_gb=141", "model.max_prompt_tokens=2048"])
+    assert config_identity(config) == config_identity(changed)
