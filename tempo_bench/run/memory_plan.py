@@ -8,7 +8,8 @@ What each phase holds (GiB = 2**30 bytes; estimates, stated so they can be check
   policy's base for a self-critic: the run loads it twice); LoRA weights, gradients and AdamW
   state in float32 (16 bytes per trainable parameter), or for a critic trained in full its
   weights, gradients and float32 AdamW state. With model.device=auto over several GPUs the
-  weights are spread evenly.
+  weights and adapters are spread evenly (activations and logits are counted whole on each GPU,
+  an overestimate).
 - rollout: vLLM takes ``gpu_memory_utilization`` of the card for its weights and KV cache while
   the trainer's memory stays resident; the engine's weights plus the KV cache of one
   ``max_prompt_tokens + max_new_tokens`` sequence must fit inside that share. The hf backend
@@ -216,9 +217,10 @@ def _visible_card() -> tuple[int, float | None]:
 
 def on_gpu(config) -> bool:
     """Whether the run's model goes to a GPU (a plan is made): device cuda, or auto with a GPU
-    visible or a card named in model.gpu_memory_gb."""
+    visible, vLLM rollouts (GPU only) or a card named in model.gpu_memory_gb."""
     device = config.model.device
-    return device != "cpu" and (device != "auto" or resolve_device("auto") != "cpu" or config.model.gpu_memory_gb is not None)
+    gpu_only = config.rollout.backend == "vllm" or config.model.gpu_memory_gb is not None
+    return device != "cpu" and (device != "auto" or gpu_only or resolve_device("auto") != "cpu")
 
 
 def check_plan(config) -> MemoryPlan | None:
