@@ -1,11 +1,15 @@
 """The GPU memory plan (`tempo-bench run --dry-run`): computed offline from shipped model
 configs, its counts against naive references, and a run that cannot fit stopped before any work."""
 
+from pathlib import Path
+
 import pytest
 
 from tempo_bench.config import LoraConfig, ModelConfig, config_identity, load_config
 from tempo_bench.config.loading import preset_names
-from tempo_bench.run.memory_plan import GiB, model_shape, plan_memory
+from tempo_bench.run.memory_plan import SHIPPED_CONFIGS, GiB, model_shape, plan_memory
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 PAPER_PRESETS = [name for name in preset_names() if not name.startswith("toy")]
 
@@ -14,7 +18,7 @@ PAPER_PRESETS = [name for name in preset_names() if not name.startswith("toy")]
 def test_every_paper_preset_fits_the_card_it_claims(preset):
     config = load_config(preset)
     plan = plan_memory(config, cuda_gpus=0)  # no GPU here: the card the preset is sized for
-    assert plan.card_gb == (config.model.gpu_memory_gb or 80)
+    assert plan.card_gb == (config.model.gpu_memory_gb or 79)
     assert plan.fits(), "\n".join(plan.lines())
 
 
@@ -50,29 +54,36 @@ def test_plan_figures_by_hand():
 
 
 def test_a_smaller_visible_card_is_what_counts():
-    config = load_config("qwen3-14b-aime24")  # sized for 141 GiB
+    config = load_config("qwen3-14b-aime24")  # sized for an H200, 139 GiB
     assert plan_memory(config, cuda_gpus=0).fits()
     small = plan_memory(config, cuda_gpus=1, card_gb=80.0)
     assert small.card_gb == 80.0 and not small.fits()
     assert any("rollout needs" in n for n in small.problems())
 
 
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark files not found at {DATA}")
 def test_a_run_that_cannot_fit_stops_before_any_work(tmp_path, capsys):
+    """The 14B preset on an 80 GB card, with every input present here (the model's config from
+    the shipped copy, AIME and GSM8K from ../shared/data): one error with the plan, no output."""
     from tempo_bench.commands.cli import main
 
-    assert main(["run", "--preset", "qwen3-14b-aime24", "--set", "model.gpu_memory_gb=80",
-                 "--out", str(tmp_path)]) == 2
+    task = (f"task={{name: aime24, source: {DATA}/ttrl/AIME-TTT.json, labeled: gsm8k_train, "
+            f"labeled_source: {DATA}/gsm8k/train.jsonl, labeled_size: 64}}")
+    assert main(["run", "--preset", "qwen3-14b-aime24", "--set", "model.gpu_memory_gb=79", "--set", task,
+                 "--set", f"model.path={SHIPPED_CONFIGS / 'Qwen--Qwen3-14B'}", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: memory plan") and "does not fit: rollout needs" in err
-    assert "rollout.vllm.gpu_memory_utilization" in err and not (tmp_path / "mlflow.db").exists()
+    assert "rollout.vllm.gpu_memory_utilization" in err and not (tmp_path / "out").exists()
 
 
-def test_dry_run_prints_the_plan_and_plan_settings_leave_the_identity_alone(capsys):
+def test_dry_run_prints_the_plan_and_plan_settings_leave_the_identity_alone(capsys, monkeypatch):
     from tempo_bench.commands.cli import main
+    from tempo_bench.run import memory_plan
 
+    monkeypatch.setattr(memory_plan, "_visible_card", lambda: (0, None))  # whatever this machine has
     assert main(["run", "--preset", "qwen3-8b-math500", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "memory plan: 1 GPU(s) of 80 GiB" in out and "fits in 80 GiB" in out
+    assert "memory plan: 1 GPU(s) of 79 GiB" in out and "fits in 79 GiB" in out
     config = load_config("qwen3-8b-math500")
     changed = load_config("qwen3-8b-math500", ["model.gpu_memory_gb=141", "model.max_prompt_tokens=2048"])
     assert config_identity(config) == config_identity(changed)

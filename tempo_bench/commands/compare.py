@@ -66,7 +66,8 @@ def cmd_compare(args) -> int:
     overrides = list(args.overrides) + (
         [f"train.budget_tokens={args.budget_tokens}"] if args.budget_tokens else [])
     config = load_config(args.preset, overrides)  # the preset's own settings (each run adds its method and seed)
-    check_plan(config)  # a comparison that cannot fit its GPU stops before any run
+    for method in methods:  # a comparison with a method that cannot fit its GPU stops before any run
+        check_plan(load_config(args.preset, overrides + [f"method={method}"]), what=f"method {method}: ")
     workers = _compare_workers(args.workers, config.model.device, len(methods) * len(seeds))
     outcomes, uri = run_compare(args.preset, methods, seeds, overrides, args.tracking_uri, args.out,
                                 args.experiment, workers, resume=args.resume,

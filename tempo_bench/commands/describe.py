@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from tempo_bench.methods.catalog import method_class
-from tempo_bench.run.memory_plan import on_gpu, plan_memory
+from tempo_bench.run.memory_plan import PlanError, on_gpu, plan_memory
 from tempo_bench.tasks.real import TASK_SPECS
 
 
@@ -38,8 +38,11 @@ def describe_run(config) -> str:
         f"grading:  {'in the training process' if not config.grading.workers else f'{config.grading.workers} worker processes'}",
         f"logging:  {uri}, experiment {config.log.experiment}",
     ]
-    if on_gpu(config):
-        lines += ["", *plan_memory(config).lines()]
+    if on_gpu(config, described=True):
+        try:
+            lines += ["", *plan_memory(config).lines()]
+        except PlanError as err:  # a model this machine has no config of: the run downloads it first
+            lines += ["", f"memory plan: unavailable here ({err})"]
     return "\n".join(lines)
 
 

@@ -63,8 +63,8 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(describe_run(config))
         return 0
+    check_inputs(config)  # fetches the model's config if needed, which the plan reads
     plan = check_plan(config)  # a run that cannot fit its GPU stops here, before any work
-    check_inputs(config)
     ensure_writable(config.out)
 
     out = Path(config.out)

@@ -79,8 +79,8 @@ class ModelConfig(_Strict):
     gradient_checkpointing: bool = Field(False, description="trade compute for memory in training passes")
     attn_implementation: str | None = Field(None, description="e.g. sdpa, flash_attention_2 (None: default)")
     gpu_memory_gb: float | None = Field(
-        None, gt=0, description="the GPU the config is sized for, GiB per GPU (None: 80); the memory plan checks "
-        "against it, or against the visible card where that is smaller")
+        None, gt=0, description="the GPU the config is sized for, GiB per GPU as torch reports it (None: 79, "
+        "an '80 GB' card); the memory plan checks against it, or against the visible card where that is smaller")
     max_prompt_tokens: int = Field(1024, ge=1, description="the longest prompt the memory plan assumes, in tokens")
 
 

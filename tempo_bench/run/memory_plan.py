@@ -35,7 +35,7 @@ from tempo_bench.policy.model import resolve_device, resolve_model_path
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 SHIPPED_CONFIGS = ASSETS / "model_configs"
-DEFAULT_CARD_GB = 80.0
+DEFAULT_CARD_GB = 79.0  # an "80 GB" A100 / H100 as torch reports it, in GiB
 ADAM_BYTES = 16  # float32 weight, gradient and two AdamW moments per trainable parameter
 
 
@@ -69,10 +69,16 @@ def model_config(path: str):
     try:
         return AutoConfig.from_pretrained(local, local_files_only=True)
     except (OSError, ValueError):
-        if (shipped / "config.json").is_file():
-            return AutoConfig.from_pretrained(shipped)
-        raise PlanError(f"no config.json for {path!r} here (not a local folder, not in the hub cache, not "
-                        f"shipped in {SHIPPED_CONFIGS}): the memory plan needs the model's config") from None
+        if not (shipped / "config.json").is_file():
+            raise PlanError(f"no config.json for {path!r} here (not a local folder, not in the hub cache, not "
+                            f"shipped in {SHIPPED_CONFIGS}): the memory plan needs the model's config") from None
+    try:
+        return AutoConfig.from_pretrained(shipped)
+    except (OSError, ValueError) as err:  # e.g. a model type newer than the installed transformers
+        import transformers
+
+        raise PlanError(f"transformers {transformers.__version__} cannot read the shipped config of {path!r} "
+                        f"({str(err).splitlines()[0][:200]})") from None
 
 
 def model_shape(path: str) -> ModelShape:
@@ -136,9 +142,10 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
     """The plan of ``config`` (a RunConfig). ``cuda_gpus`` / ``card_gb``: what is visible here
     (default: asked of torch.cuda). The card checked against: model.gpu_memory_gb (the card the
     config is sized for, default 80 GiB), or the visible card where that is smaller."""
-    visible, card = _visible_card() if cuda_gpus is None else (cuda_gpus, card_gb)
+    visible, physical = _visible_card() if cuda_gpus is None else (cuda_gpus, card_gb)
     sized_for = config.model.gpu_memory_gb or DEFAULT_CARD_GB
-    card = min(sized_for, card) if card else sized_for
+    physical = physical or sized_for  # vLLM's share is a fraction of the card it runs on
+    card = min(sized_for, physical)
     vllm = config.rollout.vllm if config.rollout.backend == "vllm" else None
     spread = config.model.device == "auto" and max(visible, vllm.tensor_parallel_size if vllm else 1) > 1
     gpus = max(visible, vllm.tensor_parallel_size if vllm else 1) if spread else 1
@@ -161,13 +168,14 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
         if config.critic.path is None:
             notes.append(f"the self-critic loads a second copy of the policy's base ({resident['critic weights']:.1f} GiB)")
 
-    phases = [Phase("rollout", {**resident, **_rollout(config, policy, seq, width, card, notes)})]
-    asleep = {} if vllm is None or vllm.sleep else {"vLLM (awake)": vllm.gpu_memory_utilization * card}
-    rows = config.train.micro_batch_rows or 1
+    phases = [Phase("rollout", {**resident, **_rollout(config, policy, seq, width, physical, notes)})]
+    asleep = {} if vllm is None or vllm.sleep else {"vLLM (awake)": vllm.gpu_memory_utilization * physical}
+    # a micro-batch of None is a whole minibatch: the step's trained rows over train.minibatches
+    rows = config.train.micro_batch_rows or -(-_trained_rows(config) // config.train.minibatches)
     phases.append(Phase("policy training", {**resident, **asleep,
                                             **_activations(policy, rows * seq, width, config, logits=True)}))
     if critic is not None:
-        rows = config.critic.micro_batch_rows or 1
+        rows = config.critic.micro_batch_rows or config.critic.minibatch_rows
         phases.append(Phase("critic training", {**resident, **asleep,
                                                 **_activations(critic, rows * seq, width, config, logits=False)}))
     for phase in phases:
@@ -187,11 +195,26 @@ def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, note
                          f"is below its weights plus one {seq}-token sequence's KV cache ({need:.1f} GiB): raise "
                          "rollout.vllm.gpu_memory_utilization or tensor_parallel_size")
         return {"vLLM share": share}
-    rows = config.rollout.n * config.train.prompts_per_step
-    items = {"KV cache": kv_per_token * seq * rows / GiB}
+    items = {"KV cache": kv_per_token * seq * _sampled_rows(config) / GiB}
     if config.rollout.merge_lora:
         items["merged sampling copy"] = policy.params * width / GiB
     return items
+
+
+def _labeled_prompts(config) -> int:
+    options = config.method_options()
+    return getattr(options, "labeled_prompts_per_step", 0) if getattr(options, "include_labeled", True) else 0
+
+
+def _trained_rows(config) -> int:
+    """Rows trained on in a step: n samples of each unlabeled and labeled question."""
+    return config.rollout.n * (config.train.prompts_per_step + _labeled_prompts(config))
+
+
+def _sampled_rows(config) -> int:
+    """Rows sampled in a step (standard TTT votes over n_vote >= n samples)."""
+    n = max(config.rollout.n, getattr(config.method_options(), "n_vote", None) or 0)
+    return n * config.train.prompts_per_step + config.rollout.n * _labeled_prompts(config)
 
 
 def _activations(shape: ModelShape, tokens: int, width: int, config, logits: bool) -> dict[str, float]:
@@ -215,22 +238,26 @@ def _visible_card() -> tuple[int, float | None]:
     return torch.cuda.device_count(), torch.cuda.get_device_properties(0).total_memory / GiB
 
 
-def on_gpu(config) -> bool:
-    """Whether the run's model goes to a GPU (a plan is made): device cuda, or auto with a GPU
-    visible, vLLM rollouts (GPU only) or a card named in model.gpu_memory_gb."""
+def on_gpu(config, described: bool = False) -> bool:
+    """Whether the run's model goes to a CUDA GPU (a plan is checked): device cuda, or auto with a
+    GPU visible or vLLM rollouts (GPU only). ``described`` (--dry-run): also a config that names
+    the card it is sized for, on a machine without one."""
     device = config.model.device
-    gpu_only = config.rollout.backend == "vllm" or config.model.gpu_memory_gb is not None
-    return device != "cpu" and (device != "auto" or gpu_only or resolve_device("auto") != "cpu")
+    if device.startswith("cuda") or config.rollout.backend == "vllm":
+        return True
+    if device != "auto":  # cpu, mps
+        return False
+    return resolve_device("auto") == "cuda" or (described and config.model.gpu_memory_gb is not None)
 
 
-def check_plan(config) -> MemoryPlan | None:
-    """The plan of a run on a GPU, raising PlanError (the phase, the figure, the setting to change)
-    when it does not fit; None for a run on the CPU."""
+def check_plan(config, what: str = "") -> MemoryPlan | None:
+    """The plan of a run on a GPU, raising PlanError (the phase, the figure, the setting to change;
+    ``what`` says whose plan) when it does not fit; None for a run on the CPU."""
     if not on_gpu(config):
         return None
     plan = plan_memory(config)
     if not plan.fits():
-        raise PlanError("\n".join([*plan.lines(), "lower train.micro_batch_rows / critic.micro_batch_rows or "
+        raise PlanError(what + "\n".join([*plan.lines(), "lower train.micro_batch_rows / critic.micro_batch_rows or "
                                    "rollout.max_new_tokens, lower rollout.vllm.gpu_memory_utilization, or use a "
                                    "larger card (model.gpu_memory_gb)"]))
     return plan

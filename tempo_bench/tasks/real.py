@@ -189,7 +189,7 @@ def read_rows(path: str | Path) -> Rows:
         raise DataError(f"task file {path} cannot be read: {err}") from None
     if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
         rows, lines = [], []
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may sit inside a string
             if line.strip():
                 try:
                     rows.append(json.loads(line))

@@ -149,7 +149,8 @@ def plan_trials(study, spec: SweepSpec, n_trials: int) -> list[str]:
             key = _key(point)
             if key in finished or key in pending:
                 continue
-            earlier = [t.number for t in trials if t.state == TrialState.FAIL and _key(t.params) == key]
+            earlier = [t.number for t in trials if t.state == TrialState.FAIL and _key(t.params) == key
+                       and "duplicate_of" not in t.user_attrs]
             study.enqueue_trial(point, user_attrs={"retry_of": earlier[-1]} if earlier else {}, skip_if_exists=False)
             if earlier:
                 lines.append(f"point {point} runs again (its last trial, {earlier[-1]}, did not complete)")
@@ -209,7 +210,7 @@ def missing(study, spec: SweepSpec, n_trials: int) -> list[str]:
         lines = []
         for point in grid_points(spec)[:n_trials]:
             if _key(point) not in done:
-                last = [t for t in trials if _key(trial_params(t)) == _key(point)]
+                last = [t for t in trials if _key(trial_params(t)) == _key(point) and "duplicate_of" not in t.user_attrs]
                 lines.append(f"point {point}: " + (why(last[-1]) if last else "never run"))
         return lines
     gap = n_trials - count_finished(study)
