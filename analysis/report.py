@@ -138,7 +138,7 @@ def _final_value(df: pd.DataFrame, metric: str) -> pd.Series:
 
 
 INTERVAL_COLUMNS = ("final mean@k", "critic P(correct) - truth", "reward AUROC-w", "critic gap ECE",
-                    "E-steps", "critic tokens")
+                    "critic test ECE", "critic probe ECE", "E-steps", "critic tokens")
 
 
 def interval_values(df: pd.DataFrame, window: int = 5) -> pd.DataFrame:
@@ -146,12 +146,14 @@ def interval_values(df: pd.DataFrame, window: int = 5) -> pd.DataFrame:
     ``window`` training steps, the critic's belief against the truth on the trained rows (its
     P(correct) = (V + 1) / 2 from the mean reward, minus their true accuracy: positive means
     over-confident), its within-question ranking (AUROC) and its transfer gap (test minus probe
-    ECE); and its cost: E-steps run and critic tokens (training and E-step rollouts)."""
+    ECE, and both ECEs); and its cost: E-steps run and critic tokens (training and E-step rollouts)."""
     columns = [
         _final_value(df, MAIN_METRIC),
         (_last_steps_mean(df, "reward/mean", window) + 1) / 2 - _last_steps_mean(df, "reward/gt_mean", window),
         _last_steps_mean(df, "reward/auroc_within", window),
         _last_steps_mean(df, "critic/gap/ece", window),
+        _last_steps_mean(df, "critic/test/ece", window),
+        _last_steps_mean(df, "critic/probe/ece", window),
         _final_value(df, "critic/estep_count"),
         _final_value(df, "tokens/critic").add(_final_value(df, "tokens/estep_rollout"), fill_value=0),
     ]
