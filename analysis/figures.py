@@ -168,9 +168,7 @@ def recal_sweep(df: pd.DataFrame, runs: pd.DataFrame, metric: str = "eval/mean_a
         raise ValueError(f"the runs have no parameter {param!r}: not a recalibration-interval sweep")
     k_of = runs.set_index("run_id")[param].map(interval_label)
     finals = _final(df, metric).assign(K=lambda d: d.run_id.map(k_of))
-    costs = (_final(df, "tokens/critic").set_index("run_id").value
-             .add(_final(df, "tokens/estep_rollout").set_index("run_id").value, fill_value=0))
-    costs = costs.rename("value").reset_index().assign(K=lambda d: d.run_id.map(k_of))
+    costs = critic_tokens(df).rename("value").reset_index().assign(K=lambda d: d.run_id.map(k_of))
     order = interval_order(k_of)
     fig, (left, right) = _figure(2)
     for ax, data, label in ((left, finals, f"final {metric.split('/')[-1].replace('_at_', '@')}"),
@@ -203,6 +201,17 @@ def interval_order(labels) -> list[str]:
 def _final(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     sub = _metric(df, metric)
     return sub[sub.step == sub.groupby("run_id").step.transform("max")][["run_id", "seed", "value"]]
+
+
+def final_per_run(df: pd.DataFrame, metric: str) -> pd.Series:
+    """run_id -> the value of ``metric`` at the run's last logged step."""
+    return _final(df, metric).set_index("run_id").value
+
+
+def critic_tokens(df: pd.DataFrame) -> pd.Series:
+    """run_id -> the critic's cost at the end of the run: its training tokens plus the E-steps'
+    own rollout tokens."""
+    return final_per_run(df, "tokens/critic").add(final_per_run(df, "tokens/estep_rollout"), fill_value=0)
 
 
 def reliability_diagram(reliability: dict[int, dict], steps: list[int] | None = None):

@@ -131,12 +131,6 @@ def _last_steps_mean(df: pd.DataFrame, metric: str, window: int) -> pd.Series:
     return sub.groupby("run_id").tail(window).groupby("run_id").value.mean()
 
 
-def _final_value(df: pd.DataFrame, metric: str) -> pd.Series:
-    """run_id -> the value of ``metric`` at the run's last logged step."""
-    sub = df[df.metric == metric]
-    return sub[sub.step == sub.groupby("run_id").step.transform("max")].set_index("run_id").value
-
-
 INTERVAL_COLUMNS = ("final mean@k", "critic P(correct) - truth", "reward AUROC-w", "critic gap ECE",
                     "critic test ECE", "critic probe ECE", "E-steps", "critic tokens")
 
@@ -148,14 +142,14 @@ def interval_values(df: pd.DataFrame, window: int = 5) -> pd.DataFrame:
     over-confident), its within-question ranking (AUROC) and its transfer gap (test minus probe
     ECE, and both ECEs); and its cost: E-steps run and critic tokens (training and E-step rollouts)."""
     columns = [
-        _final_value(df, MAIN_METRIC),
+        F.final_per_run(df, MAIN_METRIC),
         (_last_steps_mean(df, "reward/mean", window) + 1) / 2 - _last_steps_mean(df, "reward/gt_mean", window),
         _last_steps_mean(df, "reward/auroc_within", window),
         _last_steps_mean(df, "critic/gap/ece", window),
         _last_steps_mean(df, "critic/test/ece", window),
         _last_steps_mean(df, "critic/probe/ece", window),
-        _final_value(df, "critic/estep_count"),
-        _final_value(df, "tokens/critic").add(_final_value(df, "tokens/estep_rollout"), fill_value=0),
+        F.final_per_run(df, "critic/estep_count"),
+        F.critic_tokens(df),
     ]
     return pd.concat(columns, axis=1, keys=INTERVAL_COLUMNS)
 

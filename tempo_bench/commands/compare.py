@@ -15,7 +15,6 @@ from tempo_bench.experiments.compare import parse_methods, parse_seeds, run_comp
 from tempo_bench.experiments.results import results_table
 from tempo_bench.methods.catalog import default_methods
 from tempo_bench.policy.model import resolve_device
-from tempo_bench.run.memory_plan import check_plan
 
 
 def add_parser(sub) -> None:
@@ -66,8 +65,6 @@ def cmd_compare(args) -> int:
     overrides = list(args.overrides) + (
         [f"train.budget_tokens={args.budget_tokens}"] if args.budget_tokens else [])
     config = load_config(args.preset, overrides)  # the preset's own settings (each run adds its method and seed)
-    for method in methods:  # a comparison with a method that cannot fit its GPU stops before any run
-        check_plan(load_config(args.preset, overrides + [f"method={method}"]), what=f"method {method}: ")
     workers = _compare_workers(args.workers, config.model.device, len(methods) * len(seeds))
     outcomes, uri = run_compare(args.preset, methods, seeds, overrides, args.tracking_uri, args.out,
                                 args.experiment, workers, resume=args.resume,

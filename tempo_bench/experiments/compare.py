@@ -38,6 +38,7 @@ from tempo_bench.methods.catalog import method_names
 from tempo_bench.run.caches import RunCaches
 from tempo_bench.run.checkpoint import latest_checkpoint
 from tempo_bench.run.inputs import check_inputs
+from tempo_bench.run.memory_plan import check_plan
 from tempo_bench.run.provenance import run_name_of
 from tempo_bench.run.run import run_ttt
 
@@ -94,6 +95,8 @@ def run_compare(preset: str, methods: list[str], seeds: list[int], overrides: li
     configs = {(m, s): load_config(preset, base + [f"method={m}", f"seed={s}"]) for m in methods for s in seeds}
     first = next(iter(configs.values()))
     check_inputs(first)  # every bad input fails here, before the first run
+    for method in methods:  # and a method whose run cannot fit its GPU
+        check_plan(configs[(method, seeds[0])], what=f"method {method}: ")
     out_dir = ensure_writable(first.out)
     uri = tracking_uri or first.log.tracking_uri or default_tracking_uri(out_dir)
     check_tracking(uri)

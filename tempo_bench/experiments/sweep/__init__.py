@@ -44,6 +44,7 @@ from tempo_bench.experiments.sweep.worker import (
     run_worker,
 )
 from tempo_bench.run.inputs import check_inputs
+from tempo_bench.run.memory_plan import check_plan
 
 __all__ = ["ObjectiveSpec", "ParamSpec", "SweepSpec", "count_finished", "describe", "grid_points", "load_spec",
            "make_storage", "missing", "objective_value", "open_study", "plan_trials", "run_sweep", "trial_config",
@@ -68,7 +69,9 @@ def run_sweep(spec_path: str, study_name: str | None, storage_url: str | None, n
     if spec.sampler.name == "grid" and n_trials > len(grid_points(spec)):
         raise ConfigError(f"--n-trials {n_trials}: the grid of {spec_path} has {len(grid_points(spec))} points")
 
-    check_inputs(trial_config(spec, {}))  # a missing model or a malformed task file: before any trial
+    base_config = trial_config(spec, {})
+    check_inputs(base_config)  # a missing model or a malformed task file: before any trial
+    check_plan(base_config)  # and a trial that cannot fit its GPU
     out = ensure_writable(out_dir)
     tracking_uri = tracking_uri or default_tracking_uri(out)
     check_tracking(tracking_uri)

@@ -150,7 +150,7 @@ def plan_trials(study, spec: SweepSpec, n_trials: int) -> list[str]:
             if key in finished or key in pending:
                 continue
             earlier = [t.number for t in trials if t.state == TrialState.FAIL and _key(t.params) == key
-                       and "duplicate_of" not in t.user_attrs]
+                       and not _duplicate(t)]
             study.enqueue_trial(point, user_attrs={"retry_of": earlier[-1]} if earlier else {}, skip_if_exists=False)
             if earlier:
                 lines.append(f"point {point} runs again (its last trial, {earlier[-1]}, did not complete)")
@@ -161,6 +161,11 @@ def plan_trials(study, spec: SweepSpec, n_trials: int) -> list[str]:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
             lines.append(f"trial {t.number} {t.params} runs again")
     return lines
+
+
+def _duplicate(trial) -> bool:
+    """A queued copy that was skipped (queued_twice): it stands for no point and no failure."""
+    return "duplicate_of" in trial.user_attrs
 
 
 def queued_twice(study, claimed, spec: SweepSpec) -> int | None:
@@ -201,7 +206,7 @@ def missing(study, spec: SweepSpec, n_trials: int) -> list[str]:
             return f"trial {t.number} failed: {t.user_attrs['error'].splitlines()[0][:300]}"
         if "interrupted" in t.user_attrs:
             return f"trial {t.number} was interrupted ({t.user_attrs['interrupted']})"
-        if "duplicate_of" in t.user_attrs:
+        if _duplicate(t):
             return f"trial {t.number} was queued twice (trial {t.user_attrs['duplicate_of']} runs it)"
         return f"trial {t.number} is {t.state.name}"
 
@@ -210,12 +215,11 @@ def missing(study, spec: SweepSpec, n_trials: int) -> list[str]:
         lines = []
         for point in grid_points(spec)[:n_trials]:
             if _key(point) not in done:
-                last = [t for t in trials if _key(trial_params(t)) == _key(point) and "duplicate_of" not in t.user_attrs]
+                last = [t for t in trials if _key(trial_params(t)) == _key(point) and not _duplicate(t)]
                 lines.append(f"point {point}: " + (why(last[-1]) if last else "never run"))
         return lines
     gap = n_trials - count_finished(study)
     if gap <= 0:
         return []
-    failed = [why(t) for t in trials if t.state not in (TrialState.COMPLETE, TrialState.PRUNED)
-              and "duplicate_of" not in t.user_attrs]
+    failed = [why(t) for t in trials if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) and not _duplicate(t)]
     return [f"{gap} of {n_trials} trials not finished"] + failed[-max(gap, 3):]
