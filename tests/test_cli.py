@@ -113,7 +113,7 @@ def test_dry_run_prints_the_resolved_config_and_loads_nothing(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "# resolved config" in out and "method: tempo" in out
-    assert "policy:   Qwen/Qwen3-8B (hub id; not cached here" in out and "critic:   a value head on the policy" in out
+    assert "policy:   Qwen/Qwen3-8B (hub id; not cached here" in out and "critic:   a value head on a copy of the policy model" in out
     assert not any(tmp_path.iterdir())
 
 
@@ -125,7 +125,7 @@ def test_dry_run_of_a_paper_preset_without_gpu_or_network(tmp_path, capsys, monk
     assert "bfloat16 on cuda" in out and "LoRA r=64, gradient checkpointing" in out
     assert "aime24 (AIME 2024, 30 problems) from hub HuggingFaceH4/aime_2024" in out
     assert "4096 questions drawn from dapo17k (hub BytedTsinghua-SIA/DAPO-Math-17k" in out
-    assert "vllm (weights synced as lora" in out and "critic:   a value head on the policy model (LoRA)" in out
+    assert "vllm (weights synced as lora" in out and "critic:   a LoRA adapter and value head on the policy's own base weights" in out
     assert not any(tmp_path.iterdir())
 
 

@@ -42,7 +42,13 @@ def test_plan_figures_by_hand():
     rollout = {p.name: p for p in plan.phases}["rollout"]
     params = 8_190_735_360  # Qwen3-8B, untied embeddings
     assert rollout.items["policy weights"] == pytest.approx(params * 2 / GiB)
-    assert rollout.items["critic weights"] == rollout.items["policy weights"]  # the second copy
+    assert "critic weights" not in rollout.items  # the LoRA self-critic shares the policy's base
+    two_copies = {p.name: p for p in plan_memory(load_config("qwen3-8b-aime24", ["critic.share_base=false"]),
+                                                  cuda_gpus=1, card_gb=80.0).phases}
+    assert two_copies["rollout"].items["critic weights"] == rollout.items["policy weights"]
+    for phase in plan.phases:  # the saving, in every phase
+        assert two_copies[phase.name].total - phase.total == pytest.approx(params * 2 / GiB)
+    assert any("(15.3 GiB saved)" in n for n in plan.notes)
     assert rollout.items["vLLM share"] == pytest.approx(0.45 * 80)
     # r=64 on 7 projections of 36 layers: q (4096->4096), k and v (4096->1024), o (4096->4096),
     # gate and up (4096->12288), down (12288->4096); 16 bytes per trainable parameter
@@ -54,7 +60,8 @@ def test_plan_figures_by_hand():
 
 
 def test_a_smaller_visible_card_is_what_counts():
-    config = load_config("qwen3-14b-aime24")  # sized for an H200, 139 GiB
+    # the 14B preset with two copies of its base, sized for an H200 (139 GiB)
+    config = load_config("qwen3-14b-aime24", ["critic.share_base=false", "model.gpu_memory_gb=139"])
     assert plan_memory(config, cuda_gpus=0).fits()
     small = plan_memory(config, cuda_gpus=1, card_gb=80.0)
     assert small.card_gb == 80.0 and not small.fits()
@@ -63,13 +70,13 @@ def test_a_smaller_visible_card_is_what_counts():
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark files not found at {DATA}")
 def test_a_run_that_cannot_fit_stops_before_any_work(tmp_path, capsys):
-    """The 14B preset on an 80 GB card, with every input present here (the model's config from
+    """The 14B preset with two copies of its base on an 80 GB card, with every input present here (the model's config from
     the shipped copy, AIME and GSM8K from ../shared/data): one error with the plan, no output."""
     from tempo_bench.commands.cli import main
 
     task = (f"task={{name: aime24, source: {DATA}/ttrl/AIME-TTT.json, labeled: gsm8k_train, "
             f"labeled_source: {DATA}/gsm8k/train.jsonl, labeled_size: 64}}")
-    assert main(["run", "--preset", "qwen3-14b-aime24", "--set", "model.gpu_memory_gb=79", "--set", task,
+    assert main(["run", "--preset", "qwen3-14b-aime24", "--set", "critic.share_base=false", "--set", task,
                  "--set", f"model.path={SHIPPED_CONFIGS / 'Qwen--Qwen3-14B'}", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: memory plan") and "does not fit: rollout needs" in err

@@ -29,7 +29,7 @@ def describe_run(config) -> str:
         "# would load",
         f"policy:   {model}, {config.model.dtype} on {_describe_device(config.model.device)}, LoRA r={config.lora.r}"
         + (", gradient checkpointing" if config.model.gradient_checkpointing else ""),
-        f"critic:   {'a value head on ' + (_describe_model(config.critic.path) if config.critic.path else 'the policy model') + (' (LoRA)' if config.critic.lora else '') if cls.uses_critic else 'none'}",
+        f"critic:   {_describe_critic(config) if cls.uses_critic else 'none'}",
         f"task:     {_describe_task(config.task)}",
         f"rollouts: {backend}, {rollout.n} samples per question, up to {rollout.max_new_tokens} new tokens, "
         f"{config.train.prompts_per_step} questions per step, {config.train.steps} steps",
@@ -85,3 +85,10 @@ def _describe_task(task) -> str:
     labeled = (f"; labeled D_L: {task.labeled_size} questions drawn from {task.labeled} "
                f"({source(task.labeled, task.labeled_source)})") if task.labeled_size else "; no labeled pool"
     return test + labeled
+
+
+def _describe_critic(config) -> str:
+    if config.critic_shares_base():
+        return "a LoRA adapter and value head on the policy's own base weights (critic.share_base)"
+    backbone = _describe_model(config.critic.path) if config.critic.path else "a copy of the policy model"
+    return f"a value head on {backbone}" + (" (LoRA)" if config.critic.lora else "")

@@ -143,6 +143,10 @@ class CriticConfig(_Strict):
     path: str | None = Field(None, description="backbone checkpoint (None: model.path, a self-critic)")
     lora: bool = Field(False, description="train the backbone through a LoRA adapter (the `lora` section), "
                        "the value head in full: a large critic on one GPU")
+    share_base: bool | None = Field(
+        None, description="a LoRA self-critic (critic.lora, critic.path unset or model.path) as a second adapter "
+        "and a value head on the policy's own frozen base (peft multi-adapter) instead of a second copy of the "
+        "base; None: wherever that applies, true: required (an error where it cannot), false: two copies")
     init: str | None = Field(None, description="a trained critic to start from ('toy-rlvr': the shipped RLVR "
                              "stage's critic, or a folder a critic was saved to); None: warm up a fresh value "
                              "head on labeled rollouts of the initial policy (the warmup_* settings)")
@@ -222,6 +226,22 @@ class RunConfig(_Strict):
         if isinstance(task, dict) and "name" not in task:
             data["task"] = {"name": "toy_addition", **task}
         return data
+
+    @model_validator(mode="after")
+    def _shared_base_possible(self):
+        if self.critic.share_base and not self._critic_can_share_base():
+            raise ValueError("critic.share_base: true needs a LoRA self-critic that starts fresh (critic.lora: true, "
+                             f"critic.path unset or {self.model.path!r}, critic.init unset); got critic.lora="
+                             f"{self.critic.lora}, critic.path={self.critic.path!r}, critic.init={self.critic.init!r}")
+        return self
+
+    def _critic_can_share_base(self) -> bool:
+        critic = self.critic
+        return critic.lora and critic.path in (None, self.model.path) and critic.init is None
+
+    def critic_shares_base(self) -> bool:
+        """Whether the critic is a second adapter on the policy's base (critic.share_base)."""
+        return self._critic_can_share_base() if self.critic.share_base is None else self.critic.share_base
 
     def method_options(self, name: str | None = None):
         """The validated options object of ``name`` (default: the selected method)."""

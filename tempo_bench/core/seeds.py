@@ -27,6 +27,7 @@ class Stream(Enum):
     RLVR_STEP = (9, 1_000_003, 1, 0)  # a step of the toy's RLVR stage
     RLVR_SCORE = (10, 7_919, 1, 0)  # the RLVR stage's held-out scoring
     RANDOM_REWARD = (11, 1_000_003, 7919, 4 * 104_729)  # the random_reward control's rewards
+    CRITIC_INIT = (12, 1, 0, 5 * 104_729)  # a fresh LoRA critic's adapter and head: the critic's seed
 
 
 def step_seed(seed: int, step: int, stream: Stream) -> int:

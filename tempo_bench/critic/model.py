@@ -9,6 +9,7 @@ Like the paper's code (verl), the value model is a token-classification model wi
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,12 @@ import torch
 
 from tempo_bench.core.algos import clipped_value_loss
 from tempo_bench.core.errors import ConfigError
+from tempo_bench.core.seeds import Stream, step_seed
+from tempo_bench.critic.shared_base import (
+    SharedBaseValueModel,
+    is_shared_base_folder,
+    seeded_lora_critic_init,
+)
 from tempo_bench.policy.batch import (
     TrainBatch,
     accumulated_step,
@@ -88,15 +95,42 @@ class Critic:
             from peft import get_peft_model
 
             model = get_peft_model(model, peft_config(lora_cfg, "TOKEN_CLS"))
+            lora_a = [p for name, p in model.named_parameters() if "lora_A" in name]
+            _seeded_init(lora_a, model, cfg, resolve_model_path(path))
         model = place(model, model_cfg)
         return cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.micro_batch_rows, cfg.length_buckets)
 
+    @classmethod
+    def sharing_base(cls, policy, cfg, lora_cfg, saved: Path | None = None) -> "Critic":
+        """A LoRA critic on the policy's own base (critic.share_base): fresh, or the one saved in
+        ``saved`` (optimiser state included)."""
+        model = SharedBaseValueModel.attach(policy, lora_cfg)
+        if saved is not None:
+            model.load_saved(saved)
+        else:
+            lora_a = [p for name, p in model.adapter_parameters() if "lora_A" in name]
+            _seeded_init(lora_a, model, cfg, model.config.name_or_path)
+        critic = cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.micro_batch_rows, cfg.length_buckets)
+        if saved is not None:
+            critic._load_optimizer(saved)
+        return critic
+
+    def session(self):
+        """What the value model needs active around a scoring pass or fit (the shared-base critic's
+        adapter: :class:`~tempo_bench.critic.shared_base.SharedBaseValueModel`)."""
+        return self.model.session() if isinstance(self.model, SharedBaseValueModel) else nullcontext()
+
     def _params(self):
-        return [p for p in self.model.parameters() if p.requires_grad]
+        params = list(self.model.parameters())
+        if isinstance(self.model, SharedBaseValueModel):  # its own parameters, trainable in its session
+            return params
+        return [p for p in params if p.requires_grad]
 
     def clone(self) -> "Critic":
         """An independent copy (weights and optimiser state): each run starts from the same
         starting critic without touching the shared one."""
+        if isinstance(self.model, SharedBaseValueModel):
+            raise TypeError("a shared-base critic lives on its run's policy: load its saved folder instead")
         other = Critic(copy.deepcopy(self.model), self.lr, self.weight_decay, self.grad_clip, self.micro_batch_rows,
                        self.length_buckets)
         other.optimizer.load_state_dict(copy.deepcopy(self.optimizer.state_dict()))
@@ -119,9 +153,11 @@ class Critic:
         states = StateIndex.of(batch)
         values = torch.zeros(states.mask.shape)
         lengths = batch.attention.sum(1)
-        for rows in micro_batches(torch.arange(states.mask.shape[0]), self.micro_batch_rows, lengths, self.length_buckets):
-            part = self.state_values(select_rows(batch, rows)).cpu()
-            values[rows, : part.shape[1]] = part
+        with self.session():
+            for rows in micro_batches(torch.arange(states.mask.shape[0]), self.micro_batch_rows, lengths,
+                                      self.length_buckets):
+                part = self.state_values(select_rows(batch, rows)).cpu()
+                values[rows, : part.shape[1]] = part
         self.model.train(was_training)
         return values, values.gather(1, states.lengths.unsqueeze(1)).squeeze(1)
 
@@ -156,15 +192,17 @@ class Critic:
             return loss, float(states.mask.sum()), {}
 
         self.model.train()
-        for _ in range(epochs):
-            order = torch.randperm(len(keep), generator=generator)
-            for minibatch in order.split(minibatch_rows):
-                # the loss is a mean over states: each micro-batch weighs by its share of them
-                total = float(StateIndex.of(select_rows(batch, minibatch)).mask.sum())
-                parts = micro_batches(minibatch, self.micro_batch_rows, batch.attention.sum(1), self.length_buckets)
-                step_stats, _ = accumulated_step(self.optimizer, self._params(), parts, loss_of, total,
-                                                 self.grad_clip, "critic value loss")
-                losses.append(step_stats["loss"])
+        with self.session():  # forward and backward: a checkpointed backward pass reruns the forward
+            for _ in range(epochs):
+                order = torch.randperm(len(keep), generator=generator)
+                for minibatch in order.split(minibatch_rows):
+                    # the loss is a mean over states: each micro-batch weighs by its share of them
+                    total = float(StateIndex.of(select_rows(batch, minibatch)).mask.sum())
+                    parts = micro_batches(minibatch, self.micro_batch_rows, batch.attention.sum(1),
+                                          self.length_buckets)
+                    step_stats, _ = accumulated_step(self.optimizer, self._params(), parts, loss_of, total,
+                                                     self.grad_clip, "critic value loss")
+                    losses.append(step_stats["loss"])
         self.model.eval()
         return {"critic/value_loss": sum(losses) / len(losses), "tokens/critic_step": tokens}
 
@@ -176,10 +214,15 @@ class Critic:
         return out_dir
 
     @classmethod
-    def load(cls, out_dir: Path, cfg, model_cfg=None) -> "Critic":
-        """A saved critic: a full model, or (critic.lora) a LoRA adapter plus head on its base."""
+    def load(cls, out_dir: Path, cfg, model_cfg=None, policy=None, lora_cfg=None) -> "Critic":
+        """A saved critic: a full model, (critic.lora) a LoRA adapter plus head on its base, or
+        (critic.share_base) an adapter plus head on ``policy``'s base."""
         from transformers import AutoModelForTokenClassification
 
+        if is_shared_base_folder(out_dir):
+            if policy is None:
+                raise ConfigError(f"{out_dir} holds a critic that shares its policy's base: load it with the policy")
+            return cls.sharing_base(policy, cfg, lora_cfg, saved=out_dir)
         if (out_dir / "adapter_config.json").is_file():
             from peft import PeftConfig, PeftModel
 
@@ -191,14 +234,29 @@ class Critic:
             model = AutoModelForTokenClassification.from_pretrained(out_dir, **model_kwargs(model_cfg))
         model = place(model, model_cfg)
         critic = cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.micro_batch_rows, cfg.length_buckets)
+        critic._load_optimizer(out_dir)
+        return critic
+
+    def _load_optimizer(self, out_dir: Path) -> None:
         state = out_dir / "optimizer.pt"
         if state.is_file():
-            critic.optimizer.load_state_dict(torch.load(state, weights_only=True, map_location="cpu"))
-        return critic
+            self.optimizer.load_state_dict(torch.load(state, weights_only=True, map_location="cpu"))
+
+
+def _seeded_init(lora_a: list[torch.Tensor], model, cfg, backbone_dir: str) -> None:
+    """A fresh LoRA critic's adapter and head from the critic's seed (then the verdict head where
+    asked): equal whether the critic has its own base or shares the policy's."""
+    head = model.score
+    if hasattr(head, "modules_to_save"):  # peft trains a TOKEN_CLS head through its own copy
+        head = head.modules_to_save[head.active_adapters[0]]
+    std = getattr(model.config.get_text_config(), "initializer_range", 0.02)
+    seeded_lora_critic_init(lora_a, head, std, step_seed(cfg.seed, 0, Stream.CRITIC_INIT))
+    if cfg.head_init == "verdict":
+        verdict_head(model, backbone_dir, cfg.head_scale, head)
 
 
 @torch.no_grad()
-def verdict_head(model, backbone_dir: str, scale: float) -> None:
+def verdict_head(model, backbone_dir: str, scale: float, head: torch.nn.Linear | None = None) -> None:
     """Set a token-classification head to read a verifier's verdict: weight = scale * (E[yes] -
     E[no]) with E the backbone's tied output embeddings, bias 0. The head sees the same final
     hidden state the language-model head does, so at the response's last token (where the
@@ -216,7 +274,7 @@ def verdict_head(model, backbone_dir: str, scale: float) -> None:
     tokenizer = AutoTokenizer.from_pretrained(backbone_dir)
     yes, no = (tokenizer.convert_tokens_to_ids(tokens[k]) for k in ("correct", "wrong"))
     embeddings = model.get_input_embeddings().weight  # tied with the verifier's output layer
-    head = model.score if hasattr(model, "score") else model.classifier
+    head = head if head is not None else model.score if hasattr(model, "score") else model.classifier
     head.weight.copy_(scale * (embeddings[yes] - embeddings[no]).unsqueeze(0).to(head.weight.dtype))
     if head.bias is not None:
         head.bias.zero_()

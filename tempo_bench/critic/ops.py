@@ -20,6 +20,7 @@ import torch
 from tempo_bench.core import metrics as M
 from tempo_bench.core.seeds import Stream, step_seed
 from tempo_bench.critic.model import Critic, values_to_prob
+from tempo_bench.critic.shared_base import is_shared_base_folder
 from tempo_bench.grading.answers import GENERIC, Grader
 from tempo_bench.policy.batch import TrainBatch, generation_batch
 from tempo_bench.policy.model import resolve_model_path
@@ -158,7 +159,9 @@ def starting_critic_key(config, pool: list[LabeledQuestion] = ()) -> str:
         "format": 3,  # bump when the critic's architecture or warm-up procedure changes
         # a rebuilt toy backbone (same path, new weights) is another starting critic
         "backbone": json.loads(backbone.read_text()).get("weights_hash") if backbone.is_file() else None,
-        "model": config.model.model_dump(), "critic": config.critic.model_dump(),
+        "model": config.model.model_dump(),
+        "critic": {k: v for k, v in config.critic.model_dump().items() if k != "share_base"},
+        **({"shared_base": True} if config.critic_shares_base() else {}),  # saved in another format
         "task": config.task.model_dump(),
         "warmup_questions": [[q.id, q.prompt, q.answer] for q in pool[: config.critic.warmup_questions]],
         "sampling": [config.rollout.temperature, config.rollout.top_p, config.rollout.max_new_tokens],
@@ -166,20 +169,29 @@ def starting_critic_key(config, pool: list[LabeledQuestion] = ()) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def starting_critic(config, backend: RolloutBackend, pad_id: int, pool: list[LabeledQuestion],
+def starting_critic(config, policy, backend: RolloutBackend, pad_id: int, pool: list[LabeledQuestion],
                     sampling: SamplingParams, cache_dir, grader: Grader = GENERIC,
                     cache: dict[str, Critic] | None = None) -> Critic:
     """The critic every critic method starts from: a trained critic (``critic.init``: the RLVR
     stage's, as in the paper), or else a fresh value head on the backbone, warmed up on labeled
     rollouts of the initial policy. Built once per key (starting_critic_key) and cached in memory
     (``cache``, shared by the runs of one process) and under ``cache_dir``; each run gets its own
-    copy."""
+    copy. A critic sharing the policy's base (critic.share_base) is built on ``policy`` and, for
+    later runs, loaded from its saved folder onto theirs."""
     from pathlib import Path
 
     cfg = config.critic
     key = starting_critic_key(config, pool)
     path = Path(cache_dir) / key
     cache = {} if cache is None else cache
+    if config.critic_shares_base():
+        if is_shared_base_folder(path):
+            return Critic.load(path, cfg, config.model, policy=policy, lora_cfg=config.lora)
+        critic = Critic.sharing_base(policy, cfg, config.lora)
+        if cfg.warmup_epochs:
+            warm_up(critic, cfg, backend, pad_id, pool, sampling, grader)
+        critic.save(path)
+        return critic
     if key not in cache:
         if cfg.init is not None:
             init = Path(resolve_model_path(cfg.init, part="critic"))

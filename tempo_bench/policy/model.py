@@ -169,6 +169,7 @@ def trainable_parameters(model) -> list[torch.nn.Parameter]:
 
 
 def save_adapter(model, out_dir: Path) -> Path:
+    """The policy's adapter only (a critic sharing the base keeps its own adapter on the same model)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, selected_adapters=["default"])
     return out_dir

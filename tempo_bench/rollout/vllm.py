@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from tempo_bench.policy.model import merged_lora_weights, resolve_model_path
+from tempo_bench.policy.model import merged_lora_weights, resolve_model_path, save_adapter
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's kernels are built for
@@ -134,7 +134,7 @@ class VLLMBackend(RolloutBackend):
 
         self.version += 1
         path = self.adapter_root / f"v{self.version:06d}"
-        self.policy.save_pretrained(path)
+        save_adapter(self.policy, path)
         previous, self.lora_request = self.lora_request, LoRARequest(f"policy-{self.version}", self.version, str(path))
         if previous is not None:  # vLLM has its own copy once loaded; the next one is already on disk
             shutil.rmtree(previous.lora_path, ignore_errors=True)

@@ -19,6 +19,7 @@ import torch
 
 from tempo_bench.config import flatten
 from tempo_bench.core.errors import ConfigError
+from tempo_bench.policy.model import save_adapter
 
 KEEP = 2  # checkpoints kept per run
 
@@ -30,7 +31,7 @@ def save_checkpoint(run_dir: Path, step: int, policy, optimizer, critic, state: 
     tmp = root / f".tmp_step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    policy.save_pretrained(tmp / "adapter")
+    save_adapter(policy, tmp / "adapter")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     if critic is not None:
         critic.save(tmp / "critic")

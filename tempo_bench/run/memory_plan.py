@@ -5,7 +5,8 @@ every shipped preset (tempo_bench/assets/model_configs holds the paper models' c
 What each phase holds (GiB = 2**30 bytes; estimates, stated so they can be checked):
 
 - resident (every phase): the policy's base weights; the critic's backbone (a second copy of the
-  policy's base for a self-critic: the run loads it twice); LoRA weights, gradients and AdamW
+  policy's base for a self-critic trained in full or with critic.share_base false; none for a
+  LoRA self-critic sharing the policy's base, tempo_bench.critic.shared_base); LoRA weights, gradients and AdamW
   state in float32 (16 bytes per trainable parameter), or for a critic trained in full its
   weights, gradients and float32 AdamW state. With model.device=auto over several GPUs the
   weights and adapters are spread evenly (activations and logits are counted whole on each GPU,
@@ -158,14 +159,21 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
                 "policy LoRA+AdamW": policy.lora_params(config.lora.r, config.lora.target_modules) * lora_bytes}
     critic = None
     if method_class(config.method).uses_critic:
-        critic = policy if config.critic.path is None else model_shape(config.critic.path)
-        resident["critic weights"] = critic.params * width / GiB / gpus
+        self_critic = config.critic.path in (None, config.model.path)
+        critic = policy if self_critic else model_shape(config.critic.path)
+        copy_gb = critic.params * width / GiB / gpus
+        if not config.critic_shares_base():
+            resident["critic weights"] = copy_gb
         if config.critic.lora:
             resident["critic LoRA+AdamW"] = critic.lora_params(config.lora.r, config.lora.target_modules) * lora_bytes
         else:
             resident["critic grads+AdamW"] = critic.params * (width + 8) / GiB / gpus
-        if config.critic.path is None:
-            notes.append(f"the self-critic loads a second copy of the policy's base ({resident['critic weights']:.1f} GiB)")
+        if config.critic_shares_base():
+            notes.append(f"the critic is a second LoRA adapter on the policy's base (critic.share_base): "
+                         f"no second copy of the base ({copy_gb:.1f} GiB saved)")
+        elif self_critic:
+            notes.append(f"the self-critic loads a second copy of the policy's base ({copy_gb:.1f} GiB)"
+                         + ("; critic.lora with critic.share_base would save it" if not config.critic.lora else ""))
 
     phases = [Phase("rollout", {**resident, **_rollout(config, policy, seq, width, physical, notes)})]
     asleep = {} if vllm is None or vllm.sleep else {"vLLM (awake)": vllm.gpu_memory_utilization * physical}

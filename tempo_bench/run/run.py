@@ -239,7 +239,8 @@ class Run:
         state = check_resumable(path, self.config)
         restore_policy(path, self.policy, self.optimizer)
         if self.critic_ops is not None:
-            self.critic_ops.critic = Critic.load(path / "critic", self.config.critic, self.config.model)
+            self.critic_ops.critic = Critic.load(path / "critic", self.config.critic, self.config.model, self.policy,
+                                                 self.config.lora)
             self.critic_ops.estep_count = state["critic_counters"]["estep_count"]
             self.tokens.update(state["critic_counters"].get("tokens", {}))  # checkpoints before 2026-12
         self.method.load_state_dict(state["method"])
@@ -350,7 +351,7 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
                                + (("tokens/confidence",) if scores_confidence else ()), 0)
         ops = None
         if cls.uses_critic:
-            critic = starting_critic(config, backend, tokenizer.pad_token_id, pool, sampling,
+            critic = starting_critic(config, policy, backend, tokenizer.pad_token_id, pool, sampling,
                                      Path(config.out) / "critics", grader, caches.starting_critics)
             ops = CriticOps(critic, backend, tokenizer.pad_token_id, pool, probe_questions, config.critic, sampling,
                             config.seed, log_text=logger.log_text, grader=grader, tokens=tokens)
