@@ -71,3 +71,18 @@ def test_merged_sampling_copy_follows_the_policy_after_sync():
     assert stale.token_ids == a.token_ids  # not synced yet: the old weights
     merged.sync_weights()
     assert merged.generate(prompts, greedy).token_ids == live.generate(prompts, greedy).token_ids != a.token_ids
+
+
+def test_per_question_seeds_make_a_questions_samples_independent_of_the_batch():
+    """rollout.seeding=question: a prompt's samples depend on its seed alone, not on the other
+    prompts of the call (what lets ranks split a step), and a different seed samples differently."""
+    backend = get_backend("hf")(load_policy(ModelConfig(), LoraConfig()), load_tokenizer("toy"))
+    prompts = ["Q:347+285\n", "Q:12+9\n", "Q:999+1\n"]
+    sampling = SamplingParams(n=4, temperature=1.5, max_new_tokens=40, seeds=(11, 22, 33))
+    torch.manual_seed(0)
+    together = backend.generate(prompts, sampling)
+    torch.manual_seed(1)  # the global generator plays no part
+    alone = backend.generate(prompts[1:2], SamplingParams(n=4, temperature=1.5, max_new_tokens=40, seeds=(22,)))
+    assert alone.token_ids == together.prompts([1]).token_ids
+    reseeded = backend.generate(prompts[1:2], SamplingParams(n=4, temperature=1.5, max_new_tokens=40, seeds=(23,)))
+    assert reseeded.token_ids != alone.token_ids

@@ -8,7 +8,7 @@ from pathlib import Path
 from tempo_bench.commands.describe import describe_run
 from tempo_bench.config import load_config
 from tempo_bench.core.errors import ConfigError, Interrupted
-from tempo_bench.core.loggers import SPOOL, MLflowLogger, default_tracking_uri
+from tempo_bench.core.loggers import SPOOL, MemoryLogger, MLflowLogger, default_tracking_uri
 from tempo_bench.core.tracking import check_tracking, ensure_writable
 from tempo_bench.methods.catalog import method_class
 from tempo_bench.run.checkpoint import (
@@ -17,6 +17,8 @@ from tempo_bench.run.checkpoint import (
     latest_checkpoint,
     load_state,
 )
+from tempo_bench.run.distributed import Ranks, check_same_config, launched_ranks
+from tempo_bench.run.distributed import finish as finish_ranks
 from tempo_bench.run.inputs import check_inputs
 from tempo_bench.run.memory_plan import check_plan
 from tempo_bench.run.run import run_name_of, run_ttt
@@ -63,40 +65,74 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(describe_run(config))
         return 0
+    ranks = launched_ranks()  # one, unless torchrun started several (the README's "Scaling out")
+    try:
+        return _run(args, config, ranks)
+    finally:
+        finish_ranks(ranks)
+
+
+def _run(args, config, ranks: Ranks) -> int:
+    check_same_config(ranks, config)  # the same error on every rank, before any collective can hang
     check_inputs(config)  # fetches the model's config if needed, which the plan reads
     plan = check_plan(config)  # a run that cannot fit its GPU stops here, before any work
     ensure_writable(config.out)
+    uri = config.log.tracking_uri or default_tracking_uri(Path(config.out))
+    if ranks.main:
+        print(f"tempo-bench run: preset={config.preset} method={config.method} seed={config.seed}"
+              + (f" on {ranks.world} ranks" if ranks.distributed else ""))
+        if method_class(config.method).uses_test_labels:
+            print(f"  NOTE: {config.method} trains on the TEST labels: an upper bound, not a TTT method")
+        print(f"  MLflow: {uri}  experiment={config.log.experiment}")
+        if plan is not None:
+            print("\n".join(f"  {line}" for line in plan.lines()))
+    logger, run_dir = _on_rank_zero(ranks, lambda: _open_logger(args, config, uri))
+    try:
+        with logger:
+            result = run_ttt(config, logger, out_dir=run_dir, progress=not args.quiet and ranks.main,
+                             resume=args.resume, ranks=ranks)
+    except KeyboardInterrupt:
+        raise Interrupted(_resume_hint(args.argv, run_dir, config)) from None
+    if ranks.main:
+        _print_summary(result, uri)
+    return 0
 
-    out = Path(config.out)
-    uri = config.log.tracking_uri or default_tracking_uri(out)
-    run_name = run_name_of(config.method, config.seed)
-    print(f"tempo-bench run: preset={config.preset} method={config.method} seed={config.seed}")
-    if method_class(config.method).uses_test_labels:
-        print(f"  NOTE: {config.method} trains on the TEST labels: an upper bound, not a TTT method")
-    print(f"  MLflow: {uri}  experiment={config.log.experiment}")
-    if plan is not None:
-        print("\n".join(f"  {line}" for line in plan.lines()))
+
+def _open_logger(args, config, uri: str) -> tuple[MLflowLogger, Path]:
+    """The run's MLflow logger and folder: a new run, or (--resume) the checkpointed one."""
+    out, run_name = Path(config.out), run_name_of(config.method, config.seed)
     check_tracking(uri)
     if args.resume:
-
         run_dir = find_resumable(out, config.log.experiment, run_name)
         if run_dir is None:
             raise ConfigError(f"nothing to resume: no checkpointed run {run_name!r} under "
                               f"{out / config.log.experiment}")
         run_id = check_resumable(latest_checkpoint(run_dir), config)["run_id"]
-        logger = MLflowLogger(uri, config.log.experiment, run_name, run_id=run_id,
-                              spool_path=run_dir / SPOOL)
-    else:
-        logger = MLflowLogger(uri, config.log.experiment, run_name, artifact_root=out / "mlartifacts")
-        run_dir = out / config.log.experiment / f"{run_name}-{logger.run_id[:8]}"
-        logger.spool_path = run_dir / SPOOL
-    try:
-        with logger:
-            result = run_ttt(config, logger, out_dir=run_dir, progress=not args.quiet, resume=args.resume)
-    except KeyboardInterrupt:
-        raise Interrupted(_resume_hint(args.argv, run_dir, config)) from None
-    _print_summary(result, uri)
-    return 0
+        return MLflowLogger(uri, config.log.experiment, run_name, run_id=run_id, spool_path=run_dir / SPOOL), run_dir
+    logger = MLflowLogger(uri, config.log.experiment, run_name, artifact_root=out / "mlartifacts")
+    run_dir = out / config.log.experiment / f"{run_name}-{logger.run_id[:8]}"
+    logger.spool_path = run_dir / SPOOL
+    return logger, run_dir
+
+
+def _on_rank_zero(ranks: Ranks, open_logger) -> tuple[object, Path]:
+    """Rank 0 opens the MLflow run; every rank learns its folder, or rank 0's error (other ranks
+    log nowhere: a MemoryLogger)."""
+    if not ranks.distributed:
+        return open_logger()
+    logger, run_dir, failure = MemoryLogger(), None, None
+    if ranks.main:
+        try:
+            logger, run_dir = open_logger()
+        except Exception as err:  # every rank stops with it, rather than waiting for rank 0
+            failure = err
+    shared_dir, message = ranks.broadcast((None if run_dir is None else str(run_dir),
+                                           None if failure is None else f"{failure}"))
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise ConfigError(f"rank 0 could not open the run: {message}")
+    return logger, Path(shared_dir)
 
 
 def command_line(argv: list[str], resume: bool = False) -> str:

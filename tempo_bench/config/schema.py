@@ -112,6 +112,10 @@ class RolloutConfig(_Strict):
     max_new_tokens: int = Field(96, ge=1)
     merge_lora: bool = Field(True, description="hf backend: sample from a merged copy of the weights "
                              "(faster; a second copy of the base model in memory)")
+    seeding: Literal["step", "question"] = Field(
+        "step", description="sampling noise: one stream per step (step), or one seed per question "
+        "(question: a question's samples do not depend on the rest of the batch or on the number of ranks; "
+        "needed by torchrun runs; hf backend)")
 
 
 class TrainConfig(_Strict):
@@ -226,6 +230,12 @@ class RunConfig(_Strict):
         if isinstance(task, dict) and "name" not in task:
             data["task"] = {"name": "toy_addition", **task}
         return data
+
+    @model_validator(mode="after")
+    def _question_seeding_on_hf(self):
+        if self.rollout.seeding == "question" and self.rollout.backend != "hf":
+            raise ValueError(f"rollout.seeding: question is built for the hf backend, not {self.rollout.backend!r}")
+        return self
 
     @model_validator(mode="after")
     def _shared_base_possible(self):

@@ -28,6 +28,13 @@ class Stream(Enum):
     RLVR_SCORE = (10, 7_919, 1, 0)  # the RLVR stage's held-out scoring
     RANDOM_REWARD = (11, 1_000_003, 7919, 4 * 104_729)  # the random_reward control's rewards
     CRITIC_INIT = (12, 1, 0, 5 * 104_729)  # a fresh LoRA critic's adapter and head: the critic's seed
+    QUESTION_SAMPLES = (13, 1_000_003, 7919, 6 * 104_729)  # a step's per-question sampling seeds
+
+
+def question_seeds(seed: int, step: int, count: int, stream: Stream = Stream.QUESTION_SAMPLES) -> tuple[int, ...]:
+    """One sampling seed per question of a step, by the question's position in the step's list."""
+    first = step_seed(seed, step, stream)
+    return tuple((first + 15_485_863 * position) % (2**63) for position in range(count))
 
 
 def step_seed(seed: int, step: int, stream: Stream) -> int:

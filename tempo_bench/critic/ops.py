@@ -190,7 +190,7 @@ def starting_critic(config, policy, backend: RolloutBackend, pad_id: int, pool: 
         critic = Critic.sharing_base(policy, cfg, config.lora)
         if cfg.warmup_epochs:
             warm_up(critic, cfg, backend, pad_id, pool, sampling, grader)
-        critic.save(path)
+        save_once(critic, path)
         return critic
     if key not in cache:
         if cfg.init is not None:
@@ -204,9 +204,27 @@ def starting_critic(config, policy, backend: RolloutBackend, pad_id: int, pool: 
             critic = Critic.from_pretrained(cfg.path or config.model.path, cfg, config.model, config.lora)
             if cfg.warmup_epochs:
                 warm_up(critic, cfg, backend, pad_id, pool, sampling, grader)
-            critic.save(path)
+            save_once(critic, path)
         cache[key] = critic
     return cache[key].clone()
+
+
+def save_once(critic: Critic, path) -> None:
+    """Save a starting critic under ``path`` whole or not at all: written to a folder of this
+    process, then renamed; where another process (a rank, a compare worker) built the same critic
+    first, its folder stays."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    critic.save(tmp)
+    try:
+        os.replace(tmp, path)
+    except OSError:  # the other process's copy is in place (a non-empty folder is not replaced)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def warm_up(critic: Critic, cfg, backend: RolloutBackend, pad_id: int, pool: list[LabeledQuestion],

@@ -64,7 +64,12 @@ class RolloutBatch:
     def graded(cls, questions: list[Question], generation: Generation, grader: Grader, step: int = 0) -> "RolloutBatch":
         """The grade phase: answers and clusters of every group, and the visible truth of the
         labeled ones."""
-        answers, clusters = grader.grade_generation(generation)
+        return cls.from_answers(questions, generation, *grader.grade_generation(generation), grader, step)
+
+    @classmethod
+    def from_answers(cls, questions: list[Question], generation: Generation, answers: list, clusters: list,
+                     grader: Grader, step: int = 0) -> "RolloutBatch":
+        """A batch of answers and clusters graded already (by the ranks that sampled them)."""
         labeled = [i for i, q in enumerate(questions) if isinstance(q, LabeledQuestion)]
         checked = dict(zip(labeled, grader.correctness([questions[i].answer for i in labeled],
                                                        [answers[i] for i in labeled]).tolist()))

@@ -91,13 +91,15 @@ def select_rows(batch: TrainBatch, rows: torch.Tensor) -> TrainBatch:
 
 
 def accumulated_step(optimizer, params: list[torch.nn.Parameter], parts: Iterable, loss_of: Callable,
-                     total: float, grad_clip: float, what: str) -> tuple[dict[str, float], float]:
+                     total: float, grad_clip: float, what: str, ranks=None) -> tuple[dict[str, float], float]:
     """One optimiser step whose gradient equals the whole minibatch's: ``loss_of(part)`` returns
     (loss, units, stats) for one micro-batch, its loss a mean over its own ``units`` (tokens, rows
     or states); each is weighted by units / ``total`` before its backward pass. A statistic given
     as a callable is evaluated after the backward pass (its temporaries then do not share memory
     with the autograd graph). Returns the
-    share-weighted statistics (the loss among them) and the gradient norm before clipping."""
+    share-weighted statistics (the loss among them) and the gradient norm before clipping. With
+    ``ranks`` (a data-parallel run), each rank's parts are its rows of the minibatch, and the
+    gradients and statistics are summed over ranks before clipping."""
     optimizer.zero_grad(set_to_none=True)
     stats: dict[str, float] = {}
     for part in parts:
@@ -110,6 +112,9 @@ def accumulated_step(optimizer, params: list[torch.nn.Parameter], parts: Iterabl
             value = value() if callable(value) else value
             stats[key] = stats.get(key, 0.0) + share * float(value.detach() if torch.is_tensor(value) else value)
         del loss
+    if ranks is not None and ranks.distributed:
+        ranks.sum_gradients(params)
+        stats = ranks.sum_values(stats)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
     optimizer.step()
     return stats, grad_norm

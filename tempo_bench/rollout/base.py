@@ -13,6 +13,9 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 96
     greedy: bool = False  # argmax decoding; temperature and top_p are then ignored
+    # one seed per prompt (rollout.seeding=question): a prompt's samples then depend on its seed
+    # alone, not on the other prompts of the call (nor on how a step is split over ranks)
+    seeds: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -47,6 +50,15 @@ class Generation:
         return Generation(self.n, [self.prompt_ids[i] for i in indices], [self.token_ids[r] for r in rows],
                           [self.logprobs[r] for r in rows], [self.texts[r] for r in rows],
                           [self.finished[r] for r in rows])
+
+
+def concat_generations(parts: list[Generation]) -> Generation:
+    """One Generation of several with the same n, prompts in the order given."""
+    n = {part.n for part in parts}
+    if len(n) != 1:
+        raise ValueError(f"cannot join generations of different n: {sorted(n)}")
+    return Generation(n.pop(), *([item for part in parts for item in getattr(part, field)]
+                                 for field in ("prompt_ids", "token_ids", "logprobs", "texts", "finished")))
 
 
 class RolloutBackend(ABC):

@@ -74,8 +74,10 @@ class HFBackend(RolloutBackend):
         try:
             per_call = max(1, self.max_batch_rows // n)
             for start in range(0, len(prompts), per_call):
+                uniforms = None if sampling.seeds is None or sampling.greedy else seeded_uniforms(
+                    sampling.seeds[start:start + per_call], n, sampling.max_new_tokens)
                 for ids, logps, finished in sample(model, prompt_ids[start:start + per_call], n, sampling,
-                                                   tok.eos_token_id, tok.pad_token_id):
+                                                   tok.eos_token_id, tok.pad_token_id, uniforms):
                     out.token_ids.append(ids)
                     out.logprobs.append(logps)
                     out.texts.append(tok.decode(ids, skip_special_tokens=True))
@@ -159,8 +161,17 @@ def _growing_cache(model):
         return None
 
 
-def _next_tokens(logits: torch.Tensor, sampling: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens [R], their log-probabilities [R]) from last-position logits [R, V]."""
+def seeded_uniforms(seeds: tuple[int, ...], n: int, max_new_tokens: int) -> torch.Tensor:
+    """The uniform draws of inverse-CDF sampling for prompts with their own seeds: [P * n, T],
+    row i * n + j for sample j of prompt i, column t for its t-th token. Drawn up front, one
+    generator per prompt: a prompt's samples then depend on its seed alone."""
+    return torch.cat([torch.rand(n, max_new_tokens, generator=torch.Generator().manual_seed(seed)) for seed in seeds])
+
+
+def _next_tokens(logits: torch.Tensor, sampling: SamplingParams,
+                 draws: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens [R], their log-probabilities [R]) from last-position logits [R, V]; ``draws`` [R]:
+    the rows' uniform draws (default: from the global generator)."""
     if sampling.greedy:
         logp = torch.log_softmax(logits.float(), -1)
         tokens = logp.argmax(-1)
@@ -173,14 +184,16 @@ def _next_tokens(logits: torch.Tensor, sampling: SamplingParams) -> tuple[torch.
         probs = probs.scatter(1, order, sorted_p.masked_fill(drop, 0.0))
     # inverse-CDF sampling: one uniform draw per row (cheaper than torch.multinomial here)
     cdf = probs.cumsum(-1)
-    draw = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]
+    uniform = torch.rand(cdf.shape[0], 1, device=cdf.device) if draws is None else draws.to(cdf.device)[:, None]
+    draw = uniform * cdf[:, -1:]
     tokens = torch.searchsorted(cdf, draw, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
     return tokens, logp.gather(1, tokens[:, None]).squeeze(1)
 
 
-def sample(model, prompt_ids: list[list[int]], n: int, sampling: SamplingParams, eos_id: int, pad_id: int):
+def sample(model, prompt_ids: list[list[int]], n: int, sampling: SamplingParams, eos_id: int, pad_id: int,
+           uniforms: torch.Tensor | None = None):
     """n samples for each prompt, prompt-major: a list of (token ids, log-probs, finished), the
-    EOS included when a row ended."""
+    EOS included when a row ended. ``uniforms`` [P * n, T]: each row's draws (seeded_uniforms)."""
     device = next(model.parameters()).device
     cache_kw = _cache_keyword(model)
     width = max(len(p) for p in prompt_ids)
@@ -209,7 +222,7 @@ def sample(model, prompt_ids: list[list[int]], n: int, sampling: SamplingParams,
     active = torch.arange(rows)  # which original row each batch row is
     alive = torch.ones(rows, dtype=torch.bool)  # batch rows still sampling
     for step in range(sampling.max_new_tokens):
-        chosen, chosen_logp = _next_tokens(logits, sampling)
+        chosen, chosen_logp = _next_tokens(logits, sampling, None if uniforms is None else uniforms[active, step])
         ended = (chosen == eos_id).cpu() & alive
         for row, token, lp in zip(active[alive].tolist(), chosen[alive.to(chosen.device)].tolist(),
                                   chosen_logp[alive.to(chosen.device)].tolist()):

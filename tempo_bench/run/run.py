@@ -16,7 +16,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from tempo_bench.config import RunConfig, config_identity, flatten
 from tempo_bench.core.loggers import Logger
-from tempo_bench.core.seeds import Stream, questions_for_step, step_seed
+from tempo_bench.core.seeds import Stream, question_seeds, questions_for_step, step_seed
 from tempo_bench.critic.model import Critic
 from tempo_bench.critic.ops import CriticOps, starting_critic
 from tempo_bench.grading.answers import Grader
@@ -42,7 +42,7 @@ from tempo_bench.policy.model import (
 from tempo_bench.policy.scoring import confidence_scores
 from tempo_bench.policy.update import policy_update
 from tempo_bench.rollout import SamplingParams, get_backend
-from tempo_bench.rollout.base import RolloutBackend
+from tempo_bench.rollout.base import Generation, RolloutBackend, concat_generations
 from tempo_bench.run.caches import RunCaches, initial_eval_key
 from tempo_bench.run.checkpoint import (
     check_resumable,
@@ -50,6 +50,7 @@ from tempo_bench.run.checkpoint import (
     restore_policy,
     save_checkpoint,
 )
+from tempo_bench.run.distributed import Ranks
 from tempo_bench.run.evaluation import evaluate
 from tempo_bench.run.provenance import git_commit, run_name_of
 from tempo_bench.run.records import PhaseTimer, RunResult
@@ -87,6 +88,7 @@ class Run:
     tokens: dict[str, int]
     result: RunResult
     logged_until: int = -1  # a resumed run recomputes, but does not re-log, steps up to here
+    ranks: Ranks = Ranks()  # a data-parallel run's ranks (tempo_bench.run.distributed)
 
     # -- the loop body ----------------------------------------------------------------------
     def step(self, step: int) -> dict[str, float]:
@@ -94,10 +96,12 @@ class Run:
         config, method, ops, timer = self.config, self.method, self.critic_ops, PhaseTimer()
         torch.manual_seed(step_seed(config.seed, step, Stream.TRAIN))
         questions = self.questions_for(step)
+        mine = self.ranks.share(len(questions))  # all of them, unless several ranks split the step
         with timer.phase("rollout"):
-            generation = self.backend.generate([q.prompt for q in questions], self.sampling)
+            local = self.backend.generate([questions[i].prompt for i in mine], self.sampling_for(step, questions, mine))
         with timer.phase("grade"):
-            batch = RolloutBatch.graded(questions, generation, self.grader, step)
+            generation, answers, clusters = self.gathered(local, self.grader.grade_generation(local))
+            batch = RolloutBatch.from_answers(questions, generation, answers, clusters, self.grader, step)
             truth = true_correctness(batch, self.task.answer_key, self.grader)  # metrics only
         if ops is not None:
             with timer.phase("critic_score"):
@@ -118,7 +122,8 @@ class Run:
                     batch.advantages = _finite(method.advantages(batch), "advantage")
             with timer.phase("policy"):
                 policy_stats = {} if not batch.rows else policy_update(
-                    self.policy, self.optimizer, batch.train, batch.advantages, config.train, config.rollout.temperature)
+                    self.policy, self.optimizer, batch.train, batch.advantages, config.train, config.rollout.temperature,
+                    self.ranks, self.ranks.owned_rows(batch.rows, generation.n, len(questions)))
         with timer.phase("sync"):  # before the critic phase: E-step rollouts sample the updated policy
             self.backend.sync_weights()
         critic_stats = {}
@@ -154,6 +159,23 @@ class Run:
         scores = confidence_scores(self.policy, sequences, temperature, rows)
         shaped = {name: values.reshape(generation.num_prompts, generation.n) for name, values in scores.items()}
         return shaped, sequences.num_tokens
+
+    def sampling_for(self, step: int, questions: list[Question], mine: range) -> SamplingParams:
+        """The step's sampling settings; with rollout.seeding=question, the seeds of this rank's
+        questions (by their place in the whole step's list)."""
+        if self.config.rollout.seeding != "question":
+            return self.sampling
+        seeds = question_seeds(self.config.seed, step, len(questions))
+        return replace(self.sampling, seeds=seeds[mine.start: mine.stop])
+
+    def gathered(self, local: Generation, graded: tuple[list, list]) -> tuple[Generation, list, list]:
+        """(generation, answers, clusters) of the whole step: every rank's share, in rank order."""
+        if not self.ranks.distributed:
+            return local, *graded
+        parts = self.ranks.gather((local, graded))
+        answers = [a for _, (share, _) in parts for a in share]
+        clusters = [c for _, (_, share) in parts for c in share]
+        return concat_generations([generation for generation, _ in parts]), answers, clusters
 
     def questions_for(self, step: int) -> list[Question]:
         """The step's unlabeled test questions, then its labeled ones (the method's make-up)."""
@@ -200,7 +222,7 @@ class Run:
         return {**values, "tokens/eval": self.tokens["tokens/eval"], "time/eval": time.perf_counter() - start}
 
     def log(self, values: dict[str, float], step: int) -> None:
-        if step > self.logged_until:
+        if step > self.logged_until and self.ranks.main:
             self.logger.log_metrics(values, step)
 
     def spent_tokens(self) -> int:
@@ -272,7 +294,8 @@ class Run:
         checkpoints and the token budget; ``on_step(step, eval_metrics_or_None)`` after each."""
         config = self.config
         first_step = self.resume() + 1 if resume else 1
-        if not resume:
+        main = self.ranks.main  # only rank 0 evaluates, logs and checkpoints
+        if not resume and main:
             self.start()
             self.log(self.evaluate(0), 0)
         bar = tqdm(range(first_step, config.train.steps + 1), desc=f"{config.method} s{config.seed}",
@@ -282,19 +305,20 @@ class Run:
             values = self.step(step)
             self.result.steps[step] = values
             over_budget = self.over_budget()
-            if step % config.eval.every == 0 or step == config.train.steps or over_budget:
+            if main and (step % config.eval.every == 0 or step == config.train.steps or over_budget):
                 values = {**values, **self.evaluate(step)}
             self.log(values, step)
             bar.set_postfix(reward=f"{values['reward/mean']:.2f}", maj_ratio=f"{values['ttt/majority_ratio']:.2f}")
             last = over_budget or step == config.train.steps
-            if config.train.checkpoint_every and (step % config.train.checkpoint_every == 0 or last):
+            if main and config.train.checkpoint_every and (step % config.train.checkpoint_every == 0 or last):
                 self.checkpoint(step)
             if on_step is not None:
                 on_step(step, self.result.evals.get(step))
             if over_budget:
                 print(f"token budget reached after step {step} ({self.spent_tokens():,} >= {config.train.budget_tokens:,})")
                 break
-        self.finish(over_budget, step)
+        if main:
+            self.finish(over_budget, step)
         return self.result
 
 
@@ -319,7 +343,7 @@ def split_labeled(task: TaskData, config: RunConfig, method: Method) -> tuple[li
 
 
 def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, out_dir: Path | None = None,
-              caches: RunCaches | None = None) -> Run:
+              caches: RunCaches | None = None, ranks: Ranks = Ranks()) -> Run:
     """Load everything a run of ``config`` needs, once: the task (``task`` overrides the config's
     data), the method, the policy and its rollout backend, the grader and, for critic methods,
     the starting critic. ``caches`` is shared by the runs of one process (compare, sweep)."""
@@ -335,6 +359,7 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
     cls = method_class(config.method)
     method = cls(config.method_options(), n_train=config.rollout.n, seed=config.seed)
     pool, probe_questions = split_labeled(task, config, method)
+    ranks.share(method.unlabeled_per_step(config.train.prompts_per_step) + method.labeled_per_step())  # divisible
     if cls.uses_test_labels:
         method.answer_key = task.answer_key  # the oracle only; its runs are tagged
     grader = make_grader(task.grader, config.grading.workers, config.grading.timeout_s)
@@ -362,16 +387,17 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
         raise
     eval_questions = task.test[: config.eval.size] if config.eval.size else task.test
     return Run(config, logger, task, out_dir, caches, method, pool, eval_questions, grader, policy, tokenizer,
-               backend, optimizer, sampling, ops, tokens, RunResult(logger.run_id, out_dir))
+               backend, optimizer, sampling, ops, tokens, RunResult(logger.run_id, out_dir), ranks=ranks)
 
 
 def run_ttt(config: RunConfig, logger: Logger, task: TaskData | None = None, out_dir: Path | None = None,
-            progress: bool = True, on_step=None, resume: bool = False, caches: RunCaches | None = None) -> RunResult:
+            progress: bool = True, on_step=None, resume: bool = False, caches: RunCaches | None = None,
+            ranks: Ranks = Ranks()) -> RunResult:
     """Build a run of ``config`` and train it for ``config.train.steps`` steps (or until
     ``train.budget_tokens``), logging every step to ``logger``. ``on_step(step, evals)`` is called
     after each step (a sweep's heartbeat and pruning; it may raise to stop the run). With
     ``resume``, continue from the latest checkpoint in ``out_dir``."""
-    run = build_run(config, logger, task, out_dir, caches)
+    run = build_run(config, logger, task, out_dir, caches, ranks)
     try:
         return run.train(progress, on_step, resume)
     finally:

@@ -1,0 +1,140 @@
+"""Data-parallel runs on torch.distributed: ``torchrun --nproc-per-node N $(which tempo-bench) run ...``.
+
+Each rank samples and grades its contiguous share of a step's questions, with per-question seeds
+(``rollout.seeding: question``), so the samples do not depend on the number of ranks; the shares
+are then gathered, so every rank holds the whole step's batch and computes the same rewards,
+advantages and metrics (nothing to reduce: a 2-rank run logs what a 1-rank run logs). The policy
+update is split again: each rank back-propagates its own rows of every minibatch, each weighed by
+its share of the *global* minibatch's tokens (or rows), and the LoRA gradients are summed over
+ranks once per optimiser step (what DDP does at the end of gradient accumulation; DDP's own hooks
+would reduce at every micro-batch and need the whole model wrapped). Clipping and the optimiser
+step then see the same gradient on every rank, so the replicas stay equal without broadcasting
+weights. Only rank 0 evaluates, logs to MLflow and writes checkpoints; every rank reads a
+checkpoint on ``--resume``. The critic's E-step and probe run whole on every rank (identical
+work, identical critics; not yet split). ``torchrun`` stops every rank when one dies; a
+collective that waits longer than ``TIMEOUT_S`` fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+from tempo_bench.core.errors import ConfigError
+
+TIMEOUT_S = 600  # a collective no peer joins for this long raises (a dead or stuck rank)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a data-parallel run: rank r of ``world`` (1: a plain run)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def share(self, count: int) -> range:
+        """This rank's contiguous share of ``count`` items (``count`` divisible by the world size)."""
+        if count % self.world:
+            raise ConfigError(f"{count} questions per step do not split over {self.world} ranks: make "
+                              "train.prompts_per_step (plus a method's labeled questions per step) a multiple of it")
+        per = count // self.world
+        return range(self.rank * per, (self.rank + 1) * per)
+
+    def gather(self, value) -> list:
+        """Every rank's ``value`` (any picklable object), in rank order."""
+        if not self.distributed:
+            return [value]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, value)
+        return out
+
+    def broadcast(self, value):
+        """Rank 0's ``value`` on every rank."""
+        if not self.distributed:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Sum the gradients of ``params`` over ranks, in one flat buffer (a parameter without a
+        gradient on this rank, because it had no rows, counts as zero)."""
+        if not self.distributed:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        torch.distributed.all_reduce(flat)
+        offset = 0
+        for p, g in zip(params, grads):
+            p.grad = flat[offset: offset + g.numel()].view_as(g).to(p.dtype)
+            offset += g.numel()
+
+    def sum_values(self, values: dict[str, float]) -> dict[str, float]:
+        """Each key's sum over ranks (a rank without rows in a minibatch passes no keys)."""
+        if not self.distributed:
+            return values
+        totals: dict[str, float] = {}
+        for part in self.gather(values):
+            for key, value in part.items():
+                totals[key] = totals.get(key, 0.0) + value
+        return totals
+
+    def owned_rows(self, rows: list[int], n: int, questions: int) -> torch.Tensor | None:
+        """Which of a step's trained ``rows`` (generation rows, n per question) this rank
+        back-propagates: those of its own questions. None on a single rank (all of them)."""
+        if not self.distributed:
+            return None
+        mine = self.share(questions)
+        return torch.tensor([row // n in mine for row in rows], dtype=torch.bool)
+
+
+def launched_ranks() -> Ranks:
+    """The ranks torchrun (or any launcher setting RANK and WORLD_SIZE) started; the process group
+    is joined here (gloo on CPU, NCCL on GPUs). A plain launch is one rank."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Ranks()
+    rank = int(os.environ["RANK"])
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_S))
+    return Ranks(rank, world)
+
+
+def check_same_config(ranks: Ranks, config) -> None:
+    """Every rank was given the same config, and one a data-parallel run can do; else the same
+    error on every rank (never a hang at the first collective)."""
+    if not ranks.distributed:
+        return
+    from tempo_bench.config import flatten
+
+    mine = flatten(config.model_dump())
+    everyone = ranks.gather(mine)
+    differ = sorted({k for other in everyone for k in set(other) | set(mine) if other.get(k) != mine.get(k)})
+    if differ:
+        raise ConfigError(f"the {ranks.world} ranks were launched with different configs (differing: "
+                          f"{', '.join(differ[:8])}): launch every rank with the same command")
+    if config.rollout.backend != "hf":
+        raise ConfigError(f"rollout.backend={config.rollout.backend!r} cannot run on several ranks yet; use "
+                          "rollout.backend=hf with torchrun, or one process (vLLM's own tensor parallelism)")
+    if config.rollout.seeding != "question":
+        raise ConfigError("a run on several ranks needs rollout.seeding=question (per-question seeds: samples "
+                          "that do not depend on the number of ranks)")
+
+
+def finish(ranks: Ranks) -> None:
+    if ranks.distributed and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
