@@ -94,3 +94,13 @@ def test_dry_run_prints_the_plan_and_plan_settings_leave_the_identity_alone(caps
     config = load_config("qwen3-8b-math500")
     changed = load_config("qwen3-8b-math500", ["model.gpu_memory_gb=141", "model.max_prompt_tokens=2048"])
     assert config_identity(config) == config_identity(changed)
+
+
+def test_data_parallel_ranks_each_hold_their_share_of_the_rollouts():
+    config = load_config("qwen3-1.7b-gsm8k", ["rollout.backend=hf", "rollout.seeding=question"])
+    whole = {p.name: p for p in plan_memory(config, cuda_gpus=1, card_gb=80.0, ranks=1).phases}["rollout"]
+    shared = plan_memory(config, cuda_gpus=1, card_gb=80.0, ranks=4)
+    quarter = {p.name: p for p in shared.phases}["rollout"]
+    assert quarter.items["KV cache"] == pytest.approx(whole.items["KV cache"] / 4)  # 320 sequences, 80 per rank
+    assert quarter.items["policy weights"] == whole.items["policy weights"]  # every rank holds a replica
+    assert any("each of 4 ranks samples 80" in n for n in shared.notes)

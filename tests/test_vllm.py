@@ -1,7 +1,7 @@
 """The vllm rollout backend against the hf backend on the toy model.
 
 The merge test runs anywhere. The engine tests need a CUDA GPU and vLLM (pip install
-'tempo-bench[vllm]') and are skipped otherwise; scripts/gpu_check.sh runs each in its own process
+'tempo-bench[vllm]') and are skipped otherwise; scripts/gpu_check_vllm.sh runs each in its own process
 (one vLLM engine per process)."""
 
 import copy
@@ -19,7 +19,7 @@ from tempo_bench.tasks import load_task_data
 
 needs_gpu = pytest.mark.skipif(
     not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None,
-    reason="needs a CUDA GPU and vLLM (pip install 'tempo-bench[vllm]'); run scripts/gpu_check.sh on one",
+    reason="needs a CUDA GPU and vLLM (pip install 'tempo-bench[vllm]'); run scripts/gpu_check_vllm.sh on one",
 )
 
 

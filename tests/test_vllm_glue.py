@@ -2,7 +2,7 @@
 vLLM: it answers from the hf backend) checks what the backend asks of it: a fresh LoRA adapter and
 id after each sync, the old adapter folder removed, the engine woken for work and put back to sleep,
 merged weights named as the base checkpoint, and vLLM-shaped outputs turned into a Generation.
-The real engine is tested by tests/test_vllm.py on a GPU (scripts/gpu_check.sh)."""
+The real engine is tested by tests/test_vllm.py on a GPU (scripts/gpu_check_vllm.sh)."""
 
 import sys
 import types

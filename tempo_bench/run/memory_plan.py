@@ -25,6 +25,7 @@ What each phase holds (GiB = 2**30 bytes; estimates, stated so they can be check
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from tempo_bench.core.assets import ASSETS
@@ -138,10 +139,14 @@ class MemoryPlan:
         return out
 
 
-def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = None) -> MemoryPlan:
+def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = None,
+                ranks: int | None = None) -> MemoryPlan:
     """The plan of ``config`` (a RunConfig). ``cuda_gpus`` / ``card_gb``: what is visible here
     (default: asked of torch.cuda). The card checked against: model.gpu_memory_gb (the card the
-    config is sized for, default 80 GiB), or the visible card where that is smaller."""
+    config is sized for, default 80 GiB), or the visible card where that is smaller. ``ranks``:
+    the data-parallel ranks sharing a step's rollouts, one GPU each (default: torchrun's
+    WORLD_SIZE, else 1)."""
+    ranks = ranks or int(os.environ.get("WORLD_SIZE", "1"))
     visible, physical = _visible_card() if cuda_gpus is None else (cuda_gpus, card_gb)
     sized_for = config.model.gpu_memory_gb or DEFAULT_CARD_GB
     physical = physical or sized_for  # vLLM's share is a fraction of the card it runs on
@@ -175,7 +180,7 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
             notes.append(f"the self-critic loads a second copy of the policy's base ({copy_gb:.1f} GiB)"
                          + ("; critic.lora with critic.share_base would save it" if not config.critic.lora else ""))
 
-    phases = [Phase("rollout", {**resident, **_rollout(config, policy, seq, width, physical, notes)})]
+    phases = [Phase("rollout", {**resident, **_rollout(config, policy, seq, width, physical, notes, ranks)})]
     asleep = {} if vllm is None or vllm.sleep else {"vLLM (awake)": vllm.gpu_memory_utilization * physical}
     # a micro-batch of None is a whole minibatch: the step's trained rows over train.minibatches
     rows = config.train.micro_batch_rows or -(-_trained_rows(config) // config.train.minibatches)
@@ -191,7 +196,8 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
     return MemoryPlan(card, gpus, phases, notes)
 
 
-def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, notes: list[str]) -> dict[str, float]:
+def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, notes: list[str],
+             ranks: int = 1) -> dict[str, float]:
     kv_per_token = 2 * policy.layers * policy.kv_dim * width
     if config.rollout.backend == "vllm":
         v = config.rollout.vllm
@@ -202,7 +208,10 @@ def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, note
                          f"is below its weights plus one {seq}-token sequence's KV cache ({need:.1f} GiB): raise "
                          "rollout.vllm.gpu_memory_utilization or tensor_parallel_size")
         return {"vLLM share": share}
-    items = {"KV cache": kv_per_token * seq * _sampled_rows(config) / GiB}
+    rows = -(-_sampled_rows(config) // ranks)  # each rank samples its share of the step
+    if ranks > 1:
+        notes.append(f"each of {ranks} ranks samples {rows} of the step's {_sampled_rows(config)} sequences")
+    items = {"KV cache": kv_per_token * seq * rows / GiB}
     if config.rollout.merge_lora:
         items["merged sampling copy"] = policy.params * width / GiB
     return items
