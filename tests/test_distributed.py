@@ -1,6 +1,6 @@
-"""Data-parallel runs (torchrun, gloo on CPU): a 2-rank run logs what a 1-rank run of the same
-global batch logs, a 2-rank run killed mid-way resumes, and bad launches stop every rank with an
-error instead of hanging."""
+"""Data-parallel runs (torchrun, gloo on CPU): a 2-rank run, killed in one rank and resumed, logs
+what a 1-rank run of the same global batch logs, and bad launches stop every rank with an error
+instead of hanging."""
 
 import os
 import signal
@@ -21,6 +21,9 @@ ARGS = ["run", "--preset", "toy-smoke", "--method", "tempo", "--quiet", "--set",
 # order: policy/loss (~7e-8, pure cancellation: 6.4% of nothing), grad_norm (4.5e-7 relative),
 # policy entropy (9e-8 relative)
 REL, ABS = 1e-5, 1e-6
+# after a resume the sampling copy's LoRA merge is computed afresh (tests/test_resume.py): the last
+# bits of the rollouts' log-probabilities move these two
+RESUMED_NOISE = {"policy/loss": (1e-5, 1e-6), "policy/grad_norm": (1e-4, 1e-6)}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
@@ -37,59 +40,55 @@ def histories(out):
     return run, {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)] for k in run.data.metrics}
 
 
+def kill_one_rank_after_a_checkpoint(proc: subprocess.Popen, out) -> None:
+    """SIGKILL one rank's process (not the launcher) once a checkpoint of step 1 exists."""
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        folders = list((out / "tempo-bench").glob("tempo-s0-*"))
+        path = latest_checkpoint(folders[0]) if folders else None
+        if path is not None and load_state(path)["step"] >= 1:
+            ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+            os.kill(int(ranks[-1]), signal.SIGKILL)
+            return
+        time.sleep(0.05)
+    pytest.fail(f"no checkpoint to kill after (launcher exit {proc.poll()})")
+
+
 @pytest.mark.slow
-def test_two_ranks_log_what_one_rank_logs(tmp_path, created_store):
+def test_two_ranks_killed_and_resumed_log_what_one_rank_logs(tmp_path, created_store):
+    """One 1-rank run against a 2-rank run of the same global batch, with 2 minibatches per step
+    (each rank takes part of each), whose rank is killed with SIGKILL after a checkpoint: torchrun
+    stops the other rank within 60 s, the checkpoint survives, and --resume on 2 ranks finishes the
+    run with every step logged once and every metric equal to the 1-rank run's."""
     one, two = tmp_path / "one", tmp_path / "two"
     created_store(one), created_store(two)
-    steps = ["--set", "train.steps=2"]
-    subprocess.run([sys.executable, "-m", "tempo_bench.commands.cli", *ARGS, *steps, "--out", str(one)],
+    args = [*ARGS, "--set", "train.steps=3", "--set", "train.minibatches=2"]
+    subprocess.run([sys.executable, "-m", "tempo_bench.commands.cli", *args, "--out", str(one)],
                    check=True, env=ENV, capture_output=True)
-    done = subprocess.run(torchrun(*ARGS, *steps, "--out", str(two)), env=ENV, capture_output=True, text=True)
+    proc = subprocess.Popen(torchrun(*args, "--out", str(two)), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        kill_one_rank_after_a_checkpoint(proc, two)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode not in (0, None), "the launcher did not fail when a rank died"
+    (folder,) = (two / "tempo-bench").glob("tempo-s0-*")
+    assert load_state(latest_checkpoint(folder))["step"] < 3
+    done = subprocess.run(torchrun(*args, "--out", str(two), "--resume"), env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "on 2 ranks" in done.stdout and done.stdout.count("Evaluation on the test questions") == 1  # rank 0 reports
     (_, single), (run, double) = histories(one), histories(two)
     assert set(single) == set(double) and run.info.status == "FINISHED"
     compared = [k for k in single if not k.startswith("time/")]
     assert {"reward/mean", "policy/loss", "critic/value_loss", "eval/mean_at_k", "tokens/rollout"} <= set(compared)
+    assert [s for s, _ in double["reward/mean"]] == [1, 2, 3] and [s for s, _ in double["eval/mean_at_k"]] == [0, 1, 2, 3]
     for key in compared:
         assert [s for s, _ in double[key]] == [s for s, _ in single[key]], key  # logged once per step
+        rel, abs_ = RESUMED_NOISE.get(key, (REL, ABS))
         for (step, a), (_, b) in zip(single[key], double[key]):
-            assert b == pytest.approx(a, rel=REL, abs=ABS, nan_ok=True), (key, step)
-
-
-@pytest.mark.slow
-def test_a_rank_killed_mid_way_stops_the_other_and_the_run_resumes(tmp_path, created_store):
-    """SIGKILL to one rank's process after a checkpoint: torchrun stops the other rank (within 60
-    s), the last checkpoint is intact, and --resume on 2 ranks completes every step once."""
-    out = tmp_path / "out"
-    created_store(out)
-    args = [*ARGS, "--set", "train.steps=3", "--out", str(out)]
-    proc = subprocess.Popen(torchrun(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline, killed = time.time() + 300, None
-    while time.time() < deadline and proc.poll() is None and killed is None:
-        folders = list((out / "tempo-bench").glob("tempo-s0-*"))
-        path = latest_checkpoint(folders[0]) if folders else None
-        if path is not None and load_state(path)["step"] >= 1:
-            ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-            killed = int(ranks[-1])  # one rank's process, not the launcher
-            os.kill(killed, signal.SIGKILL)
-        time.sleep(0.05)
-    assert killed is not None, "no checkpoint to kill after"
-    try:
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode not in (0, None), "the launcher did not fail when a rank died"
-    (folder,) = (out / "tempo-bench").glob("tempo-s0-*")
-    assert load_state(latest_checkpoint(folder))["step"] < 3
-    done = subprocess.run(torchrun(*args, "--resume"), env=ENV, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    run, metrics = histories(out)
-    assert run.info.status == "FINISHED"
-    assert [s for s, _ in metrics["reward/mean"]] == [1, 2, 3]  # every step once
-    assert [s for s, _ in metrics["eval/mean_at_k"]] == [0, 1, 2, 3]
+            assert b == pytest.approx(a, rel=rel, abs=abs_, nan_ok=True), (key, step)
 
 
 def test_a_world_size_that_does_not_split_the_step_stops_every_rank(tmp_path):

@@ -65,7 +65,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(describe_run(config))
         return 0
-    ranks = launched_ranks()  # one, unless torchrun started several (the README's "Scaling out")
+    ranks = launched_ranks(config.model.device)  # one, unless torchrun started several (the README's "Scaling out")
     try:
         return _run(args, config, ranks)
     finally:
@@ -138,7 +138,12 @@ def _on_rank_zero(ranks: Ranks, open_logger) -> tuple[object, Path]:
 def command_line(argv: list[str], resume: bool = False) -> str:
     """The command a user typed, to print after an interruption; with ``resume``, with
     ``--resume`` added (once)."""
-    return shlex.join(["tempo-bench", *argv, *(["--resume"] if resume and "--resume" not in argv else [])])
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher = ["torchrun", f"--nproc-per-node={world}", "$(which tempo-bench)"] if world > 1 else ["tempo-bench"]
+    line = shlex.join([*launcher, *argv, *(["--resume"] if resume and "--resume" not in argv else [])])
+    return line.replace("'$(which tempo-bench)'", "$(which tempo-bench)")
 
 
 def _resume_hint(argv: list[str], run_dir: Path, config) -> str:

@@ -156,6 +156,11 @@ def config_identity(config) -> str:
     data = {k: v for k, v in config.model_dump().items() if k not in _NOT_IN_IDENTITY}
     data["eval"] = {k: v for k, v in data["eval"].items() if k != "collapse_tolerance"}  # analysis only
     data["model"] = {k: v for k, v in data["model"].items() if k not in _PLAN_ONLY}
+    # the critic's layout computes the same numbers (tests/test_shared_base.py); fields added later
+    # leave the identities of earlier runs alone while they hold their defaults
+    data["critic"] = {k: v for k, v in data["critic"].items() if k != "share_base"}
+    if data["rollout"].get("seeding") == "step":
+        del data["rollout"]["seeding"]
     data = canonical(data)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -94,7 +94,8 @@ class SharedBaseValueModel(torch.nn.Module):
             self.policy.train(self.training)
         hidden = backbone_of(self.policy)(input_ids=input_ids, attention_mask=attention_mask,
                                            use_cache=False).last_hidden_state
-        return TokenClassifierOutput(logits=self.score(hidden))
+        # a base spread over GPUs (device_map) ends on its last one; the head lives by the embeddings
+        return TokenClassifierOutput(logits=self.score(hidden.to(self.score.weight.device)))
 
     def save_pretrained(self, out_dir: Path, **_) -> None:
         """The critic adapter (a standard peft adapter folder), the head, and a marker naming the

@@ -69,7 +69,7 @@ def micro_batches(rows: torch.Tensor, size: int | None, lengths: torch.Tensor | 
         groups = list(rows.chunk(min(buckets, len(rows))))
     else:
         groups = [rows]
-    return [part for group in groups for part in (group.split(size) if size else [group])]
+    return [part for group in groups for part in (group.split(size) if size else [group]) if len(part)]
 
 
 def generation_batch(generation: Generation, pad_id: int, rows: list[int] | None = None) -> TrainBatch:

@@ -41,16 +41,15 @@ def policy_update(
     train_cfg,
     temperature: float,
     ranks=None,
-    owned: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One M-step on a rollout batch: ``ppo_epochs`` passes of ``minibatches`` optimiser steps of
     the clipped objective (train_cfg.loss). Each optimiser step accumulates gradients over
     micro-batches of ``train_cfg.micro_batch_rows`` rows, weighted so that the gradient equals
     the whole minibatch's. advantages: [B] or [B, T]. Returns mean statistics.
 
-    On several ranks (``ranks``, tempo_bench.run.distributed) each back-propagates the rows it
-    ``owned`` [B] (bool) of every minibatch, weighted by the whole minibatch's units, and the
-    gradients and statistics are summed over ranks before clipping and the step."""
+    On several ranks (``ranks``, tempo_bench.run.distributed) each back-propagates its part of
+    every minibatch, weighted by the whole minibatch's units, and the gradients and statistics
+    are summed over ranks before clipping and the step."""
     loss_fn = POLICY_LOSSES[train_cfg.loss]
     by_tokens = LOSS_AVERAGES_OVER[train_cfg.loss] == "tokens"
     params = trainable_parameters(model)
@@ -83,7 +82,7 @@ def policy_update(
     for _ in range(train_cfg.ppo_epochs):
         for minibatch in torch.arange(rows).chunk(train_cfg.minibatches):
             total = float(batch.mask[minibatch].sum()) if by_tokens else float(len(minibatch))
-            mine = minibatch if owned is None else minibatch[owned[minibatch]]
+            mine = minibatch if ranks is None else ranks.split(minibatch)
             parts = micro_batches(mine, train_cfg.micro_batch_rows, lengths, train_cfg.length_buckets)
             step_stats, grad_norm = accumulated_step(optimizer, params, parts, loss_of, max(total, 1.0),
                                                      train_cfg.grad_clip, "policy loss", ranks)

@@ -4,14 +4,15 @@ Each rank samples and grades its contiguous share of a step's questions, with pe
 (``rollout.seeding: question``), so the samples do not depend on the number of ranks; the shares
 are then gathered, so every rank holds the whole step's batch and computes the same rewards,
 advantages and metrics (nothing to reduce: a 2-rank run logs what a 1-rank run logs). The policy
-update is split again: each rank back-propagates its own rows of every minibatch, each weighed by
-its share of the *global* minibatch's tokens (or rows), and the LoRA gradients are summed over
+update is split again: each rank back-propagates its part of every minibatch, each row weighed
+by its share of the *global* minibatch's tokens (or rows), and the LoRA gradients are summed over
 ranks once per optimiser step (what DDP does at the end of gradient accumulation; DDP's own hooks
 would reduce at every micro-batch and need the whole model wrapped). Clipping and the optimiser
 step then see the same gradient on every rank, so the replicas stay equal without broadcasting
 weights. Only rank 0 evaluates, logs to MLflow and writes checkpoints; every rank reads a
-checkpoint on ``--resume``. The critic's E-step and probe run whole on every rank (identical
-work, identical critics; not yet split). ``torchrun`` stops every rank when one dies; a
+checkpoint on ``--resume``. The critic's E-step, fits and probe run whole on every rank (not yet
+split); the scores rewards are made of come from rank 0's critic (``Ranks.from_main``), as do
+the label-free methods' confidence scores. ``torchrun`` stops every rank when one dies; a
 collective that waits longer than ``TIMEOUT_S`` fails instead of hanging.
 """
 
@@ -25,7 +26,9 @@ import torch
 
 from tempo_bench.core.errors import ConfigError
 
-TIMEOUT_S = 600  # a collective no peer joins for this long raises (a dead or stuck rank)
+# a collective no peer joins for this long raises (a stuck rank; torchrun itself stops every rank
+# when one dies). Long, because rank 0 evaluates alone while the others wait at the next step.
+TIMEOUT_S = int(os.environ.get("TEMPO_BENCH_DIST_TIMEOUT_S", 3 * 3600))
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,28 @@ class Ranks:
     @property
     def distributed(self) -> bool:
         return self.world > 1
+
+    def split(self, rows: torch.Tensor) -> torch.Tensor:
+        """This rank's part of ``rows`` (any partition is right: every rank holds the whole batch)."""
+        return rows.tensor_split(self.world)[self.rank] if self.distributed else rows
+
+    def from_main(self, compute):
+        """``compute()`` on rank 0, its result on every rank (one source for values that replicas
+        could compute a hair differently, e.g. a critic's scores)."""
+        if not self.distributed:
+            return compute()
+        return self.broadcast(compute() if self.main else None)
+
+    def gather_graded(self, local, graded: tuple[list, list]) -> tuple:
+        """(generation, answers, clusters) of the whole step from every rank's share, in rank order."""
+        if not self.distributed:
+            return local, *graded
+        from tempo_bench.rollout.base import concat_generations
+
+        parts = self.gather((local, graded))
+        answers = [a for _, (share, _) in parts for a in share]
+        clusters = [c for _, (_, share) in parts for c in share]
+        return concat_generations([generation for generation, _ in parts]), answers, clusters
 
     def share(self, count: int) -> range:
         """This rank's contiguous share of ``count`` items (``count`` divisible by the world size)."""
@@ -90,24 +115,18 @@ class Ranks:
                 totals[key] = totals.get(key, 0.0) + value
         return totals
 
-    def owned_rows(self, rows: list[int], n: int, questions: int) -> torch.Tensor | None:
-        """Which of a step's trained ``rows`` (generation rows, n per question) this rank
-        back-propagates: those of its own questions. None on a single rank (all of them)."""
-        if not self.distributed:
-            return None
-        mine = self.share(questions)
-        return torch.tensor([row // n in mine for row in rows], dtype=torch.bool)
 
-
-def launched_ranks() -> Ranks:
+def launched_ranks(device: str = "auto") -> Ranks:
     """The ranks torchrun (or any launcher setting RANK and WORLD_SIZE) started; the process group
-    is joined here (gloo on CPU, NCCL on GPUs). A plain launch is one rank."""
+    is joined here (NCCL for a model on CUDA, gloo on CPU). A plain launch is one rank."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Ranks()
     rank = int(os.environ["RANK"])
     if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        from tempo_bench.policy.model import resolve_device
+
+        backend = "nccl" if resolve_device(device).startswith("cuda") else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_S))
@@ -133,6 +152,22 @@ def check_same_config(ranks: Ranks, config) -> None:
     if config.rollout.seeding != "question":
         raise ConfigError("a run on several ranks needs rollout.seeding=question (per-question seeds: samples "
                           "that do not depend on the number of ranks)")
+    from tempo_bench.methods.catalog import method_class
+
+    method = method_class(config.method)(config.method_options(), n_train=config.rollout.n, seed=config.seed)
+    ranks.share(method.unlabeled_per_step(config.train.prompts_per_step) + method.labeled_per_step())
+
+
+def share_sampling(sampling, config, step: int, count: int, mine: range):
+    """A step's sampling settings for this rank's questions ``mine`` of ``count``: with
+    rollout.seeding=question, their seeds (by their place in the whole step's list)."""
+    if config.rollout.seeding != "question":
+        return sampling
+    from dataclasses import replace
+
+    from tempo_bench.core.seeds import question_seeds
+
+    return replace(sampling, seeds=question_seeds(config.seed, step, count)[mine.start: mine.stop])
 
 
 def finish(ranks: Ranks) -> None:

@@ -152,7 +152,9 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
     physical = physical or sized_for  # vLLM's share is a fraction of the card it runs on
     card = min(sized_for, physical)
     vllm = config.rollout.vllm if config.rollout.backend == "vllm" else None
-    spread = config.model.device == "auto" and max(visible, vllm.tensor_parallel_size if vllm else 1) > 1
+    # layers spread over the visible GPUs, except in a data-parallel run (a replica per rank)
+    spread = config.model.device == "auto" and max(visible, vllm.tensor_parallel_size if vllm else 1) > 1 \
+        and ranks == 1
     gpus = max(visible, vllm.tensor_parallel_size if vllm else 1) if spread else 1
     width = DTYPE_BYTES[config.model.dtype]
     policy = model_shape(config.model.path)

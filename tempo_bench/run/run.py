@@ -16,15 +16,16 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from tempo_bench.config import RunConfig, config_identity, flatten
+from tempo_bench.core.errors import ConfigError
 from tempo_bench.core.loggers import Logger
-from tempo_bench.core.seeds import Stream, question_seeds, questions_for_step, step_seed
+from tempo_bench.core.seeds import Stream, questions_for_step, step_seed
 from tempo_bench.critic.model import Critic
 from tempo_bench.critic.ops import CriticOps, starting_critic
 from tempo_bench.grading.answers import Grader
@@ -42,7 +43,7 @@ from tempo_bench.policy.model import (
 from tempo_bench.policy.scoring import confidence_scores
 from tempo_bench.policy.update import policy_update
 from tempo_bench.rollout import SamplingParams, get_backend
-from tempo_bench.rollout.base import Generation, RolloutBackend, concat_generations
+from tempo_bench.rollout.base import RolloutBackend
 from tempo_bench.run.caches import RunCaches, initial_eval_key
 from tempo_bench.run.checkpoint import (
     check_resumable,
@@ -50,7 +51,7 @@ from tempo_bench.run.checkpoint import (
     restore_policy,
     save_checkpoint,
 )
-from tempo_bench.run.distributed import Ranks
+from tempo_bench.run.distributed import Ranks, share_sampling
 from tempo_bench.run.evaluation import evaluate
 from tempo_bench.run.provenance import git_commit, run_name_of
 from tempo_bench.run.records import PhaseTimer, RunResult
@@ -98,19 +99,22 @@ class Run:
         questions = self.questions_for(step)
         mine = self.ranks.share(len(questions))  # all of them, unless several ranks split the step
         with timer.phase("rollout"):
-            local = self.backend.generate([questions[i].prompt for i in mine], self.sampling_for(step, questions, mine))
+            sampling = share_sampling(self.sampling, config, step, len(questions), mine)
+            local = self.backend.generate([questions[i].prompt for i in mine], sampling)
         with timer.phase("grade"):
-            generation, answers, clusters = self.gathered(local, self.grader.grade_generation(local))
+            generation, answers, clusters = self.ranks.gather_graded(local, self.grader.grade_generation(local))
             batch = RolloutBatch.from_answers(questions, generation, answers, clusters, self.grader, step)
             truth = true_correctness(batch, self.task.answer_key, self.grader)  # metrics only
         if ops is not None:
             with timer.phase("critic_score"):
-                batch.state_values, final = ops.critic.score(generation_batch(generation, self.pad_id))
+                # rank 0's critic scores for every rank (replicas may drift apart in the last bits)
+                batch.state_values, final = self.ranks.from_main(
+                    lambda: ops.critic.score(generation_batch(generation, self.pad_id)))
                 batch.final_values = final.reshape(len(questions), generation.n)
         temperature, confidence_tokens = method.confidence_temperature(config.rollout.temperature), 0
         if temperature is not None:
             with timer.phase("confidence"):
-                batch.confidence, confidence_tokens = self.confidence(generation, temperature)
+                batch.confidence, confidence_tokens = self.ranks.from_main(lambda: self.confidence(generation, temperature))
         with self.stop_on_non_finite(step, timer):
             with timer.phase("reward"):
                 reward = method.rewards(batch)
@@ -123,7 +127,7 @@ class Run:
             with timer.phase("policy"):
                 policy_stats = {} if not batch.rows else policy_update(
                     self.policy, self.optimizer, batch.train, batch.advantages, config.train, config.rollout.temperature,
-                    self.ranks, self.ranks.owned_rows(batch.rows, generation.n, len(questions)))
+                    self.ranks)
         with timer.phase("sync"):  # before the critic phase: E-step rollouts sample the updated policy
             self.backend.sync_weights()
         critic_stats = {}
@@ -160,23 +164,6 @@ class Run:
         shaped = {name: values.reshape(generation.num_prompts, generation.n) for name, values in scores.items()}
         return shaped, sequences.num_tokens
 
-    def sampling_for(self, step: int, questions: list[Question], mine: range) -> SamplingParams:
-        """The step's sampling settings; with rollout.seeding=question, the seeds of this rank's
-        questions (by their place in the whole step's list)."""
-        if self.config.rollout.seeding != "question":
-            return self.sampling
-        seeds = question_seeds(self.config.seed, step, len(questions))
-        return replace(self.sampling, seeds=seeds[mine.start: mine.stop])
-
-    def gathered(self, local: Generation, graded: tuple[list, list]) -> tuple[Generation, list, list]:
-        """(generation, answers, clusters) of the whole step: every rank's share, in rank order."""
-        if not self.ranks.distributed:
-            return local, *graded
-        parts = self.ranks.gather((local, graded))
-        answers = [a for _, (share, _) in parts for a in share]
-        clusters = [c for _, (_, share) in parts for c in share]
-        return concat_generations([generation for generation, _ in parts]), answers, clusters
-
     def questions_for(self, step: int) -> list[Question]:
         """The step's unlabeled test questions, then its labeled ones (the method's make-up)."""
         per_step = self.method.unlabeled_per_step(self.config.train.prompts_per_step)
@@ -195,7 +182,7 @@ class Run:
             yield
         except FloatingPointError as err:
             where = f"step {step}, phase {timer.current!r}: {err}"
-            if step > 1:
+            if step > 1 and self.ranks.main:
                 self.checkpoint(step - 1)
                 where += f"; checkpoint of step {step - 1} saved in {self.out_dir / 'checkpoints'}"
             raise FloatingPointError(where) from None
@@ -250,7 +237,8 @@ class Run:
         ops = self.critic_ops
         state = {"run_id": self.logger.run_id, "tokens": self.tokens, "method": self.method.state_dict(),
                  "evals": self.result.evals, "steps": self.result.steps, "config": self.config.model_dump(),
-                 "critic_counters": {"estep_count": ops.estep_count} if ops else None}
+                 "critic_counters": {"estep_count": ops.estep_count} if ops else None,
+                 "critic_layout": ("shared base" if self.config.critic_shares_base() else "own base") if ops else None}
         save_checkpoint(self.out_dir, step, self.policy, self.optimizer, ops.critic if ops else None, state)
 
     def resume(self) -> int:
@@ -259,6 +247,11 @@ class Run:
         if path is None:
             raise ValueError(f"nothing to resume: no checkpoint under {self.out_dir / 'checkpoints'}")
         state = check_resumable(path, self.config)
+        layout = "shared base" if self.config.critic_shares_base() else "own base"
+        saved = state.get("critic_layout") or "own base"  # checkpoints before 2026-12-03: own base
+        if self.critic_ops is not None and saved != layout:
+            raise ConfigError(f"cannot resume {self.out_dir}: its critic was saved with its {saved}, this config "
+                              f"gives it a {layout}; add --set critic.share_base={str(saved == 'shared base').lower()}")
         restore_policy(path, self.policy, self.optimizer)
         if self.critic_ops is not None:
             self.critic_ops.critic = Critic.load(path / "critic", self.config.critic, self.config.model, self.policy,
@@ -359,7 +352,6 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
     cls = method_class(config.method)
     method = cls(config.method_options(), n_train=config.rollout.n, seed=config.seed)
     pool, probe_questions = split_labeled(task, config, method)
-    ranks.share(method.unlabeled_per_step(config.train.prompts_per_step) + method.labeled_per_step())  # divisible
     if cls.uses_test_labels:
         method.answer_key = task.answer_key  # the oracle only; its runs are tagged
     grader = make_grader(task.grader, config.grading.workers, config.grading.timeout_s)

@@ -1,0 +1,109 @@
+"""A decode step for Llama-architecture models (the toy's) in a few dozen operators per token.
+
+A 64-wide toy model's decode time is per-operator overhead, not arithmetic (BENCHMARKS.md: about
+100 small operators per token through transformers' forward, its mask building, cache objects and
+output classes). This step computes the same function with the weights fused once per rollout
+call: one matmul for q, k and v, one for gate and up, rotary tables indexed by position, the KV
+cache in preallocated tensors and attention by ``scaled_dot_product_attention`` over a boolean
+mask. It mirrors transformers' Llama code (RMSNorm in float32, default RoPE, SiLU MLP, tied or
+untied head); the log-probabilities of the tokens it samples are checked against a teacher-forced
+forward pass of the same model (tests/test_rollout.py). Architectures with anything else (biases,
+scaled RoPE, q/k norms, sliding windows) take the general path in ``hf.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def supports(model) -> bool:
+    """Whether ``model`` (a plain causal LM, not a peft wrapper) is a Llama this step reproduces."""
+    config = model.config
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    return (getattr(config, "model_type", None) == "llama" and not hasattr(model, "get_base_model")
+            and not config.attention_bias and not getattr(config, "mlp_bias", False)
+            and config.hidden_act == "silu" and getattr(config, "pretraining_tp", 1) == 1
+            and rope.get("rope_type", "default") == "default"
+            and all(type(layer.self_attn.q_proj) is torch.nn.Linear for layer in model.model.layers))
+
+
+class LlamaDecoder:
+    """The decode step over a KV cache of prompt keys and values (from a transformers prefill)."""
+
+    def __init__(self, model, max_positions: int):
+        config, inner = model.config, model.model
+        self.eps, self.heads, self.kv_heads = config.rms_norm_eps, config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.embed = inner.embed_tokens.weight
+        self.layers = [(
+            layer.input_layernorm.weight,
+            torch.cat([layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight]),
+            layer.self_attn.o_proj.weight,
+            layer.post_attention_layernorm.weight,
+            torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]),
+            layer.mlp.down_proj.weight,
+        ) for layer in inner.layers]
+        self.norm, self.head = inner.norm.weight, model.lm_head.weight
+        # RoPE tables [positions, head_dim] as transformers computes them (float32, then cast)
+        inv_freq = inner.rotary_emb.inv_freq.float()
+        freqs = torch.arange(max_positions, dtype=torch.float32, device=inv_freq.device)[:, None] * inv_freq[None]
+        emb = torch.cat([freqs, freqs], -1) * inner.rotary_emb.attention_scaling
+        self.cos, self.sin = emb.cos().to(self.embed.dtype), emb.sin().to(self.embed.dtype)
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.mask = None  # [R, 1, 1, capacity] bool: the positions each row attends to
+        self.length = 0
+
+    def start(self, cache, attention: torch.Tensor, new_tokens: int) -> None:
+        """Take over a prefill's cache (rows already repeated n times) and its attention mask
+        [R, L] (0 on left padding), with room for ``new_tokens`` more positions."""
+        rows, length = attention.shape
+        capacity = length + new_tokens
+        for layer in cache.layers:
+            keys = layer.keys.new_empty(rows, layer.keys.shape[1], capacity, self.head_dim)
+            values = torch.empty_like(keys)
+            keys[:, :, :length], values[:, :, :length] = layer.keys, layer.values
+            self.keys.append(keys)
+            self.values.append(values)
+        self.mask = torch.zeros(rows, 1, 1, capacity, dtype=torch.bool, device=attention.device)
+        self.mask[:, 0, 0, :length] = attention.bool()
+        self.length = length
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep only the rows at ``index`` (finished rows leave the batch)."""
+        self.keys = [k[index] for k in self.keys]
+        self.values = [v[index] for v in self.values]
+        self.mask = self.mask[index]
+
+    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], -1)
+        return x * cos + rotated * sin
+
+    @torch.no_grad()
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits [R, V] after feeding ``tokens`` [R] at ``positions`` [R]."""
+        rows, at = tokens.shape[0], self.length
+        cos, sin = self.cos[positions][:, None, None, :], self.sin[positions][:, None, None, :]  # [R, 1, 1, hd]
+        self.mask[:, 0, 0, at] = True
+        mask = self.mask[..., : at + 1]
+        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        hidden = self.embed[tokens]  # [R, D]
+        for (norm_in, qkv_w, o_w, norm_post, gate_up_w, down_w), keys, values in zip(self.layers, self.keys, self.values):
+            qkv = F.linear(self._rms(hidden, norm_in), qkv_w)
+            q, k, v = qkv.split([q_size, kv_size, kv_size], -1)
+            q = self._rope(q.view(rows, self.heads, 1, self.head_dim), cos, sin)
+            keys[:, :, at] = self._rope(k.view(rows, self.kv_heads, 1, self.head_dim), cos, sin)[:, :, 0]
+            values[:, :, at] = v.view(rows, self.kv_heads, self.head_dim)
+            attended = F.scaled_dot_product_attention(q, keys[:, :, : at + 1], values[:, :, : at + 1], attn_mask=mask,
+                                                      enable_gqa=self.kv_heads != self.heads)
+            hidden = hidden + F.linear(attended.reshape(rows, q_size), o_w)
+            gate, up = F.linear(self._rms(hidden, norm_post), gate_up_w).chunk(2, -1)
+            hidden = hidden + F.linear(F.silu(gate) * up, down_w)
+        self.length = at + 1
+        return F.linear(self._rms(hidden, self.norm), self.head)
