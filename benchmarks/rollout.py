@@ -4,6 +4,7 @@ pass over the tokens the backend produced (a floor: the same tokens, computed in
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -35,6 +36,12 @@ def compare_rollouts(prompts: int = 16, n: int = 8, max_new_tokens: int = 80, re
     backend = get_backend("hf")(policy, tokenizer)
     sampling = SamplingParams(n=n, temperature=1.0, max_new_tokens=max_new_tokens)
     ours = _best_of(lambda: backend.generate(texts, sampling), reps)
+    # the same backend with transformers' own forward for each token (the general decode path)
+    os.environ["TEMPO_BENCH_DECODE"] = "transformers"
+    try:
+        general = _best_of(lambda: backend.generate(texts, sampling), reps)
+    finally:
+        del os.environ["TEMPO_BENCH_DECODE"]
 
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     width = max(map(len, ids))
@@ -53,5 +60,6 @@ def compare_rollouts(prompts: int = 16, n: int = 8, max_new_tokens: int = 80, re
     batch = generation_batch(generation, tokenizer.pad_token_id)
     forward = _best_of(lambda: policy(input_ids=batch.input_ids, attention_mask=batch.attention), reps)
     return {"ours_rollout_s": ours, "generate_rollout_s": bare, "forward_floor_s": forward,
+            "transformers_decode_rollout_s": general, "fused_decode_speedup": general / ours,
             "rollout_overhead_vs_generate": ours / bare, "rollout_vs_forward_floor": ours / forward,
             "rollout_tokens": generation.num_tokens, "rows": prompts * n}

@@ -23,6 +23,7 @@ import inspect
 import torch
 
 from tempo_bench.policy.model import merged_lora_weights
+from tempo_bench.rollout import llama_decode
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 
 
@@ -168,6 +169,39 @@ def seeded_uniforms(seeds: tuple[int, ...], n: int, max_new_tokens: int) -> torc
     return torch.cat([torch.rand(n, max_new_tokens, generator=torch.Generator().manual_seed(seed)) for seed in seeds])
 
 
+class _TransformersSteps:
+    """The general decode step: the model's own forward over its cache (any architecture)."""
+
+    def __init__(self, model, cache, cache_kw: str, attention: torch.Tensor, padded: bool):
+        self.model, self.cache, self.cache_kw = model, cache, cache_kw
+        self.attention, self.padded = attention, padded
+
+    def select(self, index: torch.Tensor) -> None:
+        self.cache.batch_select_indices(index)
+        self.attention = self.attention[index]
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if self.padded:
+            self.attention = torch.cat([self.attention, self.attention.new_ones(self.attention.shape[0], 1)], 1)
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.attention if self.padded else None,
+                         position_ids=positions[:, None], use_cache=True, **{self.cache_kw: self.cache})
+        return out.logits[:, -1]
+
+
+def _decode_steps(model, cache, cache_kw: str, attention: torch.Tensor, padded: bool, max_positions: int,
+                  new_tokens: int):
+    """The per-token step for ``model``: the fused Llama step (llama_decode) where it applies, else
+    the model's own forward. ``TEMPO_BENCH_DECODE=transformers`` forces the latter (a check)."""
+    import os
+
+    if os.environ.get("TEMPO_BENCH_DECODE") != "transformers" and llama_decode.supports(model) \
+            and hasattr(cache, "layers"):
+        steps = llama_decode.LlamaDecoder(model, max_positions)
+        steps.start(cache, attention, new_tokens)
+        return steps
+    return _TransformersSteps(model, cache, cache_kw, attention, padded)
+
+
 def _next_tokens(logits: torch.Tensor, sampling: SamplingParams,
                  draws: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens [R], their log-probabilities [R]) from last-position logits [R, V]; ``draws`` [R]:
@@ -215,6 +249,8 @@ def sample(model, prompt_ids: list[list[int]], n: int, sampling: SamplingParams,
     logits = prefill.logits[:, -1].repeat_interleave(n, 0)
     attention = attention.repeat_interleave(n, 0)
     last_position = positions[:, -1].repeat_interleave(n, 0)
+    step_fn = _decode_steps(model, cache, cache_kw, attention, padded, width + sampling.max_new_tokens,
+                            sampling.max_new_tokens)
     rows = len(prompt_ids) * n
     tokens: list[list[int]] = [[] for _ in range(rows)]
     logps: list[list[float]] = [[] for _ in range(rows)]
@@ -237,13 +273,9 @@ def sample(model, prompt_ids: list[list[int]], n: int, sampling: SamplingParams,
         # (each removal copies the cache)
         if (~alive).sum() * 8 >= len(alive):
             index = alive.nonzero().squeeze(1)
-            cache.batch_select_indices(index.to(device))
+            step_fn.select(index.to(device))
             active, alive, chosen = active[index], alive[index], chosen[index.to(device)]
-            attention, last_position = attention[index.to(device)], last_position[index.to(device)]
-        if padded:
-            attention = torch.cat([attention, attention.new_ones(attention.shape[0], 1)], 1)
+            last_position = last_position[index.to(device)]
         last_position = last_position + 1
-        step_out = model(input_ids=chosen[:, None], attention_mask=attention if padded else None,
-                         position_ids=last_position[:, None], use_cache=True, **{cache_kw: cache})
-        logits = step_out.logits[:, -1]
+        logits = step_fn(chosen, last_position)
     return list(zip(tokens, logps, finished))

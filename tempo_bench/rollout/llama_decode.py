@@ -4,8 +4,9 @@ A 64-wide toy model's decode time is per-operator overhead, not arithmetic (BENC
 100 small operators per token through transformers' forward, its mask building, cache objects and
 output classes). This step computes the same function with the weights fused once per rollout
 call: one matmul for q, k and v, one for gate and up, rotary tables indexed by position, the KV
-cache in preallocated tensors and attention by ``scaled_dot_product_attention`` over a boolean
-mask. It mirrors transformers' Llama code (RMSNorm in float32, default RoPE, SiLU MLP, tied or
+cache in preallocated tensors and attention as two batched matmuls around a softmax with an
+additive mask (for one query over a short cache, 3x faster on CPU than
+``scaled_dot_product_attention`` with a boolean mask, measured). It mirrors transformers' Llama code (RMSNorm in float32, default RoPE, SiLU MLP, tied or
 untied head); the log-probabilities of the tokens it samples are checked against a teacher-forced
 forward pass of the same model (tests/test_rollout.py). Architectures with anything else (biases,
 scaled RoPE, q/k norms, sliding windows) take the general path in ``hf.py``.
@@ -52,7 +53,7 @@ class LlamaDecoder:
         self.cos, self.sin = emb.cos().to(self.embed.dtype), emb.sin().to(self.embed.dtype)
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
-        self.mask = None  # [R, 1, 1, capacity] bool: the positions each row attends to
+        self.bias = None  # [R, 1, 1, capacity]: 0 where a row attends, -inf elsewhere (left padding, future)
         self.length = 0
 
     def start(self, cache, attention: torch.Tensor, new_tokens: int) -> None:
@@ -61,20 +62,22 @@ class LlamaDecoder:
         rows, length = attention.shape
         capacity = length + new_tokens
         for layer in cache.layers:
-            keys = layer.keys.new_empty(rows, layer.keys.shape[1], capacity, self.head_dim)
-            values = torch.empty_like(keys)
-            keys[:, :, :length], values[:, :, :length] = layer.keys, layer.values
+            # keys stored transposed, [R, kv heads, head_dim, capacity]: q @ keys[..., :t] needs no copy
+            keys = layer.keys.new_empty(rows, layer.keys.shape[1], self.head_dim, capacity)
+            values = layer.values.new_empty(rows, layer.values.shape[1], capacity, self.head_dim)
+            keys[..., :length], values[:, :, :length] = layer.keys.transpose(-1, -2), layer.values
             self.keys.append(keys)
             self.values.append(values)
-        self.mask = torch.zeros(rows, 1, 1, capacity, dtype=torch.bool, device=attention.device)
-        self.mask[:, 0, 0, :length] = attention.bool()
+        dtype = self.embed.dtype
+        self.bias = torch.full((rows, 1, 1, capacity), float("-inf"), dtype=dtype, device=attention.device)
+        self.bias[:, 0, 0, :length] = torch.zeros((), dtype=dtype).masked_fill(attention == 0, float("-inf"))
         self.length = length
 
     def select(self, index: torch.Tensor) -> None:
         """Keep only the rows at ``index`` (finished rows leave the batch)."""
         self.keys = [k[index] for k in self.keys]
         self.values = [v[index] for v in self.values]
-        self.mask = self.mask[index]
+        self.bias = self.bias[index]
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
@@ -90,18 +93,21 @@ class LlamaDecoder:
         """Logits [R, V] after feeding ``tokens`` [R] at ``positions`` [R]."""
         rows, at = tokens.shape[0], self.length
         cos, sin = self.cos[positions][:, None, None, :], self.sin[positions][:, None, None, :]  # [R, 1, 1, hd]
-        self.mask[:, 0, 0, at] = True
-        mask = self.mask[..., : at + 1]
+        self.bias[:, 0, 0, at] = 0.0
+        bias, scale, repeat = self.bias[..., : at + 1], self.head_dim ** -0.5, self.heads // self.kv_heads
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         hidden = self.embed[tokens]  # [R, D]
         for (norm_in, qkv_w, o_w, norm_post, gate_up_w, down_w), keys, values in zip(self.layers, self.keys, self.values):
             qkv = F.linear(self._rms(hidden, norm_in), qkv_w)
             q, k, v = qkv.split([q_size, kv_size, kv_size], -1)
             q = self._rope(q.view(rows, self.heads, 1, self.head_dim), cos, sin)
-            keys[:, :, at] = self._rope(k.view(rows, self.kv_heads, 1, self.head_dim), cos, sin)[:, :, 0]
+            keys[..., at] = self._rope(k.view(rows, self.kv_heads, 1, self.head_dim), cos, sin)[:, :, 0]
             values[:, :, at] = v.view(rows, self.kv_heads, self.head_dim)
-            attended = F.scaled_dot_product_attention(q, keys[:, :, : at + 1], values[:, :, : at + 1], attn_mask=mask,
-                                                      enable_gqa=self.kv_heads != self.heads)
+            past_k, past_v = keys[..., : at + 1], values[:, :, : at + 1]
+            if repeat > 1:  # grouped-query attention: each key/value head serves `repeat` query heads
+                past_k, past_v = past_k.repeat_interleave(repeat, 1), past_v.repeat_interleave(repeat, 1)
+            scores = torch.matmul(q, past_k) * scale + bias  # [R, heads, 1, at + 1]
+            attended = torch.matmul(torch.softmax(scores.float(), -1).to(q.dtype), past_v)
             hidden = hidden + F.linear(attended.reshape(rows, q_size), o_w)
             gate, up = F.linear(self._rms(hidden, norm_post), gate_up_w).chunk(2, -1)
             hidden = hidden + F.linear(F.silu(gate) * up, down_w)
