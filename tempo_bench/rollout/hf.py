@@ -5,6 +5,9 @@ KV cache, because ``generate`` spends compute where a TTT step does not need it.
   and its cache repeated n times.
 - Finished rows leave the batch: a row that emitted EOS is dropped from the cache and from every
   later forward pass (``generate`` keeps computing it until the longest row ends).
+- A fused decode step for Llama models (``llama_decode``: fused projections, RoPE tables, a
+  preallocated cache; 1.2-1.5x faster per token on the toy, the same tokens for a seed); other
+  architectures use the model's own forward for each token.
 - Merged weights (``merge_lora``): sampling runs on a copy of the base model whose LoRA-targeted
   weights are W + scale * B A, refreshed by ``sync_weights`` after each policy update: one matmul
   per layer instead of three. Costs a second copy of the base model's weights.
