@@ -40,6 +40,21 @@ def histories(out):
     return run, {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)] for k in run.data.metrics}
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (torchrun's ranks), from /proc."""
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
 def kill_one_rank_after_a_checkpoint(proc: subprocess.Popen, out) -> None:
     """SIGKILL one rank's process (not the launcher) once a checkpoint of step 1 exists."""
     deadline = time.time() + 300
@@ -47,8 +62,7 @@ def kill_one_rank_after_a_checkpoint(proc: subprocess.Popen, out) -> None:
         folders = list((out / "tempo-bench").glob("tempo-s0-*"))
         path = latest_checkpoint(folders[0]) if folders else None
         if path is not None and load_state(path)["step"] >= 1:
-            ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-            os.kill(int(ranks[-1]), signal.SIGKILL)
+            os.kill(children(proc.pid)[-1], signal.SIGKILL)
             return
         time.sleep(0.05)
     pytest.fail(f"no checkpoint to kill after (launcher exit {proc.poll()})")

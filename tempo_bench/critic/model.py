@@ -170,6 +170,7 @@ class Critic:
         cliprange_value: float,
         minibatch_rows: int = 256,
         generator: torch.Generator | None = None,
+        old_values: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """``epochs`` passes of minibatch updates of the clipped value loss towards ``targets``
         [B] (+1/-1) at every state of each row. Rows with ``row_mask`` [B] = 0 (unlabeled rows in
@@ -177,8 +178,10 @@ class Critic:
         keep = torch.nonzero(row_mask > 0).squeeze(1)
         if keep.numel() == 0:
             return {"critic/value_loss": float("nan"), "tokens/critic_step": 0}
+        # the clip is around the values before this update (``old_values`` [B, T+1]: already scored)
+        old = None if old_values is None else old_values[keep]
         batch, targets = select_rows(batch, keep), targets[keep].float()
-        old, _ = self.score(batch)  # the clip is around the values before this update
+        old = self.score(batch)[0] if old is None else old[:, : batch.mask.shape[1] + 1]
         losses, tokens = [], int(batch.attention.sum())
 
         def loss_of(rows: torch.Tensor):
