@@ -253,6 +253,10 @@ class RunConfig(_Strict):
         """Whether the critic is a second adapter on the policy's base (critic.share_base)."""
         return self._critic_can_share_base() if self.critic.share_base is None else self.critic.share_base
 
+    def critic_layout(self) -> str:
+        """Where the critic's backbone lives, as a checkpoint records it."""
+        return "shared base" if self.critic_shares_base() else "own base"
+
     def method_options(self, name: str | None = None):
         """The validated options object of ``name`` (default: the selected method)."""
         name = name or self.method

@@ -238,7 +238,7 @@ class Run:
         state = {"run_id": self.logger.run_id, "tokens": self.tokens, "method": self.method.state_dict(),
                  "evals": self.result.evals, "steps": self.result.steps, "config": self.config.model_dump(),
                  "critic_counters": {"estep_count": ops.estep_count} if ops else None,
-                 "critic_layout": ("shared base" if self.config.critic_shares_base() else "own base") if ops else None}
+                 "critic_layout": self.config.critic_layout() if ops else None}
         save_checkpoint(self.out_dir, step, self.policy, self.optimizer, ops.critic if ops else None, state)
 
     def resume(self) -> int:
@@ -247,8 +247,7 @@ class Run:
         if path is None:
             raise ValueError(f"nothing to resume: no checkpoint under {self.out_dir / 'checkpoints'}")
         state = check_resumable(path, self.config)
-        layout = "shared base" if self.config.critic_shares_base() else "own base"
-        saved = state.get("critic_layout") or "own base"  # checkpoints before 2026-12-03: own base
+        layout, saved = self.config.critic_layout(), state.get("critic_layout") or "own base"  # (before 2026-12-03)
         if self.critic_ops is not None and saved != layout:
             raise ConfigError(f"cannot resume {self.out_dir}: its critic was saved with its {saved}, this config "
                               f"gives it a {layout}; add --set critic.share_base={str(saved == 'shared base').lower()}")
