@@ -25,7 +25,10 @@ from tempo_bench.run.run import run_name_of, run_ttt
 
 
 def add_parser(sub) -> None:
-    run = sub.add_parser("run", help="run one method on one preset, logged to MLflow")
+    run = sub.add_parser("run", help="run one method on one preset, logged to MLflow",
+                         epilog="Data-parallel over N processes (GPUs, or CPU ranks on gloo): torchrun "
+                         "--nproc-per-node N $(which tempo-bench) run ... --set rollout.seeding=question "
+                         "(README: Scaling out)")
     run.add_argument("--preset", required=True, help="preset name (toy-smoke, toy, ...) or a .yaml path")
     run.add_argument("--method", help="method to run (overrides the preset's)")
     run.add_argument("--seed", type=int, help="run seed (overrides the preset's)")
