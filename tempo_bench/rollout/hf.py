@@ -254,6 +254,7 @@ def sample(model, prompt_ids: list[list[int]], n: int, sampling: SamplingParams,
     last_position = positions[:, -1].repeat_interleave(n, 0)
     step_fn = _decode_steps(model, cache, cache_kw, attention, padded, width + sampling.max_new_tokens,
                             sampling.max_new_tokens)
+    del prefill, cache  # the step holds what it needs (the fused step: its own copy of the cache)
     rows = len(prompt_ids) * n
     tokens: list[list[int]] = [[] for _ in range(rows)]
     logps: list[list[float]] = [[] for _ in range(rows)]

@@ -18,15 +18,26 @@ import torch
 import torch.nn.functional as F
 
 
+PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
 def supports(model) -> bool:
-    """Whether ``model`` (a plain causal LM, not a peft wrapper) is a Llama this step reproduces."""
+    """Whether ``model`` (a plain causal LM on one device, not a peft wrapper, not spread over
+    GPUs by accelerate) is a Llama this step reproduces."""
+    from transformers import LlamaForCausalLM
+
     config = model.config
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    return (getattr(config, "model_type", None) == "llama" and not hasattr(model, "get_base_model")
+    devices = {p.device for p in model.parameters()}
+    return (type(model).forward is LlamaForCausalLM.forward and getattr(config, "model_type", None) == "llama"
             and not config.attention_bias and not getattr(config, "mlp_bias", False)
             and config.hidden_act == "silu" and getattr(config, "pretraining_tp", 1) == 1
             and rope.get("rope_type", "default") == "default"
-            and all(type(layer.self_attn.q_proj) is torch.nn.Linear for layer in model.model.layers))
+            and len(devices) == 1 and next(iter(devices)).type != "meta"
+            and len(set(getattr(model, "hf_device_map", {}).values())) <= 1
+            and all(type(layer.get_submodule(name)) is torch.nn.Linear
+                    for layer in model.model.layers for name in PROJECTIONS))
 
 
 class LlamaDecoder:
@@ -44,13 +55,13 @@ class LlamaDecoder:
             layer.post_attention_layernorm.weight,
             torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]),
             layer.mlp.down_proj.weight,
-        ) for layer in inner.layers]
+        ) for layer in inner.layers[: config.num_hidden_layers]]
         self.norm, self.head = inner.norm.weight, model.lm_head.weight
         # RoPE tables [positions, head_dim] as transformers computes them (float32, then cast)
         inv_freq = inner.rotary_emb.inv_freq.float()
         freqs = torch.arange(max_positions, dtype=torch.float32, device=inv_freq.device)[:, None] * inv_freq[None]
-        emb = torch.cat([freqs, freqs], -1) * inner.rotary_emb.attention_scaling
-        self.cos, self.sin = emb.cos().to(self.embed.dtype), emb.sin().to(self.embed.dtype)
+        emb, scaling = torch.cat([freqs, freqs], -1), inner.rotary_emb.attention_scaling
+        self.cos, self.sin = (emb.cos() * scaling).to(self.embed.dtype), (emb.sin() * scaling).to(self.embed.dtype)
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.bias = None  # [R, 1, 1, capacity]: 0 where a row attends, -inf elsewhere (left padding, future)
@@ -70,7 +81,8 @@ class LlamaDecoder:
             self.values.append(values)
         dtype = self.embed.dtype
         self.bias = torch.full((rows, 1, 1, capacity), float("-inf"), dtype=dtype, device=attention.device)
-        self.bias[:, 0, 0, :length] = torch.zeros((), dtype=dtype).masked_fill(attention == 0, float("-inf"))
+        self.bias[:, 0, 0, :length] = torch.zeros(attention.shape, dtype=dtype, device=attention.device).masked_fill_(
+            attention == 0, float("-inf"))
         self.length = length
 
     def select(self, index: torch.Tensor) -> None:
