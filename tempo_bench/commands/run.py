@@ -8,7 +8,13 @@ from pathlib import Path
 from tempo_bench.commands.describe import describe_run
 from tempo_bench.config import load_config
 from tempo_bench.core.errors import ConfigError, Interrupted
-from tempo_bench.core.loggers import SPOOL, MemoryLogger, MLflowLogger, default_tracking_uri
+from tempo_bench.core.loggers import (
+    SPOOL,
+    MemoryLogger,
+    MLflowLogger,
+    default_tracking_uri,
+)
+from tempo_bench.core.processes import launched_world_size
 from tempo_bench.core.tracking import check_tracking, ensure_writable
 from tempo_bench.methods.catalog import method_class
 from tempo_bench.run.checkpoint import (
@@ -141,12 +147,9 @@ def _on_rank_zero(ranks: Ranks, open_logger) -> tuple[object, Path]:
 def command_line(argv: list[str], resume: bool = False) -> str:
     """The command a user typed, to print after an interruption; with ``resume``, with
     ``--resume`` added (once)."""
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    launcher = ["torchrun", f"--nproc-per-node={world}", "$(which tempo-bench)"] if world > 1 else ["tempo-bench"]
-    line = shlex.join([*launcher, *argv, *(["--resume"] if resume and "--resume" not in argv else [])])
-    return line.replace("'$(which tempo-bench)'", "$(which tempo-bench)")
+    world = launched_world_size()
+    launcher = f"torchrun --nproc-per-node={world} $(which tempo-bench)" if world > 1 else "tempo-bench"
+    return f"{launcher} {shlex.join([*argv, *(['--resume'] if resume and '--resume' not in argv else [])])}"
 
 
 def _resume_hint(argv: list[str], run_dir: Path, config) -> str:

@@ -147,3 +147,8 @@ class ParentWatch:
         if os.getppid() != self.parent:
             print(f"parent process {self.parent} is gone: stopping after step {step}", file=sys.stderr)
             raise KeyboardInterrupt
+
+
+def launched_world_size() -> int:
+    """How many ranks the launcher started (torchrun sets WORLD_SIZE); 1 for a plain launch."""
+    return int(os.environ.get("WORLD_SIZE", "1"))

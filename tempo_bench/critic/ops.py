@@ -185,14 +185,17 @@ def starting_critic(config, policy, backend: RolloutBackend, pad_id: int, pool: 
     key = starting_critic_key(config, pool)
     path = Path(cache_dir) / key
     cache = {} if cache is None else cache
-    if config.critic_shares_base():
-        if is_shared_base_folder(path):
-            return Critic.load(path, cfg, config.model, policy=policy, lora_cfg=config.lora)
-        critic = Critic.sharing_base(policy, cfg, config.lora)
+
+    def warmed_and_saved(critic: Critic) -> Critic:
         if cfg.warmup_epochs:
             warm_up(critic, cfg, backend, pad_id, pool, sampling, grader)
         save_once(critic, path)
         return critic
+
+    if config.critic_shares_base():
+        if is_shared_base_folder(path):
+            return Critic.load(path, cfg, config.model, policy=policy, lora_cfg=config.lora)
+        return warmed_and_saved(Critic.sharing_base(policy, cfg, config.lora))
     if key not in cache:
         if cfg.init is not None:
             init = Path(resolve_model_path(cfg.init, part="critic"))
@@ -202,10 +205,8 @@ def starting_critic(config, policy, backend: RolloutBackend, pad_id: int, pool: 
         elif (path / "config.json").is_file():
             critic = Critic.load(path, cfg)
         else:
-            critic = Critic.from_pretrained(cfg.path or config.model.path, cfg, config.model, config.lora)
-            if cfg.warmup_epochs:
-                warm_up(critic, cfg, backend, pad_id, pool, sampling, grader)
-            save_once(critic, path)
+            critic = warmed_and_saved(Critic.from_pretrained(cfg.path or config.model.path, cfg, config.model,
+                                                             config.lora))
         cache[key] = critic
     return cache[key].clone()
 

@@ -90,8 +90,6 @@ class SharedBaseValueModel(torch.nn.Module):
 
         if CRITIC_ADAPTER not in self.policy.active_adapters:
             raise RuntimeError("the shared-base critic ran outside its session: the policy's adapter is active")
-        if self.policy.training != self.training:
-            self.policy.train(self.training)
         hidden = backbone_of(self.policy)(input_ids=input_ids, attention_mask=attention_mask,
                                            use_cache=False).last_hidden_state
         # a base spread over GPUs (device_map) ends on its last one; the head lives by the embeddings

@@ -71,10 +71,10 @@ def spread_over_gpus(model_cfg) -> bool:
     """model.device=auto with several GPUs visible: the layers are placed over all of them
     (accelerate's device_map), for models too large for one; never in a data-parallel run
     (torchrun), where each rank has its own GPU."""
-    import os
+    from tempo_bench.core.processes import launched_world_size
 
     return (model_cfg is not None and model_cfg.device == "auto" and torch.cuda.device_count() > 1
-            and int(os.environ.get("WORLD_SIZE", "1")) == 1)
+            and launched_world_size() == 1)
 
 
 def place(model, model_cfg):

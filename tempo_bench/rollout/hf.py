@@ -38,6 +38,7 @@ class HFBackend(RolloutBackend):
         self.merge_lora = merge_lora and hasattr(model, "get_base_model")
         self._merged = None  # the inference copy, rebuilt lazily after sync_weights
         self._stale = True
+        self._fused = None  # the fused decode step's weights (llama_decode), rebuilt after sync_weights
 
     @classmethod
     def create(cls, config, policy, tokenizer, out_dir) -> "HFBackend":
@@ -45,6 +46,19 @@ class HFBackend(RolloutBackend):
 
     def sync_weights(self) -> None:
         self._stale = True
+        self._fused = None
+
+    def _fused_weights(self, model):
+        """The fused Llama step's weights for ``model`` where it applies (built once per policy
+        version, not per call), else None: the model's own forward decodes.
+        ``TEMPO_BENCH_DECODE=transformers`` forces the latter (a check)."""
+        import os
+
+        if os.environ.get("TEMPO_BENCH_DECODE") == "transformers" or not llama_decode.supports(model):
+            return None
+        if self._fused is None:
+            self._fused = llama_decode.FusedWeights(model)
+        return self._fused
 
     def _sampler(self):
         """The module to sample from: the training model itself, or its merged copy."""
@@ -73,6 +87,7 @@ class HFBackend(RolloutBackend):
         n = 1 if sampling.greedy else sampling.n
         out = Generation(n, prompt_ids, [], [], [], [])
         model = self._sampler()
+        fused = self._fused_weights(model)
         was_training = model.training
         model.eval()
         try:
@@ -81,7 +96,7 @@ class HFBackend(RolloutBackend):
                 uniforms = None if sampling.seeds is None or sampling.greedy else seeded_uniforms(
                     sampling.seeds[start:start + per_call], n, sampling.max_new_tokens)
                 for ids, logps, finished in sample(model, prompt_ids[start:start + per_call], n, sampling,
-                                                   tok.eos_token_id, tok.pad_token_id, uniforms):
+                                                   tok.eos_token_id, tok.pad_token_id, uniforms, fused):
                     out.token_ids.append(ids)
                     out.logprobs.append(logps)
                     out.texts.append(tok.decode(ids, skip_special_tokens=True))
@@ -192,14 +207,11 @@ class _TransformersSteps:
 
 
 def _decode_steps(model, cache, cache_kw: str, attention: torch.Tensor, padded: bool, max_positions: int,
-                  new_tokens: int):
-    """The per-token step for ``model``: the fused Llama step (llama_decode) where it applies, else
-    the model's own forward. ``TEMPO_BENCH_DECODE=transformers`` forces the latter (a check)."""
-    import os
-
-    if os.environ.get("TEMPO_BENCH_DECODE") != "transformers" and llama_decode.supports(model) \
-            and hasattr(cache, "layers"):
-        steps = llama_decode.LlamaDecoder(model, max_positions)
+                  new_tokens: int, fused=None):
+    """The per-token step: the fused Llama step over ``fused`` weights (llama_decode.FusedWeights)
+    where given, else the model's own forward."""
+    if fused is not None and hasattr(cache, "layers"):
+        steps = llama_decode.LlamaDecoder(fused, max_positions)
         steps.start(cache, attention, new_tokens)
         return steps
     return _TransformersSteps(model, cache, cache_kw, attention, padded)
@@ -228,9 +240,10 @@ def _next_tokens(logits: torch.Tensor, sampling: SamplingParams,
 
 
 def sample(model, prompt_ids: list[list[int]], n: int, sampling: SamplingParams, eos_id: int, pad_id: int,
-           uniforms: torch.Tensor | None = None):
+           uniforms: torch.Tensor | None = None, fused=None):
     """n samples for each prompt, prompt-major: a list of (token ids, log-probs, finished), the
-    EOS included when a row ended. ``uniforms`` [P * n, T]: each row's draws (seeded_uniforms)."""
+    EOS included when a row ended. ``uniforms`` [P * n, T]: each row's draws (seeded_uniforms);
+    ``fused``: the model's weights for the fused Llama step (None: the model's own forward)."""
     device = next(model.parameters()).device
     cache_kw = _cache_keyword(model)
     width = max(len(p) for p in prompt_ids)
@@ -253,7 +266,7 @@ def sample(model, prompt_ids: list[list[int]], n: int, sampling: SamplingParams,
     attention = attention.repeat_interleave(n, 0)
     last_position = positions[:, -1].repeat_interleave(n, 0)
     step_fn = _decode_steps(model, cache, cache_kw, attention, padded, width + sampling.max_new_tokens,
-                            sampling.max_new_tokens)
+                            sampling.max_new_tokens, fused)
     del prefill, cache  # the step holds what it needs (the fused step: its own copy of the cache)
     rows = len(prompt_ids) * n
     tokens: list[list[int]] = [[] for _ in range(rows)]

@@ -40,10 +40,11 @@ def supports(model) -> bool:
                     for layer in model.model.layers for name in PROJECTIONS))
 
 
-class LlamaDecoder:
-    """The decode step over a KV cache of prompt keys and values (from a transformers prefill)."""
+class FusedWeights:
+    """A model's weights as the step reads them (q/k/v and gate/up concatenated: copies, so they
+    are rebuilt after the model's weights change) and its RoPE tables."""
 
-    def __init__(self, model, max_positions: int):
+    def __init__(self, model):
         config, inner = model.config, model.model
         self.eps, self.heads, self.kv_heads = config.rms_norm_eps, config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -57,11 +58,27 @@ class LlamaDecoder:
             layer.mlp.down_proj.weight,
         ) for layer in inner.layers[: config.num_hidden_layers]]
         self.norm, self.head = inner.norm.weight, model.lm_head.weight
-        # RoPE tables [positions, head_dim] as transformers computes them (float32, then cast)
-        inv_freq = inner.rotary_emb.inv_freq.float()
-        freqs = torch.arange(max_positions, dtype=torch.float32, device=inv_freq.device)[:, None] * inv_freq[None]
-        emb, scaling = torch.cat([freqs, freqs], -1), inner.rotary_emb.attention_scaling
-        self.cos, self.sin = (emb.cos() * scaling).to(self.embed.dtype), (emb.sin() * scaling).to(self.embed.dtype)
+        self.inv_freq, self.rope_scaling = inner.rotary_emb.inv_freq.float(), inner.rotary_emb.attention_scaling
+        self.cos = self.sin = self.embed.new_empty(0, self.head_dim)
+
+    def rope_tables(self, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [>= positions, head_dim] as transformers computes them (float32, then cast),
+        extended when a call needs more positions than any before."""
+        if self.cos.shape[0] < positions:
+            freqs = torch.arange(positions, dtype=torch.float32, device=self.inv_freq.device)[:, None] * self.inv_freq
+            emb = torch.cat([freqs, freqs], -1)
+            self.cos = (emb.cos() * self.rope_scaling).to(self.embed.dtype)
+            self.sin = (emb.sin() * self.rope_scaling).to(self.embed.dtype)
+        return self.cos, self.sin
+
+
+class LlamaDecoder:
+    """The decode step over a KV cache of prompt keys and values (from a transformers prefill)."""
+
+    def __init__(self, weights: FusedWeights, max_positions: int):
+        self.eps, self.heads, self.kv_heads, self.head_dim = weights.eps, weights.heads, weights.kv_heads, weights.head_dim
+        self.embed, self.layers, self.norm, self.head = weights.embed, weights.layers, weights.norm, weights.head
+        self.cos, self.sin = weights.rope_tables(max_positions)
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.bias = None  # [R, 1, 1, capacity]: 0 where a row attends, -inf elsewhere (left padding, future)

@@ -25,6 +25,7 @@ from datetime import timedelta
 import torch
 
 from tempo_bench.core.errors import ConfigError
+from tempo_bench.core.processes import launched_world_size
 
 # a collective no peer joins for this long raises (a stuck rank; torchrun itself stops every rank
 # when one dies). Long, because rank 0 evaluates alone while the others wait at the next step.
@@ -119,7 +120,7 @@ class Ranks:
 def launched_ranks(device: str = "auto") -> Ranks:
     """The ranks torchrun (or any launcher setting RANK and WORLD_SIZE) started; the process group
     is joined here (NCCL for a model on CUDA, gloo on CPU). A plain launch is one rank."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_world_size()
     if world == 1:
         return Ranks()
     rank = int(os.environ["RANK"])

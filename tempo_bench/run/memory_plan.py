@@ -25,11 +25,11 @@ What each phase holds (GiB = 2**30 bytes; estimates, stated so they can be check
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from tempo_bench.core.assets import ASSETS
 from tempo_bench.core.errors import ConfigError
+from tempo_bench.core.processes import launched_world_size
 from tempo_bench.methods.catalog import method_class
 from tempo_bench.policy.model import resolve_device, resolve_model_path
 
@@ -146,7 +146,7 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
     config is sized for, default 80 GiB), or the visible card where that is smaller. ``ranks``:
     the data-parallel ranks sharing a step's rollouts, one GPU each (default: torchrun's
     WORLD_SIZE, else 1)."""
-    ranks = ranks or int(os.environ.get("WORLD_SIZE", "1"))
+    ranks = ranks or launched_world_size()
     visible, physical = _visible_card() if cuda_gpus is None else (cuda_gpus, card_gb)
     sized_for = config.model.gpu_memory_gb or DEFAULT_CARD_GB
     physical = physical or sized_for  # vLLM's share is a fraction of the card it runs on
