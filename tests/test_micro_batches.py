@@ -8,7 +8,7 @@ import torch
 
 from tempo_bench.config import CriticConfig, LoraConfig, ModelConfig, TrainConfig
 from tempo_bench.critic.model import Critic
-from tempo_bench.policy.batch import generation_batch
+from tempo_bench.policy.batch import generation_batch, model_inputs
 from tempo_bench.policy.model import load_policy, load_tokenizer, trainable_parameters
 from tempo_bench.policy.update import policy_update
 from tempo_bench.rollout import SamplingParams, get_backend
@@ -57,3 +57,18 @@ def test_critic_micro_batches_equal_whole_batch(rollouts):
     (whole, a), (micro, b) = results
     assert torch.allclose(a, b, atol=1e-5)
     assert micro["critic/value_loss"] == pytest.approx(whole["critic/value_loss"], abs=1e-6)
+
+
+def test_right_padded_batches_need_no_attention_mask(rollouts):
+    """model_inputs drops the mask of right-padded training batches (the causal-attention fast
+    path): policy logits and critic values of every real token equal the masked pass's."""
+    policy, batch = rollouts
+    real = batch.attention.bool()
+    assert (~real).any(), "the batch must have padding for this test to mean anything"
+    torch.manual_seed(0)
+    critic = Critic.from_pretrained("toy", CriticConfig())
+    for model, read in ((policy, lambda out: out.logits), (critic.model, lambda out: out.logits)):
+        with torch.no_grad():
+            masked = read(model(input_ids=batch.input_ids, attention_mask=batch.attention))
+            unmasked = read(model(**model_inputs(batch, "cpu")))
+        assert torch.allclose(masked[real], unmasked[real], atol=1e-6, rtol=0)

@@ -27,6 +27,7 @@ from tempo_bench.policy.batch import (
     TrainBatch,
     accumulated_step,
     micro_batches,
+    model_inputs,
     select_rows,
 )
 from tempo_bench.policy.model import (
@@ -140,7 +141,7 @@ class Critic:
         """V at every state: [B, T+1] (zero where ``states.mask`` is 0)."""
         states = states or StateIndex.of(batch)
         device = next(self.model.parameters()).device
-        out = self.model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention.to(device))
+        out = self.model(**model_inputs(batch, device))
         values = out.logits.squeeze(-1).float()  # [B, L]
         return values.gather(1, states.index.to(device)) * states.mask.to(device)
 

@@ -85,7 +85,7 @@ class SharedBaseValueModel(torch.nn.Module):
             policy.set_adapter(POLICY_ADAPTER)
             policy.train(was_training)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         from transformers.modeling_outputs import TokenClassifierOutput
 
         if CRITIC_ADAPTER not in self.policy.active_adapters:

@@ -2,14 +2,17 @@
 
 A 64-wide toy model's decode time is per-operator overhead, not arithmetic (BENCHMARKS.md: about
 100 small operators per token through transformers' forward, its mask building, cache objects and
-output classes). This step computes the same function with the weights fused once per rollout
-call: one matmul for q, k and v, one for gate and up, rotary tables indexed by position, the KV
-cache in preallocated tensors and attention as two batched matmuls around a softmax with an
-additive mask (for one query over a short cache, 3x faster on CPU than
-``scaled_dot_product_attention`` with a boolean mask, measured). It mirrors transformers' Llama code (RMSNorm in float32, default RoPE, SiLU MLP, tied or
-untied head); the log-probabilities of the tokens it samples are checked against a teacher-forced
-forward pass of the same model (tests/test_rollout.py). Architectures with anything else (biases,
-scaled RoPE, q/k norms, sliding windows) take the general path in ``hf.py``.
+output classes). This step computes the same function with the weights fused once per policy
+version (FusedWeights): one matmul per layer for q, k, their RoPE rotations and v, one for gate
+and up, the attention scale folded into q, rotary tables indexed by position, the KV cache in
+preallocated tensors, grouped-query attention without copying the cache, residual adds inside
+``addmm``, and attention as two batched matmuls around a softmax with an additive mask (for one
+query over a short cache, 3x faster on CPU than ``scaled_dot_product_attention`` with a boolean
+mask, measured). It mirrors transformers' Llama code (RMSNorm in float32, default RoPE, SiLU MLP,
+tied or untied head): on the toy its sampled tokens and log-probabilities equal transformers' own
+step bit for bit, and they are checked against a teacher-forced forward pass of the same model
+(tests/test_rollout.py). Architectures with anything else (biases, scaled RoPE, q/k norms, sliding
+windows) take the general path in ``hf.py``.
 """
 
 from __future__ import annotations
@@ -41,8 +44,16 @@ def supports(model) -> bool:
 
 
 class FusedWeights:
-    """A model's weights as the step reads them (q/k/v and gate/up concatenated: copies, so they
-    are rebuilt after the model's weights change) and its RoPE tables."""
+    """A model's weights as the step reads them, and its RoPE tables. Copies, rebuilt after the
+    model's weights change:
+
+    - one projection matrix per layer with rows [q; k; rot(q); rot(k); v], where rot(W) is
+      rotate_half applied to W's output rows: RoPE is x * cos + rotate_half(x) * sin and
+      rotate_half is a signed permutation, so the projection computes x and rotate_half(x) at
+      once and RoPE is three elementwise operators for q and k together (was twelve);
+    - the q rows scaled by head_dim ** -0.5, so attention scores need no scaling operator (exact
+      when head_dim is a power of 4, the toy's 16; otherwise within float rounding);
+    - gate and up in one matrix."""
 
     def __init__(self, model):
         config, inner = model.config, model.model
@@ -51,7 +62,7 @@ class FusedWeights:
         self.embed = inner.embed_tokens.weight
         self.layers = [(
             layer.input_layernorm.weight,
-            torch.cat([layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight]),
+            self._projection(layer.self_attn),
             layer.self_attn.o_proj.weight,
             layer.post_attention_layernorm.weight,
             torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]),
@@ -60,6 +71,18 @@ class FusedWeights:
         self.norm, self.head = inner.norm.weight, model.lm_head.weight
         self.inv_freq, self.rope_scaling = inner.rotary_emb.inv_freq.float(), inner.rotary_emb.attention_scaling
         self.cos = self.sin = self.embed.new_empty(0, self.head_dim)
+
+    def _rotated(self, weight: torch.Tensor) -> torch.Tensor:
+        """Rows of ``weight`` [heads * head_dim, D] such that x @ result.T = rotate_half(x @ weight.T)
+        per head: rotate_half(y) = cat(-y[half:], y[:half])."""
+        per_head = weight.view(-1, self.head_dim, weight.shape[-1])
+        half = self.head_dim // 2
+        return torch.cat([-per_head[:, half:], per_head[:, :half]], 1).reshape(weight.shape)
+
+    def _projection(self, attention) -> torch.Tensor:
+        q = attention.q_proj.weight * self.head_dim ** -0.5
+        k = attention.k_proj.weight
+        return torch.cat([q, k, self._rotated(q), self._rotated(k), attention.v_proj.weight])
 
     def rope_tables(self, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin [>= positions, head_dim] as transformers computes them (float32, then cast),
@@ -109,36 +132,34 @@ class LlamaDecoder:
         self.bias = self.bias[index]
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # one operator, equal to the expression below in float32
+            return F.rms_norm(x, x.shape[-1:], weight, self.eps)
         x32 = x.float()
         return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], -1)
-        return x * cos + rotated * sin
 
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Logits [R, V] after feeding ``tokens`` [R] at ``positions`` [R]."""
-        rows, at = tokens.shape[0], self.length
-        cos, sin = self.cos[positions][:, None, None, :], self.sin[positions][:, None, None, :]  # [R, 1, 1, hd]
+        rows, at, dim = tokens.shape[0], self.length, self.head_dim
+        heads, kv_heads = self.heads, self.kv_heads
+        cos = F.embedding(positions, self.cos)[:, None]  # [R, 1, hd]
+        sin = F.embedding(positions, self.sin)[:, None]
         self.bias[:, 0, 0, at] = 0.0
-        bias, scale, repeat = self.bias[..., : at + 1], self.head_dim ** -0.5, self.heads // self.kv_heads
-        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        hidden = self.embed[tokens]  # [R, D]
-        for (norm_in, qkv_w, o_w, norm_post, gate_up_w, down_w), keys, values in zip(self.layers, self.keys, self.values):
-            qkv = F.linear(self._rms(hidden, norm_in), qkv_w)
-            q, k, v = qkv.split([q_size, kv_size, kv_size], -1)
-            q = self._rope(q.view(rows, self.heads, 1, self.head_dim), cos, sin)
-            keys[..., at] = self._rope(k.view(rows, self.kv_heads, 1, self.head_dim), cos, sin)[:, :, 0]
-            values[:, :, at] = v.view(rows, self.kv_heads, self.head_dim)
-            past_k, past_v = keys[..., : at + 1], values[:, :, : at + 1]
-            if repeat > 1:  # grouped-query attention: each key/value head serves `repeat` query heads
-                past_k, past_v = past_k.repeat_interleave(repeat, 1), past_v.repeat_interleave(repeat, 1)
-            scores = torch.matmul(q, past_k) * scale + bias  # [R, heads, 1, at + 1]
-            attended = torch.matmul(torch.softmax(scores.float(), -1).to(q.dtype), past_v)
-            hidden = hidden + F.linear(attended.reshape(rows, q_size), o_w)
+        bias, qk = self.bias[..., : at + 1], (heads + kv_heads) * dim
+        hidden = F.embedding(tokens, self.embed)  # [R, D]
+        for (norm_in, projection, o_w, norm_post, gate_up_w, down_w), keys, values in zip(self.layers, self.keys, self.values):
+            out = F.linear(self._rms(hidden, norm_in), projection)  # [R, q + k, rotated q + k, v]
+            roped = out[:, :qk].view(rows, -1, dim) * cos + out[:, qk: 2 * qk].view(rows, -1, dim) * sin
+            keys[..., at] = roped[:, heads:]
+            values[:, :, at] = out[:, 2 * qk:].view(rows, kv_heads, dim)
+            # grouped-query attention without copying the cache: the query heads a key/value head
+            # serves are one [repeat, hd] block (transformers' repeat_kv order)
+            q = roped[:, :heads].reshape(rows, kv_heads, heads // kv_heads, dim)
+            scores = torch.matmul(q, keys[..., : at + 1]) + bias  # [R, kv heads, repeat, at + 1]
+            probs = torch.softmax(scores.float(), -1).to(q.dtype)
+            attended = torch.matmul(probs, values[:, :, : at + 1])  # [R, kv heads, repeat, hd]
+            hidden = torch.addmm(hidden, attended.reshape(rows, heads * dim), o_w.t())
             gate, up = F.linear(self._rms(hidden, norm_post), gate_up_w).chunk(2, -1)
-            hidden = hidden + F.linear(F.silu(gate) * up, down_w)
+            hidden = torch.addmm(hidden, F.silu(gate) * up, down_w.t())
         self.length = at + 1
         return F.linear(self._rms(hidden, self.norm), self.head)
