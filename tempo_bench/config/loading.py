@@ -159,6 +159,7 @@ def config_identity(config) -> str:
     # the critic's layout computes the same numbers (tests/test_shared_base.py); fields added later
     # leave the identities of earlier runs alone while they hold their defaults
     data["critic"] = {k: v for k, v in data["critic"].items() if k != "share_base"}
+    data["lora"] = {k: v for k, v in data["lora"].items() if k != "fused"}  # float rounding, like threads
     if data["rollout"].get("seeding") == "step":
         del data["rollout"]["seeding"]
     data = canonical(data)

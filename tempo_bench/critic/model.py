@@ -30,6 +30,7 @@ from tempo_bench.policy.batch import (
     model_inputs,
     select_rows,
 )
+from tempo_bench.policy.lora_linear import fuse_lora_layers
 from tempo_bench.policy.model import (
     model_kwargs,
     peft_config,
@@ -96,6 +97,8 @@ class Critic:
             from peft import get_peft_model
 
             model = get_peft_model(model, peft_config(lora_cfg, "TOKEN_CLS"))
+            if lora_cfg.fused:
+                fuse_lora_layers(model)
             lora_a = [p for name, p in model.named_parameters() if "lora_A" in name]
             _seeded_init(lora_a, model, cfg, resolve_model_path(path))
         model = place(model, model_cfg)
@@ -234,6 +237,8 @@ class Critic:
             base = AutoModelForTokenClassification.from_pretrained(
                 base_path, num_labels=1, classifier_dropout=0.0, **model_kwargs(model_cfg))
             model = PeftModel.from_pretrained(base, out_dir, is_trainable=True)
+            if lora_cfg is None or lora_cfg.fused:  # as it was built (a resumed run computes as before)
+                fuse_lora_layers(model)
         else:
             model = AutoModelForTokenClassification.from_pretrained(out_dir, **model_kwargs(model_cfg))
         model = place(model, model_cfg)

@@ -201,9 +201,9 @@ def starting_critic(config, policy, backend: RolloutBackend, pad_id: int, pool: 
             init = Path(resolve_model_path(cfg.init, part="critic"))
             if not (init / "config.json").is_file():
                 raise FileNotFoundError(f"critic.init: no saved critic in {init} (config.json missing)")
-            critic = Critic.load(init, cfg, config.model)
+            critic = Critic.load(init, cfg, config.model, lora_cfg=config.lora)
         elif (path / "config.json").is_file():
-            critic = Critic.load(path, cfg)
+            critic = Critic.load(path, cfg, lora_cfg=config.lora)
         else:
             critic = warmed_and_saved(Critic.from_pretrained(cfg.path or config.model.path, cfg, config.model,
                                                              config.lora))

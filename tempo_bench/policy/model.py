@@ -12,6 +12,7 @@ import torch
 
 from tempo_bench.core import assets
 from tempo_bench.core.errors import UserError
+from tempo_bench.policy.lora_linear import fuse_lora_layers
 
 TOY_MODEL = "toy"
 TOY_RLVR = "toy-rlvr"
@@ -147,7 +148,10 @@ def load_policy(model_cfg, lora_cfg, cache: dict | None = None):
     if model_cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()  # LoRA: the frozen embeddings' outputs need grads
-    return get_peft_model(base, peft_config(lora_cfg, "CAUSAL_LM"))
+    policy = get_peft_model(base, peft_config(lora_cfg, "CAUSAL_LM"))
+    if lora_cfg.fused:
+        fuse_lora_layers(policy)
+    return policy
 
 
 def merged_lora_weights(policy) -> list[tuple[str, torch.Tensor]]:
