@@ -36,7 +36,8 @@ def run_bench(sections=SECTIONS, threads: int = 2) -> dict:
         "profile": lambda: profile.profile_tempo_step(threads=threads),
     }
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                 "torch": torch.__version__, "threads": threads}, "seconds": {}}
+                                 "torch": torch.__version__, "threads": threads,
+                                 **profile.machine_floors(threads)}, "seconds": {}}
     bar = tqdm([s for s in SECTIONS if s in sections], desc="bench", unit="section")
     for name in bar:
         bar.set_postfix_str(name)
@@ -51,12 +52,16 @@ def run_bench(sections=SECTIONS, threads: int = 2) -> dict:
 
 def summary(results: dict) -> str:
     lines = [f"{'measure':34s} {'value':>10s}  {'goal':>8s}  met", "-" * 60]
+    machine = results.get("machine", {})
     for key, (goal, better) in GOALS.items():
         if key in results:
             value = results[key]
             met = value >= goal if better == "higher" else value <= goal
             sign = ">=" if better == "higher" else "<="
             lines.append(f"{key:34s} {value:10.3f}  {sign}{goal:<6g}  {'yes' if met else 'NO'}")
+    if "matmul_gflops" in machine:
+        lines.append(f"  machine: {machine['threads']} threads, float32 matmul {machine['matmul_gflops']:.0f} GFLOP/s, "
+                     f"one small operator {machine['small_op_us']:.1f} us")
     if "trl" in results:
         t = results["trl"]
         lines.append(f"  step: ours {t['ours_step_s']:.3f} s, TRL GRPOTrainer {t['trl_step_s']:.3f} s (median)")
