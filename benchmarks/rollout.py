@@ -5,33 +5,15 @@ pass over the tokens the backend produced (a floor: the same tokens, computed in
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import torch
 
+from tempo_bench.benchmarks.timing import in_turns
 from tempo_bench.config import LoraConfig, ModelConfig, ToyTaskConfig
 from tempo_bench.policy.batch import generation_batch, model_inputs
 from tempo_bench.policy.model import load_policy, load_tokenizer
 from tempo_bench.rollout import SamplingParams, get_backend
 from tempo_bench.tasks import load_task_data
-
-
-def _interleaved(contenders: dict, reps: int) -> dict[str, float]:
-    """Median seconds of each contender, timed in turns (A, B, C, A, B, C, ...) after one untimed
-    call of each: a slow spell of this shared machine then hits every contender alike, not one
-    contender's block of repetitions (measured here: the same rollout 0.55 s in one run and 0.84 s
-    in the next when timed in blocks)."""
-    for fn in contenders.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for rep in range(reps):
-        for name, fn in contenders.items():
-            torch.manual_seed(rep)
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _general_decode(fn):
@@ -64,7 +46,7 @@ def compare_rollouts(prompts: int = 16, n: int = 8, max_new_tokens: int = 80, re
     torch.manual_seed(0)
     generation = backend.generate(texts, sampling)
     batch = generation_batch(generation, tokenizer.pad_token_id)
-    median = _interleaved({
+    median = in_turns({
         "ours": lambda: backend.generate(texts, sampling),
         "general": _general_decode(lambda: backend.generate(texts, sampling)),
         "bare": lambda: policy.generate(

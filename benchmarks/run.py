@@ -12,9 +12,9 @@ import platform
 import time
 from pathlib import Path
 
-from tempo_bench.benchmarks import profile, rollout, system, trl_step
+from tempo_bench.benchmarks import passes, profile, rollout, system, trl_step
 
-SECTIONS = ("trl", "rollout", "sweep", "memory", "profile")
+SECTIONS = ("trl", "rollout", "passes", "sweep", "memory", "profile")
 GOALS = {  # key: (goal, "higher"/"lower" is better)
     "step_speedup_vs_trl": (2.5, "higher"),
     "rollout_overhead_vs_generate": (1.3, "lower"),
@@ -31,6 +31,7 @@ def run_bench(sections=SECTIONS, threads: int = 2) -> dict:
     jobs = {
         "trl": lambda: trl_step.compare_steps(threads=threads),
         "rollout": lambda: rollout.compare_rollouts(threads=threads),
+        "passes": lambda: passes.compare_passes(threads=threads),
         "sweep": system.sweep_sharing,
         "memory": lambda: system.peak_rss(preset="toy", seeds="0"),
         "profile": lambda: profile.profile_tempo_step(threads=threads),
@@ -70,6 +71,13 @@ def summary(results: dict) -> str:
         lines.append(f"  rollout: ours {r['ours_rollout_s']:.3f} s, generate {r['generate_rollout_s']:.3f} s, "
                      f"teacher-forced floor {r['forward_floor_s']:.3f} s ({r['rollout_tokens']} tokens); "
                      f"fused decode step {r['fused_decode_speedup']:.2f}x transformers' own")
+    if "passes" in results:
+        p = results["passes"]
+        lines.append(f"  passes ({p['rows']} rows, {p['tokens']} tokens): policy update {p['policy_update_s']:.3f} s "
+                     f"(peft's LoRA forward {p['policy_update_peft_s']:.3f} s, {p['fused_lora_speedup']:.2f}x); "
+                     f"forward+backward {p['pass_unmasked_s']:.3f} s without the padding mask, "
+                     f"{p['pass_masked_s']:.3f} s with it; critic fit {p['critic_fit_s']:.3f} s, "
+                     f"score {p['critic_score_s']:.3f} s")
     if "sweep" in results:
         s = results["sweep"]
         lines.append(f"  sweep: one worker {s['sweep_one_worker_s']:.1f} s, {s['trials']} processes "

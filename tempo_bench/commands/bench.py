@@ -10,7 +10,7 @@ def add_parser(sub) -> None:
                         "generate and a forward floor, sweep sharing, the full toy comparison's wall time "
                         "and peak RSS, a TEMPO step profile (about 25 minutes on 2 cores)")
     bn.add_argument("--out", help="write the results as JSON to this file")
-    bn.add_argument("--only", help="comma-separated sections: trl, rollout, sweep, memory, profile")
+    bn.add_argument("--only", help="comma-separated sections: trl, rollout, passes, sweep, memory, profile")
     bn.add_argument("--threads", type=int, default=2, help="torch threads in the measured runs (default 2)")
     bn.set_defaults(func=cmd_bench)
 
