@@ -4,7 +4,6 @@ pass over the tokens the backend produced (a floor: the same tokens, computed in
 
 from __future__ import annotations
 
-import os
 
 import torch
 
@@ -16,14 +15,14 @@ from tempo_bench.rollout import SamplingParams, get_backend
 from tempo_bench.tasks import load_task_data
 
 
-def _general_decode(fn):
-    """``fn`` with transformers' own forward for each token (the hf backend's general path)."""
+def _general_decode(backend, fn):
+    """``fn`` with the backend decoding by transformers' own forward for each token (its general path)."""
     def run():
-        os.environ["TEMPO_BENCH_DECODE"] = "transformers"
+        backend.fused_decode = False
         try:
             return fn()
         finally:
-            del os.environ["TEMPO_BENCH_DECODE"]
+            backend.fused_decode = True
     return run
 
 
@@ -48,7 +47,7 @@ def compare_rollouts(prompts: int = 16, n: int = 8, max_new_tokens: int = 80, re
     batch = generation_batch(generation, tokenizer.pad_token_id)
     median = in_turns({
         "ours": lambda: backend.generate(texts, sampling),
-        "general": _general_decode(lambda: backend.generate(texts, sampling)),
+        "general": _general_decode(backend, lambda: backend.generate(texts, sampling)),
         "bare": lambda: policy.generate(
             input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
             max_new_tokens=max_new_tokens, num_return_sequences=n, eos_token_id=tokenizer.eos_token_id,

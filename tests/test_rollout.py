@@ -88,18 +88,15 @@ def test_per_question_seeds_make_a_questions_samples_independent_of_the_batch():
     assert reseeded.token_ids != alone.token_ids
 
 
-def sampled_vs_forced(monkeypatch, decode: str | None, seed: int = 0):
-    """A trained-adapter policy's samples from the hf backend (its merged copy) with the given
-    decode path, and the teacher-forced log-probabilities of the same tokens under that copy."""
+def sampled_vs_forced(fused_decode: bool, seed: int = 0):
+    """A trained-adapter policy's samples from the hf backend (its merged copy) with the fused or
+    the general decode step, and the teacher-forced log-probabilities of the same tokens under
+    that copy."""
     from tempo_bench.rollout import llama_decode
 
-    if decode is not None:
-        monkeypatch.setenv("TEMPO_BENCH_DECODE", decode)
-    else:
-        monkeypatch.delenv("TEMPO_BENCH_DECODE", raising=False)
     torch.manual_seed(seed)  # peft draws LoRA A from the global generator
     tokenizer, policy = load_tokenizer("toy"), trained_toy_policy(scale=0.3)
-    backend = get_backend("hf")(policy, tokenizer)
+    backend = get_backend("hf")(policy, tokenizer, fused_decode=fused_decode)
     assert llama_decode.supports(backend._sampler())  # the toy takes the fused step unless told otherwise
     torch.manual_seed(seed)
     gen = backend.generate(["Q:347+285\n", "Q:12+9\n", "Q:9999+1\n"], SamplingParams(n=6, temperature=1.3, max_new_tokens=60))
@@ -112,25 +109,25 @@ def sampled_vs_forced(monkeypatch, decode: str | None, seed: int = 0):
     return gen, sampled, forced
 
 
-def test_fused_decode_samples_the_policy_and_the_tokens_of_the_general_path(monkeypatch):
+def test_fused_decode_samples_the_policy_and_the_tokens_of_the_general_path():
     """The fused Llama step (llama_decode): log-probabilities of its samples equal a teacher-forced
     forward pass of the weights it sampled from to 1e-5, a fixed seed reproduces its samples, and it draws
     the same tokens as transformers' own forward for the same seed (same uniforms, same logits to
     float precision)."""
-    fused, sampled, forced = sampled_vs_forced(monkeypatch, None)
+    fused, sampled, forced = sampled_vs_forced(True)
     error = (sampled - forced).abs()
     # float32: a one-token step and a parallel forward sum in other orders. Measured here: 99th
     # percentile 5.6e-6 and worst 9.8e-6 for the fused step, 4.0e-6 and 2.0e-5 for transformers' own
     assert error[error > 0].quantile(0.99) < 1e-5 and error.max() < 5e-5
-    again, _, _ = sampled_vs_forced(monkeypatch, None)
+    again, _, _ = sampled_vs_forced(True)
     assert again.token_ids == fused.token_ids
-    general, general_sampled, _ = sampled_vs_forced(monkeypatch, "transformers")
+    general, general_sampled, _ = sampled_vs_forced(False)
     assert general.token_ids == fused.token_ids
     assert (general_sampled - sampled).abs().max() < 5e-5
     assert any(len(ids) > 20 for ids in fused.token_ids)  # long enough to exercise the cache
 
 
-def test_fused_decode_handles_grouped_query_attention(monkeypatch):
+def test_fused_decode_handles_grouped_query_attention():
     """A random Llama with 2 key/value heads for 4 query heads (as Qwen-style models have): the
     fused step draws what transformers' own forward draws."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -144,7 +141,7 @@ def test_fused_decode_handles_grouped_query_attention(monkeypatch):
     sampling = SamplingParams(n=4, temperature=1.0, max_new_tokens=30)
     runs = {}
     for decode in ("fused", "transformers"):
-        monkeypatch.setenv("TEMPO_BENCH_DECODE", decode)
+        backend.fused_decode = decode == "fused"
         torch.manual_seed(1)
         runs[decode] = backend.generate(["Q:12+9\n", "Q:347+285\n"], sampling)
     assert runs["fused"].token_ids == runs["transformers"].token_ids

@@ -160,6 +160,7 @@ def config_identity(config) -> str:
     # leave the identities of earlier runs alone while they hold their defaults
     data["critic"] = {k: v for k, v in data["critic"].items() if k != "share_base"}
     data["lora"] = {k: v for k, v in data["lora"].items() if k != "fused"}  # float rounding, like threads
+    data["rollout"] = {k: v for k, v in data["rollout"].items() if k != "fused_decode"}  # the same tokens
     if data["rollout"].get("seeding") == "step":
         del data["rollout"]["seeding"]
     data = canonical(data)

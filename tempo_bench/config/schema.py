@@ -115,6 +115,9 @@ class RolloutConfig(_Strict):
     max_new_tokens: int = Field(96, ge=1)
     merge_lora: bool = Field(True, description="hf backend: sample from a merged copy of the weights "
                              "(faster; a second copy of the base model in memory)")
+    fused_decode: bool = Field(True, description="hf backend: decode Llama models with the fused step "
+                               "(rollout/llama_decode.py; the same tokens as transformers' own forward, tested); "
+                               "false: transformers' forward for every token")
     seeding: Literal["step", "question"] = Field(
         "step", description="sampling noise: one stream per step (step), or one seed per question "
         "(question: a question's samples do not depend on the rest of the batch or on the number of ranks; "

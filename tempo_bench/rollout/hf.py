@@ -31,8 +31,10 @@ from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 
 
 class HFBackend(RolloutBackend):
-    def __init__(self, model, tokenizer, max_batch_rows: int = 1024, merge_lora: bool = True):
+    def __init__(self, model, tokenizer, max_batch_rows: int = 1024, merge_lora: bool = True,
+                 fused_decode: bool = True):
         self.model = model
+        self.fused_decode = fused_decode  # llama_decode's step where it applies (False: a check, a bench)
         self.tokenizer = tokenizer
         self.max_batch_rows = max_batch_rows
         self.merge_lora = merge_lora and hasattr(model, "get_base_model")
@@ -42,19 +44,16 @@ class HFBackend(RolloutBackend):
 
     @classmethod
     def create(cls, config, policy, tokenizer, out_dir) -> "HFBackend":
-        return cls(policy, tokenizer, merge_lora=config.rollout.merge_lora)
+        return cls(policy, tokenizer, merge_lora=config.rollout.merge_lora, fused_decode=config.rollout.fused_decode)
 
     def sync_weights(self) -> None:
         self._stale = True
         self._fused = None
 
     def _fused_weights(self, model):
-        """The fused Llama step's weights for ``model`` where it applies (built once per policy
-        version, not per call), else None: the model's own forward decodes.
-        ``TEMPO_BENCH_DECODE=transformers`` forces the latter (a check)."""
-        import os
-
-        if os.environ.get("TEMPO_BENCH_DECODE") == "transformers" or not llama_decode.supports(model):
+        """The fused Llama step's weights for ``model`` where it applies and is wanted (built once
+        per policy version, not per call), else None: the model's own forward decodes."""
+        if not self.fused_decode or not llama_decode.supports(model):
             return None
         if self._fused is None:
             self._fused = llama_decode.FusedWeights(model)
