@@ -104,11 +104,14 @@ def compare_steps(work: StepWork = StepWork(), threads: int = 2, rounds: int = 2
     """Median step of each side over ``rounds`` alternating runs (ours, TRL, ours, TRL): a slow
     spell of this shared machine then falls on both sides, not on one run (measured here: the
     same rollout 0.55 s in one run and 0.84 s in the next)."""
-    ours: list[float] = []
-    trl: list[float] = []
+    ours: list[list[float]] = []
+    trl: list[list[float]] = []
     for _ in range(rounds):
-        ours += ours_step_seconds(work, threads)[work.warmup:]
-        trl += trl_step_seconds(work, threads)[work.warmup:]
-    ours_median, trl_median = statistics.median(ours), statistics.median(trl)
+        ours.append(ours_step_seconds(work, threads)[work.warmup:])
+        trl.append(trl_step_seconds(work, threads)[work.warmup:])
+    ours_median = statistics.median(t for steps in ours for t in steps)
+    trl_median = statistics.median(t for steps in trl for t in steps)
     return {"ours_step_s": ours_median, "trl_step_s": trl_median, "step_speedup_vs_trl": trl_median / ours_median,
-            "steps_measured": len(ours), "rounds": rounds, "work": work.__dict__}
+            "ours_step_s_by_round": [statistics.median(steps) for steps in ours],
+            "trl_step_s_by_round": [statistics.median(steps) for steps in trl],
+            "steps_measured": sum(map(len, ours)), "rounds": rounds, "work": work.__dict__}
