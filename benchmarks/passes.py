@@ -26,7 +26,7 @@ def compare_passes(prompts: int = 16, n: int = 8, max_new_tokens: int = 80, reps
     torch.set_num_threads(threads)
     tokenizer = load_tokenizer("toy")
     fused = load_policy(ModelConfig(), LoraConfig())
-    peft = load_policy(ModelConfig(), LoraConfig(fused=False))
+    unfused = load_policy(ModelConfig(), LoraConfig(fused=False))
     texts = [q.prompt for q in load_task_data(ToyTaskConfig()).test[:prompts]]
     torch.manual_seed(0)
     generation = get_backend("hf")(fused, tokenizer).generate(
@@ -34,7 +34,7 @@ def compare_passes(prompts: int = 16, n: int = 8, max_new_tokens: int = 80, reps
     batch = generation_batch(generation, tokenizer.pad_token_id)
     advantages = torch.linspace(-1.0, 1.0, batch.input_ids.shape[0])
     train_cfg = TrainConfig()
-    optimizers = {id(m): torch.optim.AdamW(trainable_parameters(m), lr=1e-6) for m in (fused, peft)}
+    optimizers = {id(m): torch.optim.AdamW(trainable_parameters(m), lr=1e-6) for m in (fused, unfused)}
     critic = Critic.from_pretrained("toy", CriticConfig())
     targets = torch.tensor([1.0, -1.0]).repeat(batch.input_ids.shape[0] // 2 + 1)[: batch.input_ids.shape[0]]
 
@@ -51,7 +51,7 @@ def compare_passes(prompts: int = 16, n: int = 8, max_new_tokens: int = 80, reps
         return run
 
     median = in_turns({
-        "policy_fused": update(fused), "policy_peft": update(peft),
+        "policy_fused": update(fused), "policy_peft": update(unfused),
         "pass_unmasked": forward_backward(False), "pass_masked": forward_backward(True),
         "critic_fit": lambda: critic.fit(batch, targets, torch.ones(len(targets)), 1, 0.2, 256,
                                          torch.Generator().manual_seed(0)),

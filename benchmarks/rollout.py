@@ -52,9 +52,10 @@ def compare_rollouts(prompts: int = 16, n: int = 8, max_new_tokens: int = 80, re
             input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
             max_new_tokens=max_new_tokens, num_return_sequences=n, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id),
-        # a floor: the same tokens teacher-forced in one pass (what decoding would cost with no
-        # per-token overhead), the way training passes run them (causal, no padding mask)
-        "floor": lambda: policy(**model_inputs(batch, "cpu")),
+        # a floor: the same tokens teacher-forced in one pass through the weights the rollout
+        # samples with (the merged copy: no LoRA matmuls), the way training passes run (causal, no
+        # padding mask): what decoding would cost with no per-token overhead
+        "floor": lambda: backend._sampler()(**model_inputs(batch, "cpu")),
     }, reps)
     ours, general, bare, forward = median["ours"], median["general"], median["bare"], median["floor"]
     return {"ours_rollout_s": ours, "generate_rollout_s": bare, "forward_floor_s": forward,

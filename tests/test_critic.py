@@ -46,3 +46,16 @@ def test_fit_ignores_unlabeled_rows_and_roundtrips(tmp_path):
     loaded = Critic.load(a.save(tmp_path / "critic"), cfg)
     assert torch.allclose(loaded.score(batch)[1], final)
     assert (tmp_path / "critic" / "model.safetensors").is_file()
+
+
+def test_starting_critic_key_follows_the_lora_settings_of_a_lora_critic_only():
+    """A LoRA critic is built from lora.* (rank, targets, fused arithmetic): another setting is
+    another starting critic; a full-weight critic does not depend on them."""
+    from tempo_bench.config import load_config
+    from tempo_bench.critic.ops import starting_critic_key
+
+    def key(*overrides):
+        return starting_critic_key(load_config("toy-smoke", ["method=tempo", *overrides]))
+
+    assert key("critic.lora=true") != key("critic.lora=true", "lora.r=4") != key("critic.lora=true", "lora.fused=false")
+    assert key() == key("lora.r=4") == key("lora.fused=false")

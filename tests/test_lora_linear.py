@@ -66,7 +66,7 @@ def test_function_matches_its_definition_in_double_precision():
     assert torch.allclose(LoraLinearFunction.apply(x, weight, bias, a, b, 0.7), expected)
 
 
-@pytest.mark.parametrize("case", ["dropout", "disabled", "autocast"])
+@pytest.mark.parametrize("case", ["dropout", "disabled", "autocast", "hooked"])
 def test_calls_outside_the_plain_case_take_peft_forward(case):
     plain, fused = _policies(**({"dropout": 0.1} if case == "dropout" else {}))
     ids = torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(2))
@@ -74,6 +74,11 @@ def test_calls_outside_the_plain_case_take_peft_forward(case):
     if case == "disabled":
         with fused.disable_adapter(), plain.disable_adapter():
             out, expected = fused(input_ids=ids).logits, plain(input_ids=ids).logits
+    elif case == "hooked":  # an accelerate hook on the base layer (device_map offloading) moves its weight
+        for module in fused.modules():
+            if hasattr(module, "base_layer"):
+                module.base_layer._hf_hook = object()
+        out, expected = fused(input_ids=ids).logits, plain(input_ids=ids).logits
     elif case == "autocast":
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out, expected = fused(input_ids=ids).logits, plain(input_ids=ids).logits

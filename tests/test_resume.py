@@ -104,5 +104,9 @@ def test_a_checkpoint_made_before_a_config_field_existed_still_resumes(tmp_path)
     (path / "state.json").write_text(json.dumps({"config": saved, "step": 1}))
     assert check_resumable(path, load_config("toy-smoke"))["step"] == 1
     assert check_resumable(path, load_config("toy-smoke", ["eval.collapse_tolerance=0.2"]))["step"] == 1
+    # a checkpoint from before the LoRA and decode switches existed resumes with either setting
+    del saved["lora"]["fused"], saved["rollout"]["fused_decode"]
+    (path / "state.json").write_text(json.dumps({"config": saved, "step": 1}))
+    assert check_resumable(path, load_config("toy-smoke", ["lora.fused=false", "rollout.fused_decode=false"]))
     with pytest.raises(ConfigError, match="train.lr"):
         check_resumable(path, load_config("toy-smoke", ["train.lr=1e-3"]))

@@ -163,6 +163,8 @@ def starting_critic_key(config, pool: list[LabeledQuestion] = ()) -> str:
         "critic": {k: v for k, v in config.critic.model_dump().items() if k != "share_base"},
         **({"shared_base": True} if config.critic_shares_base() else {}),  # saved in another format
         **({"lora_init": "seeded"} if config.critic.lora else {}),  # from critic.seed since 2026-12-03
+        # a LoRA critic's rank, targets and arithmetic (lora.fused) shape it; a full-weight one not
+        **({"lora": config.lora.model_dump()} if config.critic.lora else {}),
         "task": config.task.model_dump(),
         "warmup_questions": [[q.id, q.prompt, q.answer] for q in pool[: config.critic.warmup_questions]],
         "sampling": [config.rollout.temperature, config.rollout.top_p, config.rollout.max_new_tokens],

@@ -8,10 +8,11 @@ that computes the same function in three operators forward and five backward, th
 applied inside the last matmul (``addmm``'s alpha) and on the rank-r gradients. Arithmetic and
 the tensors kept for the backward pass are those of peft's path (no merged weight, no weight
 gradient), so it costs nothing at scale. Results equal peft's within float rounding (tested:
-outputs and gradients), not bit for bit: ``train.fused_lora=false`` keeps peft's forward.
+outputs and gradients), not bit for bit: ``lora.fused=false`` keeps peft's forward.
 
-Any layer or call outside the plain case (dropout, DoRA, a LoRA bias, several active adapters,
-adapters disabled or merged, autocast, mixed dtypes, a trainable base weight) takes peft's own
+Any layer or call outside the plain case (dropout, DoRA or another LoRA variant, a LoRA bias,
+several active adapters, adapters disabled or merged, autocast, mixed dtypes, a trainable base
+weight, a base layer with an accelerate hook, as when device_map offloads it) takes peft's own
 forward, checked at every call: adapters are switched at run time (a critic sharing the policy's
 base is a second adapter on the same layers).
 """
@@ -60,9 +61,12 @@ def _plain_adapter(layer, x: torch.Tensor) -> str | None:
     name = layer.active_adapters[0]
     if name not in layer.lora_A or not isinstance(layer.lora_dropout[name], torch.nn.Identity):
         return None
-    if layer.use_dora.get(name) or getattr(layer, "lora_bias", {}).get(name) or layer.fan_in_fan_out:
+    if (layer.use_dora.get(name) or name in getattr(layer, "lora_variant", {})
+            or getattr(layer, "lora_bias", {}).get(name) or layer.fan_in_fan_out):
         return None
     base = layer.get_base_layer()
+    if hasattr(base, "_hf_hook"):  # accelerate moves (offloaded) weights in its hook: peft's path calls it
+        return None
     if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
         return None
     if not (x.dtype == base.weight.dtype == layer.lora_A[name].weight.dtype == layer.lora_B[name].weight.dtype):

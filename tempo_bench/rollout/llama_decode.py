@@ -25,8 +25,10 @@ PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self
 
 
 def supports(model) -> bool:
-    """Whether ``model`` (a plain causal LM on one device, not a peft wrapper, not spread over
-    GPUs by accelerate) is a Llama this step reproduces."""
+    """Whether ``model`` (a plain causal LM on the CPU, not a peft wrapper) is a Llama this step
+    reproduces. CPU only: the step exists for per-operator overhead, which a CPU pays per token,
+    and its fused weights are copies (q, k, their rotations and v; gate and up), which on a GPU
+    would be memory the plan does not count and that nobody measured."""
     from transformers import LlamaForCausalLM
 
     config = model.config
@@ -36,7 +38,7 @@ def supports(model) -> bool:
             and not config.attention_bias and not getattr(config, "mlp_bias", False)
             and config.hidden_act == "silu" and getattr(config, "pretraining_tp", 1) == 1
             and rope.get("rope_type", "default") == "default"
-            and len(devices) == 1 and next(iter(devices)).type != "meta"
+            and devices == {torch.device("cpu")}
             and len(set(getattr(model, "hf_device_map", {}).values())) <= 1
             and all(type(layer.get_submodule(name)) is torch.nn.Linear
                     for layer in model.model.layers for name in PROJECTIONS))

@@ -74,7 +74,9 @@ def find_resumable(out: Path, experiment: str, run_name: str) -> Path | None:
 
 # config fields a resumed run may change (extend a run, evaluate or checkpoint more or less often)
 RESUMABLE_CHANGES = {"train.steps", "eval.every", "train.checkpoint_every", "train.budget_tokens", "threads",
-                     "eval.collapse_tolerance"}
+                     "eval.collapse_tolerance",
+                     # implementations that compute the same numbers (to float rounding, like threads)
+                     "lora.fused", "rollout.fused_decode"}
 
 
 def check_resumable(path: Path, config) -> dict:
