@@ -9,9 +9,9 @@ preallocated tensors, grouped-query attention without copying the cache, residua
 ``addmm``, and attention as two batched matmuls around a softmax with an additive mask (for one
 query over a short cache, 3x faster on CPU than ``scaled_dot_product_attention`` with a boolean
 mask, measured). It mirrors transformers' Llama code (RMSNorm in float32, default RoPE, SiLU MLP,
-tied or untied head): on the toy its sampled tokens and log-probabilities equal transformers' own
-step bit for bit, and they are checked against a teacher-forced forward pass of the same model
-(tests/test_rollout.py). Architectures with anything else (biases, scaled RoPE, q/k norms, sliding
+tied or untied head): it draws the same tokens as transformers' own step for a seed, and the
+log-probabilities of its samples are checked against a teacher-forced forward pass of the same
+model (tests/test_rollout.py). Architectures with anything else (biases, scaled RoPE, q/k norms, sliding
 windows) take the general path in ``hf.py``.
 """
 
@@ -133,7 +133,7 @@ class LlamaDecoder:
         self.bias = self.bias[index]
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:  # one operator, equal to the expression below in float32
+        if x.dtype == torch.float32:  # one call (six kernels on CPU), equal to the expression below in float32
             return F.rms_norm(x, x.shape[-1:], weight, self.eps)
         x32 = x.float()
         return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
