@@ -147,3 +147,16 @@ def test_fused_decode_handles_grouped_query_attention():
     assert runs["fused"].token_ids == runs["transformers"].token_ids
     for a, b in zip(runs["fused"].logprobs, runs["transformers"].logprobs):
         assert max(abs(x - y) for x, y in zip(a, b)) < 5e-5
+
+
+def test_rollout_fused_decode_setting_chooses_the_step():
+    """rollout.fused_decode reaches the backend: true takes the fused Llama step for the toy,
+    false transformers' own forward."""
+    from tempo_bench.config import load_config
+
+    tokenizer = load_tokenizer("toy")
+    policy = load_policy(ModelConfig(), LoraConfig())
+    for setting, fused in (("true", True), ("false", False)):
+        config = load_config("toy-smoke", [f"rollout.fused_decode={setting}"])
+        backend = get_backend("hf").create(config, policy, tokenizer, None)
+        assert (backend._fused_weights(backend._sampler()) is not None) == fused
