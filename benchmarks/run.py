@@ -12,7 +12,7 @@ import platform
 import time
 from pathlib import Path
 
-from tempo_bench.benchmarks import passes, profile, rollout, system, trl_step
+from tempo_bench.benchmarks import passes, profile, rollout, system, timing, trl_step
 
 SECTIONS = ("trl", "rollout", "passes", "sweep", "memory", "profile")
 GOALS = {  # key: (goal, "higher"/"lower" is better)
@@ -38,7 +38,7 @@ def run_bench(sections=SECTIONS, threads: int = 2) -> dict:
     }
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                  "torch": torch.__version__, "threads": threads,
-                                 **profile.machine_floors(threads)}, "seconds": {}}
+                                 **timing.machine_floors(threads)}, "seconds": {}}
     bar = tqdm([s for s in SECTIONS if s in sections], desc="bench", unit="section")
     for name in bar:
         bar.set_postfix_str(name)

@@ -1,12 +1,12 @@
 """Does torch.compile pay for the fused decode step on this CPU? (issue 19; the answer on a 2-core
-VM was no: 50 s to compile for 1.27x per rollout).
+VM was no: 19-34 s to compile for 1.45x per rollout, repaid after 106-132 rollouts).
 
     python scripts/decode_compile.py [--reps 5] [--threads 2]
 
 Times the hf backend's rollout of the bench's batch (16 toy prompts x 8 samples, 80 new tokens)
-with the eager fused step, then with the same step under ``torch.compile(dynamic=True)``: the first
-compiled rollout (compile included), then the median of ``--reps`` more. A compiled step needs
-static shapes, so it attends over the whole preallocated cache (future positions masked by the
+with the fused step compiled by ``torch.compile(dynamic=True)`` (the first compiled rollout:
+compile included), then the eager and the compiled step in turns, the median of ``--reps`` each.
+A compiled step needs static shapes, so it attends over the whole preallocated cache (future positions masked by the
 additive bias, the cache zeroed so that masked entries are finite) and writes the new key and
 value with ``index_copy_`` at a tensor position; the eager step slices the cache to the current
 length instead. Prints both times, the speedup and how many rollouts repay the compile.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -54,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from tempo_bench.benchmarks.timing import in_turns
     from tempo_bench.config import LoraConfig, ModelConfig, ToyTaskConfig
     from tempo_bench.policy.model import load_policy, load_tokenizer
-    from tempo_bench.rollout import SamplingParams, get_backend, hf, llama_decode
+    from tempo_bench.rollout import SamplingParams, get_backend, llama_decode
     from tempo_bench.tasks import load_task_data
 
     torch.set_num_threads(args.threads)
@@ -83,27 +83,23 @@ def main(argv: list[str] | None = None) -> int:
     texts = [q.prompt for q in load_task_data(ToyTaskConfig()).test[:16]]
     sampling = SamplingParams(n=8, temperature=1.0, max_new_tokens=80)
 
-    def median_rollout() -> float:
-        times = []
-        for rep in range(args.reps):
-            torch.manual_seed(rep)
-            start = time.perf_counter()
-            backend.generate(texts, sampling)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+    def rollout_with(decoder):  # the hf backend builds its step from llama_decode.LlamaDecoder
+        def run():
+            llama_decode.LlamaDecoder = decoder
+            try:
+                backend.generate(texts, sampling)
+            finally:
+                llama_decode.LlamaDecoder = eager_decoder
+        return run
 
-    backend.generate(texts, sampling)  # warm-up
-    eager = median_rollout()
+    eager_decoder = llama_decode.LlamaDecoder
+    start = time.perf_counter()
+    rollout_with(CompiledDecoder)()
+    first = time.perf_counter() - start
+    print(f"compiled: first rollout {first:.1f} s (compile included)", flush=True)
+    median = in_turns({"eager": rollout_with(eager_decoder), "compiled": rollout_with(CompiledDecoder)}, args.reps)
+    eager, fast = median["eager"], median["compiled"]
     print(f"eager fused step: {eager:.3f} s per rollout", flush=True)
-    hf.llama_decode.LlamaDecoder = CompiledDecoder
-    try:
-        start = time.perf_counter()
-        backend.generate(texts, sampling)
-        first = time.perf_counter() - start
-        print(f"compiled: first rollout {first:.1f} s (compile included)", flush=True)
-        fast = median_rollout()
-    finally:
-        hf.llama_decode.LlamaDecoder = llama_decode.LlamaDecoder
     saved = eager - fast
     repay = f"{(first - fast) / saved:.0f} rollouts" if saved > 0 else "never"
     print(f"compiled: {fast:.3f} s per rollout ({eager / fast:.2f}x eager); the compile is repaid after {repay}")

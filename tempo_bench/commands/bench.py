@@ -7,8 +7,8 @@ from tempo_bench.core.errors import ConfigError
 
 def add_parser(sub) -> None:
     bn = sub.add_parser("bench", help="speed and memory side by side: a step against TRL, rollouts against "
-                        "generate and a forward floor, sweep sharing, the full toy comparison's wall time "
-                        "and peak RSS, a TEMPO step profile (about 25 minutes on 2 cores)")
+                        "generate and a forward floor, training and critic passes, sweep sharing, the full toy comparison's wall time "
+                        "and peak RSS, a TEMPO step profile (about 15 minutes on 2 cores)")
     bn.add_argument("--out", help="write the results as JSON to this file")
     bn.add_argument("--only", help="comma-separated sections: trl, rollout, passes, sweep, memory, profile")
     bn.add_argument("--threads", type=int, default=2, help="torch threads in the measured runs (default 2)")

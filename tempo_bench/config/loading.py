@@ -137,6 +137,9 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 # settings that change where and how fast a run is recorded, not what it computes
 _NOT_IN_IDENTITY = ("out", "log", "threads")
 _PLAN_ONLY = ("gpu_memory_gb", "max_prompt_tokens")  # read by the memory plan only
+# implementations that compute the same numbers (to float rounding, like threads): not part of a
+# run's identity, and a resumed run may switch them (run/checkpoint.py RESUMABLE_CHANGES)
+SAME_NUMBERS = ("lora.fused", "rollout.fused_decode")
 
 
 def config_identity(config) -> str:
@@ -159,8 +162,9 @@ def config_identity(config) -> str:
     # the critic's layout computes the same numbers (tests/test_shared_base.py); fields added later
     # leave the identities of earlier runs alone while they hold their defaults
     data["critic"] = {k: v for k, v in data["critic"].items() if k != "share_base"}
-    data["lora"] = {k: v for k, v in data["lora"].items() if k != "fused"}  # float rounding, like threads
-    data["rollout"] = {k: v for k, v in data["rollout"].items() if k != "fused_decode"}  # the same tokens
+    for path in SAME_NUMBERS:
+        section, key = path.split(".")
+        data[section] = {k: v for k, v in data[section].items() if k != key}
     if data["rollout"].get("seeding") == "step":
         del data["rollout"]["seeding"]
     data = canonical(data)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from tempo_bench.config import flatten
+from tempo_bench.config.loading import SAME_NUMBERS
 from tempo_bench.core.errors import ConfigError
 from tempo_bench.policy.model import save_adapter
 
@@ -74,9 +75,7 @@ def find_resumable(out: Path, experiment: str, run_name: str) -> Path | None:
 
 # config fields a resumed run may change (extend a run, evaluate or checkpoint more or less often)
 RESUMABLE_CHANGES = {"train.steps", "eval.every", "train.checkpoint_every", "train.budget_tokens", "threads",
-                     "eval.collapse_tolerance",
-                     # implementations that compute the same numbers (to float rounding, like threads)
-                     "lora.fused", "rollout.fused_decode"}
+                     "eval.collapse_tolerance", *SAME_NUMBERS}
 
 
 def check_resumable(path: Path, config) -> dict:
