@@ -39,13 +39,13 @@ def advantage_phase(batch, method, rows=None):
     return method.advantages(batch)
 
 
-def trained_toy_policy(seed: int = 0, scale: float = 0.1, device: str = "cpu"):
-    """The toy policy with random non-zero LoRA B matrices: an adapter whose effect shows (a fresh
-    adapter is zero, so serving the wrong weights would go unnoticed)."""
+def trained_toy_policy(seed: int = 0, scale: float = 0.1, device: str = "cpu", path: str = "toy"):
+    """The toy policy (or the model at ``path``) with random non-zero LoRA B matrices: an adapter
+    whose effect shows (a fresh adapter is zero, so serving the wrong weights would go unnoticed)."""
     from tempo_bench.config import LoraConfig, ModelConfig
     from tempo_bench.policy.model import load_policy
 
-    policy = load_policy(ModelConfig(device=device), LoraConfig())
+    policy = load_policy(ModelConfig(path=path, device=device), LoraConfig())
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in policy.named_parameters():

@@ -136,5 +136,6 @@ def test_ranks_with_different_configs_or_an_unsplittable_backend_are_errors():
     plain = load_config("toy-smoke")
     with pytest.raises(ConfigError, match="rollout.seeding=question"):
         check_same_config(FakeRanks(flatten(plain.model_dump())), plain)
-    with pytest.raises(ConfigError, match="seeding: question is built for the hf backend"):
-        load_config("toy-smoke", ["rollout.seeding=question", "rollout.backend=vllm"])
+    served = load_config("toy-smoke", ["rollout.seeding=question", "rollout.backend=vllm"])
+    with pytest.raises(ConfigError, match="rollout.backend='vllm' cannot run on several ranks"):
+        check_same_config(FakeRanks(flatten(served.model_dump())), served)

@@ -1,4 +1,5 @@
-"""`tempo-bench toy-model build`: the embedded tiny model, built deterministically."""
+"""`tempo-bench toy-model build`: the embedded tiny model, built deterministically; `tempo-bench
+toy-model random`: a random-weight model with its tokenizer, for backend checks."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tempo_bench.toy.model import (
     ToyModelSpec,
     critic_backbone_spec,
 )
+from tempo_bench.toy.random_model import ARCHITECTURES, build_random_model
 from tempo_bench.toy.rlvr import RLVRSpec
 from tempo_bench.toy.verifier import VerifierSpec
 
@@ -41,6 +43,19 @@ def add_parser(sub) -> None:
                        "verifier.error_kinds=[chain,slip])")
     build.add_argument("--quiet", action="store_true")
     build.set_defaults(func=cmd_toy_build)
+
+    rand = toy_sub.add_parser(
+        "random", help="write a random-weight Llama or Qwen3 with the toy's tokenizer (seconds): a model to check "
+        "a backend on shapes the toy lacks, e.g. vLLM's CPU build, which has no kernel for the toy's head_dim 16")
+    rand.add_argument("--out", required=True, help="folder to write the model to (use it as model.path)")
+    rand.add_argument("--arch", choices=ARCHITECTURES, default="llama")
+    rand.add_argument("--head-dim", type=int, default=64, help="attention head size (default 64)")
+    rand.add_argument("--layers", type=int, default=2)
+    rand.add_argument("--heads", type=int, default=2, help="attention heads (hidden size = heads x head_dim)")
+    rand.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: --heads)")
+    rand.add_argument("--max-positions", type=int, default=512, help="the model's context (max_position_embeddings)")
+    rand.add_argument("--seed", type=int, default=0)
+    rand.set_defaults(func=cmd_toy_random)
 
 
 _SPEC_PREFIXES = ("rlvr.", "verifier.")
@@ -120,4 +135,21 @@ def cmd_toy_build(args) -> int:
         print(f"wrote {out}: actor {manifest['actor_weights_hash']}, critic {manifest['critic_weights_hash']} "
               f"({manifest['build_seconds']:.0f} s)")
         print(report(manifest["probe"]))
+    return 0
+
+
+def cmd_toy_random(args) -> int:
+    sizes = {"--head-dim": args.head_dim, "--layers": args.layers, "--heads": args.heads,
+             "--max-positions": args.max_positions}
+    if args.kv_heads is not None:
+        sizes["--kv-heads"] = args.kv_heads
+    bad = [f"{flag} {value}" for flag, value in sizes.items() if value < 1]
+    if bad:
+        raise ConfigError(f"toy-model random: sizes must be at least 1, got {', '.join(bad)}")
+    if args.kv_heads is not None and args.heads % args.kv_heads:
+        raise ConfigError(f"toy-model random: --heads {args.heads} must be a multiple of --kv-heads {args.kv_heads}")
+    out = build_random_model(ensure_writable(args.out), args.arch, args.head_dim, args.layers, args.heads,
+                             args.kv_heads, args.max_positions, args.seed)
+    print(f"wrote {out}: random {args.arch}, {args.layers} layers, {args.heads} heads of {args.head_dim} "
+          f"(seed {args.seed}); use it as --set model.path={out}")
     return 0

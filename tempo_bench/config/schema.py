@@ -100,9 +100,15 @@ class VLLMConfig(_Strict):
     sync: Literal["lora", "merged"] = Field(
         "lora", description="serve the adapter through LoRARequest, or load merged weights into the engine")
     tensor_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float = Field(0.45, gt=0, le=1, description="share of GPU memory vLLM may take")
-    sleep: bool = Field(True, description="free vLLM's GPU memory (sleep) while the trainer runs")
-    max_model_len: int | None = Field(None, ge=1, description="context vLLM reserves KV cache for (None: the model's)")
+    gpu_memory_utilization: float = Field(
+        0.45, gt=0, le=1, description="share of the planned card vLLM takes (the card the memory plan checks "
+        "against: model.gpu_memory_gb, or the visible card where smaller); ignored by vLLM's CPU build, which "
+        "reserves one step's KV cache")
+    sleep: bool = Field(True, description="free vLLM's GPU memory (sleep) while the trainer runs (a no-op on "
+                        "vLLM's CPU build)")
+    max_model_len: int | None = Field(
+        None, ge=1, description="context vLLM reserves KV cache for (None: the run's longest prompt plus "
+        "rollout.max_new_tokens; the memory plan assumes model.max_prompt_tokens plus rollout.max_new_tokens)")
     enforce_eager: bool = Field(False, description="no CUDA graphs (faster start, slower decode)")
 
 
@@ -121,7 +127,7 @@ class RolloutConfig(_Strict):
     seeding: Literal["step", "question"] = Field(
         "step", description="sampling noise: one stream per step (step), or one seed per question "
         "(question: a question's samples do not depend on the rest of the batch or on the number of ranks; "
-        "needed by torchrun runs; hf backend)")
+        "needed by torchrun runs)")
 
 
 class TrainConfig(_Strict):
@@ -236,12 +242,6 @@ class RunConfig(_Strict):
         if isinstance(task, dict) and "name" not in task:
             data["task"] = {"name": "toy_addition", **task}
         return data
-
-    @model_validator(mode="after")
-    def _question_seeding_on_hf(self):
-        if self.rollout.seeding == "question" and self.rollout.backend != "hf":
-            raise ValueError(f"rollout.seeding: question is built for the hf backend, not {self.rollout.backend!r}")
-        return self
 
     @model_validator(mode="after")
     def _shared_base_possible(self):

@@ -6,6 +6,7 @@ The adapter is saved with ``save_pretrained``: a standard peft adapter that vLLM
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -154,22 +155,29 @@ def load_policy(model_cfg, lora_cfg, cache: dict | None = None):
     return policy
 
 
-def merged_lora_weights(policy) -> list[tuple[str, torch.Tensor]]:
+def merged_lora_weights(policy, every_weight: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, W + delta) of every LoRA-targeted weight of a peft model, named as in the base
-    checkpoint (what a plain copy of the base model, or vLLM's ``load_weights``, expects). The
-    training model is not modified (no merge/unmerge round trip, which drifts bf16 weights)."""
+    checkpoint (what a plain copy of the base model, or vLLM's ``load_weights``, expects), one
+    weight at a time in module order: a consumer holds one merged weight, not a model's worth
+    (about 13 GiB at 8B). With ``every_weight``, the other weights too (embeddings, norms: as they
+    are), so the stream is a whole checkpoint. The training model is not modified (no merge/unmerge
+    round trip, which drifts bf16 weights)."""
     from peft.tuners.lora import LoraLayer
 
-    out = []
-    for name, module in policy.named_modules():
-        if isinstance(module, LoraLayer) and module.active_adapters:
-            weight = module.get_base_layer().weight
-            for adapter in module.active_adapters:
-                if adapter in module.lora_A:
-                    weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
-            base_name = name.removeprefix("base_model.model.").replace(".base_layer", "")
-            out.append((base_name + ".weight", weight.detach()))
-    return out
+    for name, param in policy.named_parameters():
+        if ".lora_" in name:
+            continue
+        module_name, _, leaf = name.rpartition(".")
+        base_name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        owner = policy.get_submodule(module_name.removesuffix(".base_layer"))
+        if leaf == "weight" and isinstance(owner, LoraLayer) and owner.active_adapters:
+            weight = param
+            for adapter in owner.active_adapters:
+                if adapter in owner.lora_A:
+                    weight = weight + owner.get_delta_weight(adapter).to(weight.dtype)
+            yield base_name, weight.detach()
+        elif every_weight:
+            yield base_name, param.detach()
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:

@@ -1,5 +1,6 @@
-"""Rollout backends behind one interface: ``get_backend("hf")`` returns the class (hf: transformers
-``generate`` on the training model, anywhere; vllm: a vLLM engine on the GPU, optional extra)."""
+"""Rollout backends behind one interface: ``get_backend("hf")`` returns the class (hf: our own
+sampling loop over a transformers model, anywhere; vllm: a vLLM engine in this process, on a GPU
+or on vLLM's CPU build, optional extra)."""
 
 from tempo_bench.core.registry import Registry
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams

@@ -66,10 +66,17 @@ class RolloutBackend(ABC):
     (a no-op where the backend shares the training model's weights)."""
 
     @classmethod
-    def create(cls, config, policy, tokenizer, out_dir) -> "RolloutBackend":
+    def create(cls, config, policy, tokenizer, out_dir, longest_prompt: int | None = None) -> "RolloutBackend":
         """The backend for a run (config: RunConfig; policy: the peft model being trained;
-        out_dir: the run's folder, for files a backend needs)."""
+        out_dir: the run's folder, for files a backend needs; longest_prompt: the longest of the
+        run's prompts in tokens, for a backend that reserves its context up front)."""
         return cls(policy, tokenizer)
+
+    @classmethod
+    def check(cls, config, longest_prompt: int) -> None:
+        """Refuse (ConfigError, naming the setting) a run this backend cannot serve, before any run
+        is created. ``longest_prompt``: the run's longest prompt in tokens."""
+        return None
 
     @abstractmethod
     def generate(self, prompts: list[str], sampling: SamplingParams) -> Generation: ...

@@ -43,7 +43,7 @@ class HFBackend(RolloutBackend):
         self._fused = None  # the fused decode step's weights (llama_decode), rebuilt after sync_weights
 
     @classmethod
-    def create(cls, config, policy, tokenizer, out_dir) -> "HFBackend":
+    def create(cls, config, policy, tokenizer, out_dir, longest_prompt: int | None = None) -> "HFBackend":
         return cls(policy, tokenizer, merge_lora=config.rollout.merge_lora, fused_decode=config.rollout.fused_decode)
 
     def sync_weights(self) -> None:

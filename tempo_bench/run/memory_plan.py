@@ -11,9 +11,11 @@ What each phase holds (GiB = 2**30 bytes; estimates, stated so they can be check
   weights, gradients and float32 AdamW state. With model.device=auto over several GPUs the
   weights and adapters are spread evenly (activations and logits are counted whole on each GPU,
   an overestimate).
-- rollout: vLLM takes ``gpu_memory_utilization`` of the card for its weights and KV cache while
-  the trainer's memory stays resident; the engine's weights plus the KV cache of one
-  ``max_prompt_tokens + max_new_tokens`` sequence must fit inside that share. The hf backend
+- rollout: vLLM takes ``gpu_memory_utilization`` of the planned card (the same figure every phase
+  is checked against; the engine is started with the fraction of the physical card that gives it
+  exactly that share) for its weights and KV cache while the trainer's memory stays resident; the
+  engine's weights plus the KV cache of one ``vllm_context_len`` sequence must fit inside that
+  share. The hf backend
   instead holds the KV cache of every sequence of a step (plus a merged sampling copy of the
   weights when rollout.merge_lora).
 - training: per micro-batch of ``micro_batch_rows`` full-length sequences, the activations kept
@@ -56,6 +58,10 @@ class ModelShape:
     kv_dim: int  # key/value heads x head dim
     q_dim: int
     lora_fan: dict[str, int] = field(default_factory=dict)  # module name -> sum over layers of in + out
+
+    def kv_bytes_per_token(self, width: int) -> int:
+        """Keys and values of one token over every layer, at ``width`` bytes per number."""
+        return 2 * self.layers * self.kv_dim * width
 
     def lora_params(self, r: int, targets: list[str]) -> int:
         return r * sum(fan for name, fan in self.lora_fan.items() if name in targets)
@@ -148,9 +154,7 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
     WORLD_SIZE, else 1)."""
     ranks = ranks or launched_world_size()
     visible, physical = _visible_card() if cuda_gpus is None else (cuda_gpus, card_gb)
-    sized_for = config.model.gpu_memory_gb or DEFAULT_CARD_GB
-    physical = physical or sized_for  # vLLM's share is a fraction of the card it runs on
-    card = min(sized_for, physical)
+    card = planned_card(config, physical)
     vllm = config.rollout.vllm if config.rollout.backend == "vllm" else None
     # layers spread over the visible GPUs, except in a data-parallel run (a replica per rank)
     spread = config.model.device == "auto" and max(visible, vllm.tensor_parallel_size if vllm else 1) > 1 \
@@ -182,8 +186,8 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
             notes.append(f"the self-critic loads a second copy of the policy's base ({copy_gb:.1f} GiB)"
                          + ("; critic.lora with critic.share_base would save it" if not config.critic.lora else ""))
 
-    phases = [Phase("rollout", {**resident, **_rollout(config, policy, seq, width, physical, notes, ranks)})]
-    asleep = {} if vllm is None or vllm.sleep else {"vLLM (awake)": vllm.gpu_memory_utilization * physical}
+    phases = [Phase("rollout", {**resident, **_rollout(config, policy, seq, width, card, notes, ranks)})]
+    asleep = {} if vllm is None or vllm.sleep else {"vLLM (awake)": vllm.gpu_memory_utilization * card}
     # a micro-batch of None is a whole minibatch: the step's trained rows over train.minibatches
     rows = config.train.micro_batch_rows or -(-_trained_rows(config) // config.train.minibatches)
     phases.append(Phase("policy training", {**resident, **asleep,
@@ -200,14 +204,15 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
 
 def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, notes: list[str],
              ranks: int = 1) -> dict[str, float]:
-    kv_per_token = 2 * policy.layers * policy.kv_dim * width
+    kv_per_token = policy.kv_bytes_per_token(width)
     if config.rollout.backend == "vllm":
         v = config.rollout.vllm
         share = v.gpu_memory_utilization * card
-        need = (policy.params * width / v.tensor_parallel_size + kv_per_token * seq / v.tensor_parallel_size) / GiB
+        context = vllm_context_len(config)
+        need = (policy.params * width + kv_per_token * context) / v.tensor_parallel_size / GiB
         if need > share:
             notes.append(f"does not fit: vLLM's share ({v.gpu_memory_utilization:.2f} x {card:.0f} = {share:.1f} GiB) "
-                         f"is below its weights plus one {seq}-token sequence's KV cache ({need:.1f} GiB): raise "
+                         f"is below its weights plus one {context}-token sequence's KV cache ({need:.1f} GiB): raise "
                          "rollout.vllm.gpu_memory_utilization or tensor_parallel_size")
         return {"vLLM share": share}
     rows = -(-_sampled_rows(config) // ranks)  # each rank samples its share of the step
@@ -217,6 +222,39 @@ def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, note
     if config.rollout.merge_lora:
         items["merged sampling copy"] = policy.params * width / GiB
     return items
+
+
+def planned_card(config, physical_gb: float | None) -> float:
+    """The card a run is checked against, GiB per GPU: model.gpu_memory_gb (the card the config is
+    sized for, default 79), or the visible card (``physical_gb``) where that is smaller. vLLM's
+    share is a fraction of this same figure, so a preset plans alike on an 80 GB and a 141 GB card."""
+    sized_for = config.model.gpu_memory_gb or DEFAULT_CARD_GB
+    return min(sized_for, physical_gb) if physical_gb else sized_for
+
+
+def vllm_memory_fraction(config, physical_gb: float) -> float:
+    """The ``gpu_memory_utilization`` to start vLLM with on a card of ``physical_gb``, so that the
+    engine takes rollout.vllm.gpu_memory_utilization of the planned card: the share the plan counts."""
+    return config.rollout.vllm.gpu_memory_utilization * planned_card(config, physical_gb) / physical_gb
+
+
+def vllm_context_len(config, longest_prompt: int | None = None) -> int:
+    """The context vLLM reserves KV cache for (its ``max_model_len``): rollout.vllm.max_model_len
+    where set, else the longest prompt plus rollout.max_new_tokens. ``longest_prompt`` is the
+    run's, in tokens, once its prompts are known; the plan, made before, assumes
+    model.max_prompt_tokens (the run checks that no prompt is longer)."""
+    if config.rollout.vllm.max_model_len is not None:
+        return config.rollout.vllm.max_model_len
+    return (longest_prompt or config.model.max_prompt_tokens) + config.rollout.max_new_tokens
+
+
+def vllm_cpu_kv_cache_bytes(config, context: int) -> int:
+    """The KV cache vLLM's CPU build reserves (it has no card to take a share of: its
+    ``gpu_memory_utilization`` would be a share of host memory): room for every sequence a step
+    samples at full length, and at least 16 of them, so that a step runs in one wave."""
+    width = DTYPE_BYTES[config.model.dtype]
+    rows = max(16, _sampled_rows(config))
+    return model_shape(config.model.path).kv_bytes_per_token(width) * rows * context
 
 
 def _labeled_prompts(config) -> int:
@@ -258,14 +296,15 @@ def _visible_card() -> tuple[int, float | None]:
 
 def on_gpu(config, described: bool = False) -> bool:
     """Whether the run's model goes to a CUDA GPU (a plan is checked): device cuda, or auto with a
-    GPU visible or vLLM rollouts (GPU only). ``described`` (--dry-run): also a config that names
-    the card it is sized for, on a machine without one."""
+    GPU visible. ``described`` (--dry-run): also a config that names the card it is sized for, or
+    rollouts on vLLM, on a machine without one (vLLM's CPU build runs with model.device cpu or auto)."""
     device = config.model.device
-    if device.startswith("cuda") or config.rollout.backend == "vllm":
+    if device.startswith("cuda"):
         return True
     if device != "auto":  # cpu, mps
         return False
-    return resolve_device("auto") == "cuda" or (described and config.model.gpu_memory_gb is not None)
+    sized = config.model.gpu_memory_gb is not None or config.rollout.backend == "vllm"
+    return resolve_device("auto") == "cuda" or (described and sized)
 
 
 def check_plan(config, what: str = "") -> MemoryPlan | None:

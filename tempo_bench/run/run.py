@@ -36,7 +36,6 @@ from tempo_bench.policy.batch import generation_batch
 from tempo_bench.policy.model import (
     load_policy,
     load_tokenizer,
-    prompt_renderer,
     save_adapter,
     trainable_parameters,
 )
@@ -53,6 +52,7 @@ from tempo_bench.run.checkpoint import (
 )
 from tempo_bench.run.distributed import Ranks, share_sampling
 from tempo_bench.run.evaluation import evaluate
+from tempo_bench.run.inputs import longest_prompt, prompted_task
 from tempo_bench.run.provenance import git_commit, run_name_of
 from tempo_bench.run.records import PhaseTimer, RunResult
 from tempo_bench.run.step_metrics import (
@@ -345,9 +345,7 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
     task = task or load_task_data(config.task)
     out_dir = Path(out_dir or Path(config.out) / f"{config.method}-s{config.seed}")
     tokenizer = load_tokenizer(config.model.path)
-    render = prompt_renderer(tokenizer, config.model)
-    if render is not None:  # the prompts as the model saw them in instruction tuning
-        task = task.with_prompts(render)
+    task = prompted_task(task, tokenizer, config.model)
     cls = method_class(config.method)
     method = cls(config.method_options(), n_train=config.rollout.n, seed=config.seed)
     pool, probe_questions = split_labeled(task, config, method)
@@ -357,7 +355,8 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
     backend = None
     try:  # a failure past this point closes the grading workers and the engine it opened
         policy = load_policy(config.model, config.lora, caches.base_models)
-        backend = get_backend(config.rollout.backend).create(config, policy, tokenizer, out_dir)
+        backend = get_backend(config.rollout.backend).create(config, policy, tokenizer, out_dir,
+                                                             longest_prompt=longest_prompt(tokenizer, task))
         optimizer = torch.optim.AdamW(trainable_parameters(policy), lr=config.train.lr,
                                       weight_decay=config.train.weight_decay)
         sampling = SamplingParams(n=method.samples_per_prompt(), temperature=config.rollout.temperature,
