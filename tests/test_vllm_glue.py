@@ -1,8 +1,9 @@
-"""The vllm backend's own logic without a GPU: a recording stand-in for the engine (clearly not
-vLLM: it answers from the hf backend) checks what the backend asks of it: a fresh LoRA adapter and
-id after each sync, the old adapter folder removed, the engine woken for work and put back to sleep,
-merged weights named as the base checkpoint, and vLLM-shaped outputs turned into a Generation.
-The real engine is tested by tests/test_vllm.py on a GPU (scripts/gpu_check_vllm.sh)."""
+"""The vllm backend's own logic where vLLM is not installed (the main suite): a recording stand-in
+for the engine (clearly not vLLM: it answers from the hf backend) checks what the backend asks of
+it: a fresh LoRA adapter and id after each sync, the old adapter folder removed, the engine woken
+for work and put back to sleep, merged weights named as the base checkpoint, and vLLM-shaped
+outputs turned into a Generation. The real engine is tested by tests/test_vllm.py (marked vllm):
+in CI's vLLM stage on vLLM's CPU build, and by scripts/gpu_check_vllm.sh on a GPU."""
 
 import sys
 import types
@@ -44,9 +45,9 @@ class RecordingEngine:
     def wake_up(self):
         self.calls.append(("wake", None))
 
-    def apply_model(self, fn):
-        model = types.SimpleNamespace(load_weights=lambda weights: self.loaded.append(dict(weights)))
-        fn(model)
+    def collective_rpc(self, method, kwargs=None):
+        assert method == "reload_weights" and kwargs["is_checkpoint_format"]
+        self.loaded.append(dict(kwargs["weights_iterator"]))
 
     def reset_prefix_cache(self):
         self.calls.append(("reset_prefix_cache", None))
@@ -89,10 +90,14 @@ def test_lora_sync_serves_a_fresh_adapter_and_sleeps_between_calls(stand_in_vllm
     assert not (tmp_path / "adapters").exists()
 
 
-def test_merged_sync_loads_base_named_weights_and_resets_the_prefix_cache(stand_in_vllm, tmp_path):
+def test_merged_sync_streams_a_whole_checkpoint_and_resets_the_prefix_cache(stand_in_vllm, tmp_path):
+    """vLLM's reload_weights gets every weight of the model named as in the base checkpoint (the
+    LoRA-targeted ones merged), as a stream, then the prefix cache is reset."""
     vb, engine = backend("merged", tmp_path)
     assert len(engine.loaded) == 1
     names = set(engine.loaded[0])
-    assert "model.layers.0.self_attn.q_proj.weight" in names and len(names) == 4 * 7
+    base = {n for n, _ in vb.policy.get_base_model().named_parameters()}
+    assert {n.replace(".base_layer", "") for n in base if "lora_" not in n} == names
+    assert "model.layers.0.self_attn.q_proj.weight" in names and "model.norm.weight" in names
     assert not any("lora" in n or "base_layer" in n for n in names)
     assert ("reset_prefix_cache", None) in engine.calls

@@ -22,8 +22,10 @@ def describe_run(config) -> str:
     backend = rollout.backend
     if backend == "vllm":
         v = rollout.vllm
+        context = v.max_model_len or f"longest prompt + {rollout.max_new_tokens}"
         backend += (f" (weights synced as {v.sync}, tensor parallel {v.tensor_parallel_size}, "
-                    f"{v.gpu_memory_utilization:.0%} of GPU memory, sleep {'on' if v.sleep else 'off'})")
+                    f"{v.gpu_memory_utilization:.0%} of the planned card, context {context} tokens, "
+                    f"sleep {'on' if v.sleep else 'off'})")
     lines = [
         "# resolved config", yaml.safe_dump(config.model_dump(), sort_keys=False).rstrip(), "",
         "# would load",

@@ -8,7 +8,7 @@ from tempo_bench.config import load_config
 from tempo_bench.core.errors import ConfigError
 from tempo_bench.core.tracking import ensure_writable
 from tempo_bench.experiments.probe import main as probe_main
-from tempo_bench.run.inputs import check_inputs
+from tempo_bench.run.inputs import check_inputs, check_rollout
 
 
 def add_parser(sub) -> None:
@@ -27,6 +27,7 @@ def cmd_probe(args) -> int:
     if config.task.labeled_size <= config.critic.probe_questions:
         raise ConfigError("the probe needs a labeled pool larger than critic.probe_questions")
     check_inputs(config)
+    check_rollout(config)
     if args.out:
         ensure_writable(Path(args.out).parent or Path("."))
     return probe_main(config, args.k, args.estep_rounds, args.out)

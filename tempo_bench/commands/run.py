@@ -25,7 +25,7 @@ from tempo_bench.run.checkpoint import (
 )
 from tempo_bench.run.distributed import Ranks, check_same_config, launched_ranks
 from tempo_bench.run.distributed import finish as finish_ranks
-from tempo_bench.run.inputs import check_inputs
+from tempo_bench.run.inputs import check_inputs, check_rollout
 from tempo_bench.run.memory_plan import check_plan
 from tempo_bench.run.run import run_name_of, run_ttt
 
@@ -85,6 +85,7 @@ def _run(args, config, ranks: Ranks) -> int:
     check_same_config(ranks, config)  # the same error on every rank, before any collective can hang
     check_inputs(config)  # fetches the model's config if needed, which the plan reads
     plan = check_plan(config)  # a run that cannot fit its GPU stops here, before any work
+    check_rollout(config)  # and one its rollout backend cannot serve
     ensure_writable(config.out)
     uri = config.log.tracking_uri or default_tracking_uri(Path(config.out))
     if ranks.main:

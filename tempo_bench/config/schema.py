@@ -43,6 +43,9 @@ class ToyTaskConfig(_Strict):
         return self
 
 
+DEFAULT_CARD_GB = 79.0  # an "80 GB" A100 / H100 as torch reports it, in GiB
+
+
 TEST_TASKS = ("aime24", "aime25", "amc", "math500", "gsm8k", "gpqa")
 LABELED_POOLS = ("dapo17k", "math_train", "gsm8k_train", *TEST_TASKS)
 
@@ -82,6 +85,13 @@ class ModelConfig(_Strict):
         None, gt=0, description="the GPU the config is sized for, GiB per GPU as torch reports it (None: 79, "
         "an '80 GB' card); the memory plan checks against it, or against the visible card where that is smaller")
     max_prompt_tokens: int = Field(1024, ge=1, description="the longest prompt the memory plan assumes, in tokens")
+
+    def card_gb(self, visible_gb: float | None = None) -> float:
+        """The card a run is checked against, GiB per GPU: gpu_memory_gb (the card the config is
+        sized for, default 79), or the visible card where that is smaller. The memory plan checks
+        every phase against it and vLLM takes its share of it, whatever the physical card."""
+        sized_for = self.gpu_memory_gb or DEFAULT_CARD_GB
+        return min(sized_for, visible_gb) if visible_gb else sized_for
 
 
 class LoraConfig(_Strict):
@@ -262,6 +272,15 @@ class RunConfig(_Strict):
     def critic_layout(self) -> str:
         """Where the critic's backbone lives, as a checkpoint records it."""
         return "shared base" if self.critic_shares_base() else "own base"
+
+    def vllm_context_len(self, longest_prompt: int | None = None) -> int:
+        """The context vLLM reserves KV cache for (its ``max_model_len``): rollout.vllm.max_model_len
+        where set, else the longest prompt plus rollout.max_new_tokens. ``longest_prompt``: the
+        run's, in tokens, once its prompts are known; the memory plan, made before, assumes
+        model.max_prompt_tokens."""
+        if self.rollout.vllm.max_model_len is not None:
+            return self.rollout.vllm.max_model_len
+        return (longest_prompt or self.model.max_prompt_tokens) + self.rollout.max_new_tokens
 
     def method_options(self, name: str | None = None):
         """The validated options object of ``name`` (default: the selected method)."""

@@ -37,7 +37,7 @@ from tempo_bench.experiments.results import (
 from tempo_bench.methods.catalog import method_names
 from tempo_bench.run.caches import RunCaches
 from tempo_bench.run.checkpoint import latest_checkpoint
-from tempo_bench.run.inputs import check_inputs
+from tempo_bench.run.inputs import check_inputs, check_rollout
 from tempo_bench.run.memory_plan import check_plan
 from tempo_bench.run.provenance import run_name_of
 from tempo_bench.run.run import run_ttt
@@ -97,6 +97,7 @@ def run_compare(preset: str, methods: list[str], seeds: list[int], overrides: li
     check_inputs(first)  # every bad input fails here, before the first run
     for method in methods:  # and a method whose run cannot fit its GPU
         check_plan(configs[(method, seeds[0])], what=f"method {method}: ")
+    check_rollout(first)  # and a rollout backend that cannot serve the model
     out_dir = ensure_writable(first.out)
     uri = tracking_uri or first.log.tracking_uri or default_tracking_uri(out_dir)
     check_tracking(uri)

@@ -45,12 +45,6 @@ import torch
 from tempo_bench.core.errors import ConfigError
 from tempo_bench.policy.model import merged_lora_weights, resolve_model_path, save_adapter
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
-from tempo_bench.run.memory_plan import (
-    GiB,
-    vllm_context_len,
-    vllm_cpu_kv_cache_bytes,
-    vllm_memory_fraction,
-)
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's kernels are built for
 INSTALL_HINT = ("install it with pip install 'tempo-bench[vllm]' on a GPU machine, or vLLM's CPU build "
@@ -58,6 +52,13 @@ INSTALL_HINT = ("install it with pip install 'tempo-bench[vllm]' on a GPU machin
 
 
 def _import_vllm():
+    # read by vLLM when it is first imported:
+    # the engine in this process: merged weights can then be streamed into its model directly,
+    # and unseeded requests draw from the torch generator the loop seeds
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # vLLM logs several INFO lines per call (scheduler pauses, prefix cache resets) between the
+    # progress bar's lines; its warnings and errors still show
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         import vllm
     except ImportError as err:
@@ -66,6 +67,8 @@ def _import_vllm():
 
 
 def _on_cpu() -> bool:
+    """Whether this vLLM is its CPU build."""
+    _import_vllm()
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
@@ -84,12 +87,6 @@ class VLLMBackend(RolloutBackend):
     @classmethod
     def create(cls, config, policy, tokenizer, out_dir, longest_prompt: int | None = None) -> "VLLMBackend":
         cfg = config.rollout.vllm
-        # the engine in this process: merged weights can then be written into its model directly,
-        # and unseeded requests draw from the generator the loop seeds
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        # vLLM logs several INFO lines per call (scheduler pauses, prefix cache resets) between the
-        # progress bar's lines; its warnings and errors still show
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         vllm = _import_vllm()
         on_cpu = _on_cpu()
         kwargs = engine_arguments(config, longest_prompt, on_cpu)
@@ -101,7 +98,6 @@ class VLLMBackend(RolloutBackend):
 
     @classmethod
     def check(cls, config, longest_prompt: int) -> None:
-        _import_vllm()
         check_servable(config, _model_config(config), longest_prompt, _on_cpu())
 
     # -- memory sharing with the trainer ---------------------------------------------------------
@@ -190,22 +186,40 @@ def engine_arguments(config, longest_prompt: int | None, on_cpu: bool) -> dict:
     starts, that this vLLM build can serve the model (a ConfigError names the setting to change)."""
     cfg = config.rollout.vllm
     path = resolve_model_path(config.model.path)
-    check_servable(config, _model_config(config), longest_prompt, on_cpu)
-    context = vllm_context_len(config, longest_prompt)
+    model_config = _model_config(config)
+    check_servable(config, model_config, longest_prompt, on_cpu)
+    context = config.vllm_context_len(longest_prompt)
     kwargs = dict(
         model=path, tokenizer=path, dtype=config.model.dtype, seed=config.seed, max_model_len=context,
         tensor_parallel_size=cfg.tensor_parallel_size, enable_sleep_mode=cfg.sleep and not on_cpu,  # CPU: refused
         enforce_eager=cfg.enforce_eager, logprobs_mode="processed_logprobs",
     )
     if on_cpu:
-        kwargs["kv_cache_memory_bytes"] = vllm_cpu_kv_cache_bytes(config, context)
+        kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(config, model_config, context)
     else:
-        physical = torch.cuda.get_device_properties(0).total_memory / GiB
-        kwargs["gpu_memory_utilization"] = vllm_memory_fraction(config, physical)
+        physical = torch.cuda.get_device_properties(0).total_memory / 2**30  # GiB, as the plan counts
+        kwargs["gpu_memory_utilization"] = memory_fraction(config, physical)
     if cfg.sync == "lora":
         rank = next(r for r in LORA_RANKS if r >= config.lora.r)  # check_servable refused larger ranks
         kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=1)
     return kwargs
+
+
+def memory_fraction(config, physical_gb: float) -> float:
+    """The ``gpu_memory_utilization`` to start vLLM with on a card of ``physical_gb``: the share
+    of it that equals rollout.vllm.gpu_memory_utilization of the planned card (model.card_gb),
+    the share the memory plan counts."""
+    return config.rollout.vllm.gpu_memory_utilization * config.model.card_gb(physical_gb) / physical_gb
+
+
+def cpu_kv_cache_bytes(config, model_config, context: int) -> int:
+    """The KV cache vLLM's CPU build reserves (there its ``gpu_memory_utilization`` would be a
+    share of host memory): room for a step's unlabeled samples at full length, and at least 16
+    sequences; the engine queues whatever does not fit."""
+    heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
+    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads
+    per_token = 2 * model_config.num_hidden_layers * heads * head_dim * getattr(torch, config.model.dtype).itemsize
+    return per_token * context * max(16, config.rollout.n * config.train.prompts_per_step)
 
 
 def _model_config(config):
@@ -220,7 +234,7 @@ def check_servable(config, model_config, longest_prompt: int | None, on_cpu: boo
     context longer than the model's or shorter than the run needs."""
     from vllm import ModelRegistry
 
-    context = vllm_context_len(config, longest_prompt)
+    context = config.vllm_context_len(longest_prompt)
     model = config.model.path
     archs = getattr(model_config, "architectures", None) or []
     if not any(arch in ModelRegistry.get_supported_archs() for arch in archs):

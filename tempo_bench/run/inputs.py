@@ -13,9 +13,8 @@ from tempo_bench.tasks import TaskData, load_task_data
 def check_inputs(config) -> None:
     """Every checkpoint and file a run config names can be read: the policy's model, a critic to
     start from (``critic.init``) and the task's questions (a malformed file is a DataError naming
-    file and line); the rollout backend can serve the model and the run's prompts. Called before
-    any run is created."""
-    task = load_task_data(config.task)
+    file and line). Called before any run is created."""
+    load_task_data(config.task)
     check_model(config.model.path)
     if config.critic.path is not None:
         check_model(config.critic.path)
@@ -27,9 +26,6 @@ def check_inputs(config) -> None:
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"critic.init={config.critic.init!r}: no saved critic in {folder} "
                                  "(config.json missing); use 'toy-rlvr', a folder a critic was saved to, or null")
-    tokenizer = load_tokenizer(config.model.path)
-    prompted = prompted_task(task, tokenizer, config.model)
-    get_backend(config.rollout.backend).check(config, longest_prompt(tokenizer, prompted))
 
 
 def prompted_task(task: TaskData, tokenizer, model_cfg) -> TaskData:
@@ -43,3 +39,13 @@ def longest_prompt(tokenizer, task: TaskData) -> int:
     """The longest prompt a run of ``task`` samples from (test and labeled questions), in tokens."""
     prompts = [q.prompt for q in (*task.test, *task.labeled)]
     return max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+
+
+def check_rollout(config) -> None:
+    """The rollout backend can serve the model and the run's prompts (vLLM: its build, the
+    model's architecture and head size, the LoRA rank, the context): a ConfigError naming the
+    setting, before any run is created. After check_inputs (which reads what this needs) and the
+    memory plan (a config that cannot fit fails first, whatever is installed)."""
+    tokenizer = load_tokenizer(config.model.path)
+    prompted = prompted_task(load_task_data(config.task), tokenizer, config.model)
+    get_backend(config.rollout.backend).check(config, longest_prompt(tokenizer, prompted))

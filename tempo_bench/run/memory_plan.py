@@ -14,7 +14,7 @@ What each phase holds (GiB = 2**30 bytes; estimates, stated so they can be check
 - rollout: vLLM takes ``gpu_memory_utilization`` of the planned card (the same figure every phase
   is checked against; the engine is started with the fraction of the physical card that gives it
   exactly that share) for its weights and KV cache while the trainer's memory stays resident; the
-  engine's weights plus the KV cache of one ``vllm_context_len`` sequence must fit inside that
+  engine's weights plus the KV cache of one ``RunConfig.vllm_context_len()`` sequence must fit inside that
   share. The hf backend
   instead holds the KV cache of every sequence of a step (plus a merged sampling copy of the
   weights when rollout.merge_lora).
@@ -38,7 +38,6 @@ from tempo_bench.policy.model import resolve_device, resolve_model_path
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 SHIPPED_CONFIGS = ASSETS / "model_configs"
-DEFAULT_CARD_GB = 79.0  # an "80 GB" A100 / H100 as torch reports it, in GiB
 ADAM_BYTES = 16  # float32 weight, gradient and two AdamW moments per trainable parameter
 
 
@@ -154,7 +153,7 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
     WORLD_SIZE, else 1)."""
     ranks = ranks or launched_world_size()
     visible, physical = _visible_card() if cuda_gpus is None else (cuda_gpus, card_gb)
-    card = planned_card(config, physical)
+    card = config.model.card_gb(physical)
     vllm = config.rollout.vllm if config.rollout.backend == "vllm" else None
     # layers spread over the visible GPUs, except in a data-parallel run (a replica per rank)
     spread = config.model.device == "auto" and max(visible, vllm.tensor_parallel_size if vllm else 1) > 1 \
@@ -208,7 +207,7 @@ def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, note
     if config.rollout.backend == "vllm":
         v = config.rollout.vllm
         share = v.gpu_memory_utilization * card
-        context = vllm_context_len(config)
+        context = config.vllm_context_len()
         need = (policy.params * width + kv_per_token * context) / v.tensor_parallel_size / GiB
         if need > share:
             notes.append(f"does not fit: vLLM's share ({v.gpu_memory_utilization:.2f} x {card:.0f} = {share:.1f} GiB) "
@@ -222,39 +221,6 @@ def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, note
     if config.rollout.merge_lora:
         items["merged sampling copy"] = policy.params * width / GiB
     return items
-
-
-def planned_card(config, physical_gb: float | None) -> float:
-    """The card a run is checked against, GiB per GPU: model.gpu_memory_gb (the card the config is
-    sized for, default 79), or the visible card (``physical_gb``) where that is smaller. vLLM's
-    share is a fraction of this same figure, so a preset plans alike on an 80 GB and a 141 GB card."""
-    sized_for = config.model.gpu_memory_gb or DEFAULT_CARD_GB
-    return min(sized_for, physical_gb) if physical_gb else sized_for
-
-
-def vllm_memory_fraction(config, physical_gb: float) -> float:
-    """The ``gpu_memory_utilization`` to start vLLM with on a card of ``physical_gb``, so that the
-    engine takes rollout.vllm.gpu_memory_utilization of the planned card: the share the plan counts."""
-    return config.rollout.vllm.gpu_memory_utilization * planned_card(config, physical_gb) / physical_gb
-
-
-def vllm_context_len(config, longest_prompt: int | None = None) -> int:
-    """The context vLLM reserves KV cache for (its ``max_model_len``): rollout.vllm.max_model_len
-    where set, else the longest prompt plus rollout.max_new_tokens. ``longest_prompt`` is the
-    run's, in tokens, once its prompts are known; the plan, made before, assumes
-    model.max_prompt_tokens (the run checks that no prompt is longer)."""
-    if config.rollout.vllm.max_model_len is not None:
-        return config.rollout.vllm.max_model_len
-    return (longest_prompt or config.model.max_prompt_tokens) + config.rollout.max_new_tokens
-
-
-def vllm_cpu_kv_cache_bytes(config, context: int) -> int:
-    """The KV cache vLLM's CPU build reserves (it has no card to take a share of: its
-    ``gpu_memory_utilization`` would be a share of host memory): room for every sequence a step
-    samples at full length, and at least 16 of them, so that a step runs in one wave."""
-    width = DTYPE_BYTES[config.model.dtype]
-    rows = max(16, _sampled_rows(config))
-    return model_shape(config.model.path).kv_bytes_per_token(width) * rows * context
 
 
 def _labeled_prompts(config) -> int:

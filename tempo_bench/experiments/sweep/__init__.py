@@ -43,7 +43,7 @@ from tempo_bench.experiments.sweep.worker import (
     parent_run_id,
     run_worker,
 )
-from tempo_bench.run.inputs import check_inputs
+from tempo_bench.run.inputs import check_inputs, check_rollout
 from tempo_bench.run.memory_plan import check_plan
 
 __all__ = ["ObjectiveSpec", "ParamSpec", "SweepSpec", "count_finished", "describe", "grid_points", "load_spec",
@@ -72,6 +72,7 @@ def run_sweep(spec_path: str, study_name: str | None, storage_url: str | None, n
     base_config = trial_config(spec, {})
     check_inputs(base_config)  # a missing model or a malformed task file: before any trial
     check_plan(base_config)  # and a trial that cannot fit its GPU
+    check_rollout(base_config)  # or a rollout backend that cannot serve the model
     out = ensure_writable(out_dir)
     tracking_uri = tracking_uri or default_tracking_uri(out)
     check_tracking(tracking_uri)
