@@ -22,9 +22,34 @@ from tempo_bench.grading.answers import (
     ("no answer here", None),
     ("unbalanced \\boxed{12", None),
     ("#### \n", None),
+    # reasoning models: the answer follows the last </think>; thinking that never closed has none
+    ("<think>try \\boxed{3}</think>\nSo \\boxed{5}", "5"),
+    ("<think>maybe \\boxed{3} or #### 4", None),
+    ("we think that... </think>\n#### 12", "12"),  # the chat template opened the block in the prompt
+    ("<think>a</think><think>b \\boxed{1}</think> The answer is 7.", "7"),
+    ("<think>a</think>", None),
+    # DAPO's answer line, on the last line only
+    ("Step 1...\nAnswer: 42", "42"),
+    ("Step 1...\n**Answer:** $\\frac{1}{2}$\n\n", "\\frac{1}{2}"),
+    ("Answer: 42\nand then more reasoning", None),
+    ("<think>Answer: 3</think>\nAnswer: 4", "4"),
+    ("Answer: $", None),
+    ("\\boxed{3}\nAnswer: 4", "3"),  # a box first, as before
 ])
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
+
+
+def test_an_unfinished_thought_neither_answers_nor_votes_and_choices_read_after_thinking():
+    from tempo_bench.grading.answers import Grader
+    from tempo_bench.tasks import get_task
+
+    answers, clusters = Grader().grade_group(["<think>it is \\boxed{7}", "<think>x</think>\\boxed{7}", "\\boxed{8}"])
+    assert answers == [None, "7", "8"] and clusters == [None, 0, 1]
+    gpqa = get_task("gpqa")
+    assert gpqa.extract_answer("<think>The answer is (B)</think>\nThe answer is (C).") == "C"
+    assert gpqa.extract_answer("<think>The answer is (B)") is None
+    assert gpqa.extract_answer("Reasoning.\nAnswer: D") == "D"
 
 
 def test_canonical_number():

@@ -50,3 +50,18 @@ def timed(fn, *args):
     out = fn(*args)
     assert time.monotonic() - start < LIMIT_S, f"{fn.__name__} took over {LIMIT_S} s"
     return out
+
+
+thoughts = st.text(max_size=200).filter(lambda t: "<think>" not in t and "</think>" not in t)
+
+
+@settings(max_examples=500, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(thought=thoughts, guess=st.integers(0, 10**6), answer=st.integers(0, 10**6),
+       form=st.sampled_from(["\\boxed{{{}}}", "Answer: {}", "#### {}", "The answer is {}."]))
+def test_answers_are_read_after_the_thinking_and_never_from_an_unfinished_one(thought, guess, answer, form):
+    """Whatever the thinking holds (a guess in any form included), a closed block's answer is the
+    one after it, and an unclosed block answers nothing."""
+    guessed = f"{thought}\n{form.format(guess)}"
+    assert extract_answer(f"<think>{guessed}</think>\n\n{form.format(answer)}") == str(answer)
+    assert extract_answer(f"<think>{guessed}") is None
+    assert extract_answer(f"{guessed}</think>\n{form.format(answer)}") == str(answer)

@@ -17,7 +17,11 @@ from functools import lru_cache
 
 import numpy as np
 
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _HASH_ANSWER = re.compile(r"####\s*([^\n]+)")
+# DAPO's form: "the last line of your response should be of the form Answer: $Answer"
+# (markdown emphasis around it allowed: **Answer:** 17)
+_ANSWER_LINE = re.compile(r"^[\s*_#>]*answer[\s*_]*:[\s*_]*(.+?)[\s*_]*$", re.IGNORECASE)
 # "the answer is $X$." where X may hold escaped dollars (\$18.90)
 _ANSWER_IS = re.compile(r"answer is[:\s]*\$?((?:\\\$|[^\n$])+?)\$?\s*(?:\.\s*)?$", re.IGNORECASE | re.MULTILINE)
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
@@ -77,12 +81,41 @@ def _last_boxed(text: str) -> str | None:
     return None  # unbalanced: no answer rather than a truncated one
 
 
+def final_part(text: str) -> str | None:
+    """The part of a response that answers: what follows the last ``</think>`` of a reasoning
+    model; the whole text where no thinking block opened; None where one opened and never closed
+    (a response cut off while thinking has not answered, whatever guesses its thinking holds)."""
+    if THINK_CLOSE in text:
+        return text.rsplit(THINK_CLOSE, 1)[1]
+    return None if THINK_OPEN in text else text
+
+
+def _answer_line(text: str) -> str | None:
+    """X of a last line ``Answer: X`` (DAPO's form; ``$X$`` unwrapped), or None."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    match = _ANSWER_LINE.match(lines[-1]) if lines else None
+    if match is None:
+        return None
+    answer = match.group(1).strip().rstrip(".").strip()
+    if answer.startswith("$") and answer.endswith("$"):  # "$42$"; a lone "$" is no answer
+        answer = answer[1:-1].strip()
+    return answer or None
+
+
 def extract_answer(text: str) -> str | None:
-    """The final answer of a response: the last ``\\boxed{}``, else the last ``#### N`` (GSM8K),
-    else the last "the answer is X". None when there is none (an unparseable response)."""
+    """The final answer of a response, read from its :func:`final_part`: the last
+    ``\\boxed{}``, else a last line ``Answer: X`` (DAPO), else the last ``#### N`` (GSM8K), else
+    the last "the answer is X". None when there is none (an unparseable response, or thinking
+    that never closed)."""
+    text = final_part(text)
+    if text is None:
+        return None
     boxed = _last_boxed(text)
     if boxed is not None and boxed.strip():
         return boxed.strip()
+    line = _answer_line(text)
+    if line is not None:
+        return line
     for pattern in (_HASH_ANSWER, _ANSWER_IS):
         found = pattern.findall(text)
         if found:

@@ -21,6 +21,7 @@ from tempo_bench.grading.answers import (
     answers_equivalent,
     canonical_number,
     extract_answer,
+    final_part,
 )
 from tempo_bench.tasks.base import AnswerKey, LabeledQuestion, Question, TaskData
 
@@ -72,12 +73,15 @@ class Task(Grader):
     def extract_answer(self, text: str) -> str | None:
         if self.spec.kind != "choice":
             return extract_answer(text)
-        boxed = extract_answer(text)
+        final = final_part(text)
+        if final is None:  # thinking that never closed
+            return None
+        boxed = extract_answer(final)
         if boxed is not None:
             letter = re.sub(r"\\text\{([^}]*)\}", r"\1", boxed).strip().strip("()").strip()
             if re.fullmatch(r"[A-Ja-j]", letter):
                 return letter.upper()
-        found = _CHOICE.findall(text)
+        found = _CHOICE.findall(final)
         return found[-1].upper() if found else None
 
     def equivalent(self, gold: str, extracted: str | None) -> bool:
