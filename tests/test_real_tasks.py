@@ -104,3 +104,64 @@ def test_verl_parquet_and_bad_files(tmp_path):
         task.load(tmp_path / "missing.json")
     with pytest.raises(ValueError, match=r"unknown task 'aime' \(did you mean"):
         get_task("aime")
+
+
+DAPO_INSTRUCTION = ("Solve the following math problem step by step. The last line of your response should be of "
+                    "the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{}\n\n"
+                    "Remember to put your answer on its own line after \"Answer:\".")
+
+
+def test_dapo_pool_is_deduplicated_and_asked_with_its_own_instruction(tmp_path):
+    """The hub file's shape (verl parquet, a chat prompt carrying DAPO's instruction) with each
+    prompt repeated, as upstream DAPO issue #36 reports: each question once, asked as published
+    (no second, \\boxed{} instruction), and a response that follows DAPO's instruction grades right."""
+    import pandas as pd
+
+    problems = {"What is 6*7?": "42", "What is 2+2?": "4", "What is 10-3?": "7"}
+    rows = [{"data_source": "math_dapo", "prompt": [{"role": "user", "content": DAPO_INSTRUCTION.format(q)}],
+             "ability": "MATH", "reward_model": {"ground_truth": a, "style": "rule-lighteval/MATH_v2"}}
+            for _ in range(5) for q, a in problems.items()]
+    rows.append({**rows[0], "reward_model": {"ground_truth": "41", "style": "rule"}})  # a repeat that disagrees
+    path = tmp_path / "dapo.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    task = get_task("dapo17k")
+    with pytest.warns(UserWarning, match="13 repeated questions dropped, 3 distinct kept; 1 of the repeats had"):
+        questions = task.load(path)
+    assert [q.answer for q in questions] == list(problems.values())
+    assert questions[0].prompt == DAPO_INSTRUCTION.format("What is 6*7?")  # one instruction: DAPO's own
+    assert "boxed" not in questions[0].prompt
+    assert task.is_correct("6*7 is 6 sevens.\nAnswer: 42", "42")
+    assert task.is_correct("<think>6*7... maybe 41</think>\nAnswer: $42$", "42")
+    assert not task.is_correct("<think>6*7 = 42, so\nAnswer: 42", "42")  # cut off while thinking
+
+
+def test_gpqa_from_its_hub_columns_has_fixed_shuffled_letters():
+    from tempo_bench.tasks.real import gpqa_choice_row
+
+    rows = [{"Question": f"Which is right ({i})?", "Correct Answer": f"right {i}", "Incorrect Answer 1": f"wrong a{i}",
+             "Incorrect Answer 2": f"wrong b{i}", "Incorrect Answer 3": f"wrong c{i}", "Record ID": f"rec{i}"}
+            for i in range(40)]
+    made = [gpqa_choice_row(row) for row in rows]
+    assert made == [gpqa_choice_row(row) for row in rows]  # the same letters every time
+    for row, choice in zip(rows, made):
+        listed = dict(line.split(". ", 1) for line in choice["Question"].split("\n\n", 1)[1].splitlines())
+        assert sorted(listed) == list("ABCD") and listed[choice["answer"]] == row["Correct Answer"]
+        assert choice["Question"].startswith(row["Question"])
+    assert len({c["answer"] for c in made}) == 4  # the correct option is not always first
+    counts = {letter: sum(c["answer"] == letter for c in made) for letter in "ABCD"}
+    assert min(counts.values()) >= 4, counts
+
+
+def test_gpqa_hub_rows_load_as_a_task(tmp_path):
+    """The loader takes GPQA's hub columns (a local copy of Idavidrein/gpqa here: the hub is not
+    reachable) and grades a response's letter."""
+    import json
+
+    rows = [{"Question": "What is H2O?", "Correct Answer": "water", "Incorrect Answer 1": "salt",
+             "Incorrect Answer 2": "sand", "Incorrect Answer 3": "air", "Record ID": "r1"}]
+    path = tmp_path / "gpqa.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    task = get_task("gpqa")
+    (question,) = task.load(path)
+    assert "What is H2O?" in question.prompt and "A. " in question.prompt and "letter of the correct option" in question.prompt
+    assert task.is_correct(f"... \\boxed{{{question.answer}}}", question.answer)

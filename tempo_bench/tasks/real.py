@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -41,6 +42,8 @@ class TaskSpec:
     split: str
     kind: Literal["math", "gsm8k", "choice"]
     description: str
+    # how a question is asked ({question}); None: the kind's template (a \boxed{} instruction)
+    template: str | None = None
 
 
 TASK_SPECS = {s.name: s for s in [
@@ -52,7 +55,9 @@ TASK_SPECS = {s.name: s for s in [
     TaskSpec("gpqa", "Idavidrein/gpqa", "gpqa_diamond", "train", "choice", "GPQA diamond, multiple choice"),
     TaskSpec("gsm8k_train", "openai/gsm8k", "main", "train", "gsm8k", "labeled pool: GSM8K train"),
     TaskSpec("math_train", "DigitalLearningGmbH/MATH-lighteval", None, "train", "math", "labeled pool: MATH train"),
-    TaskSpec("dapo17k", "BytedTsinghua-SIA/DAPO-Math-17k", None, "train", "math", "labeled pool: DAPO-Math-17k"),
+    # DAPO's prompts carry their own instruction (a last line "Answer: X"): asked as published
+    TaskSpec("dapo17k", "BytedTsinghua-SIA/DAPO-Math-17k", None, "train", "math", "labeled pool: DAPO-Math-17k",
+             template="{question}"),
 ]}
 
 _QUESTION_KEYS = ("prompt", "problem", "question", "Question")
@@ -94,7 +99,7 @@ class Task(Grader):
         return answers_equivalent(normalise_gold(gold), extracted)
 
     def prompt(self, question: str) -> str:
-        template = CHOICE_TEMPLATE if self.spec.kind == "choice" else MATH_TEMPLATE
+        template = self.spec.template or (CHOICE_TEMPLATE if self.spec.kind == "choice" else MATH_TEMPLATE)
         return template.format(question=question)
 
     # -- loading ------------------------------------------------------------------------------
@@ -105,15 +110,26 @@ class Task(Grader):
         rows = read_rows(source) if source is not None else Rows(self._hub_rows(), self.spec.hub_id)
         if not rows:
             raise DataError(f"{rows.source}: no rows")
-        out = []
+        out, first_seen, repeats, conflicts = [], {}, 0, 0
         for i, row in enumerate(rows[:limit] if limit else rows):
+            if GPQA_OPTIONS[0] in row:  # GPQA's hub columns: the question and its options apart
+                row = {**row, **gpqa_choice_row(row)}
             question, answer = row_question(row), self.row_answer(row)
             if not question:
                 raise DataError(f"{rows.where(i)}: no question field (looked for {', '.join(_QUESTION_KEYS)})")
             if not answer:
                 raise DataError(f"{rows.where(i)}: no parseable gold answer (looked for answer, solution, "
                                 "reward_model.ground_truth)")
+            if question in first_seen:  # DAPO-Math-17k's hub file repeats each prompt ~100 times
+                repeats += 1
+                conflicts += not self.equivalent(first_seen[question], answer)
+                continue
+            first_seen[question] = answer
             out.append(LabeledQuestion(id=str(row.get("id", i)), prompt=self.prompt(question), answer=answer))
+        if repeats:
+            warnings.warn(f"{rows.source}: {repeats:,} repeated questions dropped, {len(out):,} distinct kept"
+                          + (f"; {conflicts:,} of the repeats had another gold answer (the first row's kept)"
+                             if conflicts else ""), stacklevel=2)
         return out
 
     def row_answer(self, row: dict) -> str | None:
@@ -141,6 +157,24 @@ class Task(Grader):
                 f"download it and pass a local file instead"
             ) from None
         return [dict(r) for r in ds]
+
+
+GPQA_OPTIONS = ("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
+GPQA_SHUFFLE_SEED = 0  # the options' order: the same letters on every run and machine
+
+
+def gpqa_choice_row(row: dict) -> dict:
+    """A row of GPQA's hub columns as a multiple-choice question (the TTRL file's layout:
+    options as "A. ...") and its letter. The options are shuffled by GPQA_SHUFFLE_SEED and the
+    row's Record ID, so the correct one is not always A and every run sees the same letters."""
+    import random
+
+    options = [str(row[key]).strip() for key in GPQA_OPTIONS]
+    order = list(range(len(options)))
+    random.Random(f"{GPQA_SHUFFLE_SEED}:{row.get('Record ID') or row.get('Question')}").shuffle(order)
+    letters = "ABCD"
+    listed = "\n".join(f"{letters[slot]}. {options[option]}" for slot, option in enumerate(order))
+    return {"Question": f"{str(row.get('Question', '')).strip()}\n\n{listed}", "answer": letters[order.index(0)]}
 
 
 def normalise_gold(answer: str) -> str:
