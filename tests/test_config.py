@@ -108,3 +108,38 @@ def test_real_task_config_errors_name_the_field():
         load_config("qwen3-8b-aime24", ["task.name=gpqa"])  # GPQA letters against a DAPO maths pool
     with pytest.raises(ConfigError, match="does not match any of the expected tags"):
         load_config("qwen3-8b-aime24", ["task.name=aime2"])
+
+
+def test_evaluation_length_and_top_p_apart_from_training():
+    """eval.max_new_tokens and eval.top_p: evaluation samples as set (the backend is asked for
+    them), vLLM's context covers the longer response, and at their defaults a run keeps the
+    identity it had before they existed."""
+    import torch
+
+    from tempo_bench.config import config_identity
+    from tempo_bench.policy.model import load_policy, load_tokenizer
+    from tempo_bench.rollout import get_backend
+    from tempo_bench.run.evaluation import evaluate
+    from tempo_bench.tasks import load_task_data
+
+    plain = load_config("toy-smoke")
+    assert plain.eval_max_new_tokens() == 80 and plain.vllm_context_len(10) == 90
+    assert config_identity(plain) == config_identity(load_config("toy-smoke", ["eval.top_p=1.0"]))
+    longer = load_config("toy-smoke", ["eval.max_new_tokens=120", "eval.top_p=0.95"])
+    assert longer.eval_max_new_tokens() == 120 and longer.vllm_context_len(10) == 130
+    assert config_identity(longer) != config_identity(plain)
+
+    hf = get_backend("hf")(load_policy(plain.model, plain.lora), load_tokenizer("toy"))
+    asked = []
+
+    class Recording:  # the hf backend, recording what evaluation asks of it
+        def generate(self, prompts, sampling):
+            asked.append(sampling)
+            return hf.generate(prompts, sampling)
+
+    task = load_task_data(plain.task)
+    torch.manual_seed(0)
+    evaluate(Recording(), task.test[:2], task.answer_key, longer.eval, longer.eval_max_new_tokens())
+    sampled, greedy = asked
+    assert (sampled.top_p, sampled.max_new_tokens, sampled.n) == (0.95, 120, 4)
+    assert greedy.greedy and greedy.max_new_tokens == 120

@@ -140,6 +140,9 @@ _PLAN_ONLY = ("gpu_memory_gb", "max_prompt_tokens")  # read by the memory plan o
 # implementations that compute the same numbers (to float rounding, like threads): not part of a
 # run's identity, and a resumed run may switch them (run/checkpoint.py RESUMABLE_CHANGES)
 SAME_NUMBERS = ("lora.fused", "rollout.fused_decode")
+# settings added after runs were logged, with the default that reproduces those runs: left out of
+# the identity while they hold it, so earlier runs keep theirs
+ADDED_LATER = {"rollout.seeding": "step", "eval.top_p": 1.0, "eval.max_new_tokens": None}
 
 
 def config_identity(config) -> str:
@@ -165,8 +168,10 @@ def config_identity(config) -> str:
     for path in SAME_NUMBERS:
         section, key = path.split(".")
         data[section] = {k: v for k, v in data[section].items() if k != key}
-    if data["rollout"].get("seeding") == "step":
-        del data["rollout"]["seeding"]
+    for path, default in ADDED_LATER.items():  # at their defaults, they compute what runs before them did
+        section, key = path.split(".")
+        if data[section].get(key) == default:
+            del data[section][key]
     data = canonical(data)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

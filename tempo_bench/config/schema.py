@@ -207,6 +207,9 @@ class EvalConfig(_Strict):
     k: int = Field(8, ge=1, description="samples per test question at temperature 1.0")
     size: int | None = Field(None, ge=1, description="test questions evaluated (None: all)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the k samples")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling of the k samples (TTRL evaluates at 0.95)")
+    max_new_tokens: int | None = Field(None, ge=1, description="response length of evaluation samples (None: "
+                                       "rollout.max_new_tokens)")
     greedy: bool = True
     collapse_tolerance: float = Field(
         0.05, ge=0, le=1, description="a run has collapsed once mean@k stays below its step-0 value minus this "
@@ -273,14 +276,22 @@ class RunConfig(_Strict):
         """Where the critic's backbone lives, as a checkpoint records it."""
         return "shared base" if self.critic_shares_base() else "own base"
 
+    def eval_max_new_tokens(self) -> int:
+        """The response length of evaluation samples: eval.max_new_tokens, else the training one."""
+        return self.eval.max_new_tokens or self.rollout.max_new_tokens
+
+    def longest_response(self) -> int:
+        """The longest response the run samples, in training or in evaluation."""
+        return max(self.rollout.max_new_tokens, self.eval_max_new_tokens())
+
     def vllm_context_len(self, longest_prompt: int | None = None) -> int:
         """The context vLLM reserves KV cache for (its ``max_model_len``): rollout.vllm.max_model_len
-        where set, else the longest prompt plus rollout.max_new_tokens. ``longest_prompt``: the
-        run's, in tokens, once its prompts are known; the memory plan, made before, assumes
-        model.max_prompt_tokens."""
+        where set, else the longest prompt plus the longest response (training or evaluation).
+        ``longest_prompt``: the run's, in tokens, once its prompts are known; the memory plan, made
+        before, assumes model.max_prompt_tokens."""
         if self.rollout.vllm.max_model_len is not None:
             return self.rollout.vllm.max_model_len
-        return (longest_prompt or self.model.max_prompt_tokens) + self.rollout.max_new_tokens
+        return (longest_prompt or self.model.max_prompt_tokens) + self.longest_response()
 
     def method_options(self, name: str | None = None):
         """The validated options object of ``name`` (default: the selected method)."""

@@ -275,13 +275,13 @@ def check_servable(config, model_config, longest_prompt: int | None, on_cpu: boo
     limit = getattr(model_config, "max_position_embeddings", None)
     if limit is not None and context > limit:
         asked = ("rollout.vllm.max_model_len" if config.rollout.vllm.max_model_len is not None else
-                 f"the longest prompt ({longest_prompt or config.model.max_prompt_tokens} tokens) plus "
-                 "rollout.max_new_tokens")
+                 f"the longest prompt ({longest_prompt or config.model.max_prompt_tokens} tokens) plus the "
+                 "longest response, rollout.max_new_tokens or eval.max_new_tokens")
         raise ConfigError(f"vLLM's context would be {context} tokens ({asked}), longer than model.path={model!r} "
-                          f"allows ({limit}, max_position_embeddings): lower rollout.max_new_tokens or "
-                          "rollout.vllm.max_model_len")
-    needed = (longest_prompt or 0) + config.rollout.max_new_tokens
+                          f"allows ({limit}, max_position_embeddings): lower rollout.max_new_tokens, "
+                          "eval.max_new_tokens or rollout.vllm.max_model_len")
+    needed = (longest_prompt or 0) + config.longest_response()
     if longest_prompt is not None and needed > context:
         raise ConfigError(f"rollout.vllm.max_model_len={context} is shorter than the longest prompt ({longest_prompt} "
-                          f"tokens) plus rollout.max_new_tokens ({config.rollout.max_new_tokens}): raise it to "
-                          f"{needed} or unset it")
+                          f"tokens) plus the longest response (rollout.max_new_tokens / eval.max_new_tokens: "
+                          f"{config.longest_response()}): raise it to {needed} or unset it")

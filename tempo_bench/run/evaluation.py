@@ -27,12 +27,13 @@ def evaluate(
     max_new_tokens: int,
     grader: Grader = GENERIC,
 ) -> tuple[dict[str, float], list[dict], int]:
-    """k samples per test question at ``cfg.temperature`` (+ one greedy answer when cfg.greedy).
+    """k samples per test question at ``cfg.temperature`` and ``cfg.top_p`` (+ one greedy answer
+    when cfg.greedy), each up to ``max_new_tokens``.
 
     Returns (metrics, per-sample rows for the JSONL artefact, tokens generated)."""
     prompts = [q.prompt for q in questions]
     sampled = backend.generate(
-        prompts, SamplingParams(n=cfg.k, temperature=cfg.temperature, max_new_tokens=max_new_tokens)
+        prompts, SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=max_new_tokens)
     )
     answers, clusters = grader.grade_generation(sampled)
     golds = [answer_key.answer(q.id) for q in questions]

@@ -199,7 +199,7 @@ class Run:
             with torch.random.fork_rng():
                 torch.manual_seed(step_seed(self.config.seed, step, Stream.EVAL))
                 values, rows, eval_tokens = evaluate(self.backend, self.eval_questions, self.task.answer_key,
-                                                     self.config.eval, self.config.rollout.max_new_tokens, self.grader)
+                                                     self.config.eval, self.config.eval_max_new_tokens(), self.grader)
             if step == 0:
                 self.caches.initial_evals[key] = (values, rows, eval_tokens)
         self.tokens["tokens/eval"] += eval_tokens
