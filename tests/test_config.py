@@ -143,3 +143,20 @@ def test_evaluation_length_and_top_p_apart_from_training():
     sampled, greedy = asked
     assert (sampled.top_p, sampled.max_new_tokens, sampled.n) == (0.95, 120, 4)
     assert greedy.greedy and greedy.max_new_tokens == 120
+
+
+def test_aime_presets_carry_the_released_scripts_settings():
+    """TEMPO's run_em_*_aime.sh (@dbf313c) where one GPU allows: lengths, samples, clipping,
+    optimiser steps, evaluation protocol, Qwen3's default (thinking) chat template; and TTRL's
+    aime.sh protocol in its own preset."""
+    for name in ("qwen3-8b-aime24", "qwen3-14b-aime24", "olmo3-7b-aime24"):
+        c = load_config(name)
+        assert (c.model.max_prompt_tokens, c.rollout.max_new_tokens, c.rollout.n) == (2048, 16384, 8)
+        assert (c.rollout.temperature, c.rollout.top_p, c.train.loss, c.train.clip_low, c.train.clip_high) == \
+            (1.0, 1.0, "gspo", 3e-4, 5e-4)
+        assert (c.train.minibatches, c.eval.every, c.eval.k, c.eval.temperature, c.eval.top_p) == (4, 4, 16, 1.0, 1.0)
+        assert "enable_thinking" not in c.model.chat_template_kwargs
+    ttrl = load_config("qwen3-8b-aime24-ttrl")
+    assert ttrl.method == "standard_ttt" and ttrl.method_options().n_vote == 64 and ttrl.rollout.n == 32
+    assert (ttrl.model.max_prompt_tokens, ttrl.rollout.max_new_tokens, ttrl.train.prompts_per_step) == (512, 3072, 8)
+    assert (ttrl.eval.every, ttrl.eval.k, ttrl.eval.temperature, ttrl.eval.top_p) == (2, 16, 0.6, 0.95)
