@@ -120,6 +120,28 @@ def test_run_ctrl_c_prints_the_resume_command_and_it_finishes_the_same_run(tmp_p
     assert_each_step_once(db, run.info.run_id, steps)
 
 
+def test_run_sigterm_checkpoints_the_step_it_is_in_and_resume_finishes_it(tmp_path, created_store):
+    """What a cluster scheduler sends before it kills a job: the run finishes its step, checkpoints
+    it (no periodic checkpoint would have: checkpoint_every is 100), exits with the resume command,
+    and that command finishes the same run with every step logged once."""
+    created_store(tmp_path)
+    steps, db = 4, tmp_path / "mlflow.db"
+    args = [a if a != "train.checkpoint_every=1" else "train.checkpoint_every=100" for a in SMOKE]
+    proc = start(cli("run", *args, "--method", "tempo", "--set", f"train.steps={steps}", "--out", str(tmp_path)))
+    _, err = interrupt_when(proc, lambda: any(logged_steps(db).values()), signal.SIGTERM)
+    assert "SIGTERM: the run checkpoints at the end of this step and stops" in err
+    stopped_at = checkpointed_step(tmp_path / "tempo-bench")
+    assert 1 <= stopped_at < steps
+    command = recovery_command(err)
+    assert command[-1] == "--resume"
+    (run,) = runs_of(db, "tempo-bench")
+    assert run.info.status == "KILLED"
+    subprocess.run(command, check=True, timeout=400, capture_output=True)
+    (run,) = runs_of(db, "tempo-bench")
+    assert run.info.status == "FINISHED" and run.data.tags["steps_done"] == str(steps)
+    assert_each_step_once(db, run.info.run_id, steps)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig,workers", [(signal.SIGINT, "2"), (signal.SIGKILL, "1")], ids=["sigint-2-workers", "sigkill-sequential"])
 def test_compare_interrupted_then_resumed_counts_every_run_once(tmp_path, created_store, sig, workers):

@@ -75,12 +75,13 @@ def test_sigkill_at_a_random_step_then_resume_equals_uninterrupted(tmp_path, cre
             assert a[key] == b[key], key
 
 
-def test_resume_without_checkpoint_or_with_changed_config_is_a_clear_error(tmp_path, capsys):
-    assert main(["run", *ARGS, "--out", str(tmp_path), "--resume"]) == 2
-    assert "nothing to resume" in capsys.readouterr().err
+def test_resume_without_a_checkpoint_starts_the_run_and_a_changed_config_is_a_clear_error(tmp_path, capsys):
+    """One command line serves a job a scheduler may requeue: --resume before any checkpoint
+    starts the run (and says so); after one, it continues it, and refuses a changed config."""
     short = [a if a != f"train.steps={STEPS}" else "train.steps=1" for a in ARGS]
-    assert main(["run", *short, "--out", str(tmp_path)]) == 0
-    capsys.readouterr()
+    assert main(["run", *short, "--out", str(tmp_path), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "--resume: no checkpointed run" in out and "yet; starting it" in out
     changed = short + ["--set", "train.lr=0.5"]
     assert main(["run", *changed, "--out", str(tmp_path), "--resume"]) == 2
     assert "the config differs in train.lr" in capsys.readouterr().err

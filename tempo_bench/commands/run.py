@@ -14,7 +14,7 @@ from tempo_bench.core.loggers import (
     MLflowLogger,
     default_tracking_uri,
 )
-from tempo_bench.core.processes import launched_world_size
+from tempo_bench.core.processes import launched_world_size, stop_at_step_end_on_sigterm
 from tempo_bench.core.tracking import check_tracking, ensure_writable
 from tempo_bench.methods.catalog import method_class
 from tempo_bench.run.checkpoint import (
@@ -47,7 +47,8 @@ def add_parser(sub) -> None:
     run.add_argument("--budget-tokens", type=int, help="stop once rollout + policy + critic tokens "
                      "reach this many (compare methods at equal compute)")
     run.add_argument("--resume", action="store_true", help="continue the latest checkpointed run of "
-                     "this method and seed (same MLflow run; needs train.checkpoint_every > 0)")
+                     "this method and seed (same MLflow run; needs train.checkpoint_every > 0), or start it where "
+                     "none was checkpointed yet: one command line for a job that may be requeued")
     run.add_argument("--dry-run", action="store_true", help="validate, print the resolved config and "
                      "what the run would load, and stop (no model, data or network access)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -96,11 +97,15 @@ def _run(args, config, ranks: Ranks) -> int:
         print(f"  MLflow: {uri}  experiment={config.log.experiment}")
         if plan is not None:
             print("\n".join(f"  {line}" for line in plan.lines()))
-    logger, run_dir = _on_rank_zero(ranks, lambda: _open_logger(args, config, uri))
+    resume = args.resume and _has_checkpoint(config)
+    if args.resume and not resume and ranks.main:  # one command line for a job that may be requeued
+        print(f"  --resume: no checkpointed run {run_name_of(config.method, config.seed)!r} under "
+              f"{Path(config.out) / config.log.experiment} yet; starting it")
+    logger, run_dir = _on_rank_zero(ranks, lambda: _open_logger(resume, config, uri))
     try:
-        with logger:
+        with logger, stop_at_step_end_on_sigterm():
             result = run_ttt(config, logger, out_dir=run_dir, progress=not args.quiet and ranks.main,
-                             resume=args.resume, ranks=ranks)
+                             resume=resume, ranks=ranks)
     except KeyboardInterrupt:
         raise Interrupted(_resume_hint(args.argv, run_dir, config)) from None
     if ranks.main:
@@ -108,15 +113,16 @@ def _run(args, config, ranks: Ranks) -> int:
     return 0
 
 
-def _open_logger(args, config, uri: str) -> tuple[MLflowLogger, Path]:
-    """The run's MLflow logger and folder: a new run, or (--resume) the checkpointed one."""
+def _has_checkpoint(config) -> bool:
+    return find_resumable(Path(config.out), config.log.experiment, run_name_of(config.method, config.seed)) is not None
+
+
+def _open_logger(resume: bool, config, uri: str) -> tuple[MLflowLogger, Path]:
+    """The run's MLflow logger and folder: a new run, or (``resume``) the checkpointed one."""
     out, run_name = Path(config.out), run_name_of(config.method, config.seed)
     check_tracking(uri)
-    if args.resume:
+    if resume:
         run_dir = find_resumable(out, config.log.experiment, run_name)
-        if run_dir is None:
-            raise ConfigError(f"nothing to resume: no checkpointed run {run_name!r} under "
-                              f"{out / config.log.experiment}")
         run_id = check_resumable(latest_checkpoint(run_dir), config)["run_id"]
         return MLflowLogger(uri, config.log.experiment, run_name, run_id=run_id, spool_path=run_dir / SPOOL), run_dir
     logger = MLflowLogger(uri, config.log.experiment, run_name, artifact_root=out / "mlartifacts")

@@ -84,6 +84,35 @@ def interruptible_run():
         _IN_RUN = False
 
 
+_STOP_REQUESTED = False  # SIGTERM reached a `run`: stop at the end of the current step
+
+
+@contextmanager
+def stop_at_step_end_on_sigterm():
+    """While inside (a `run` command's process, not a worker), SIGTERM, what a cluster scheduler
+    sends before it kills a job, asks the run to checkpoint at the end of its current step and stop
+    (Run.train polls :func:`stop_requested`); a second SIGTERM interrupts at once, as Ctrl-C."""
+    global _STOP_REQUESTED
+
+    def on_sigterm(signum, frame):
+        global _STOP_REQUESTED
+        if _STOP_REQUESTED:
+            raise KeyboardInterrupt
+        _STOP_REQUESTED = True
+        print("\nSIGTERM: the run checkpoints at the end of this step and stops", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _STOP_REQUESTED = False
+
+
+def stop_requested() -> bool:
+    return _STOP_REQUESTED
+
+
 def exit_if_terminated() -> None:
     """A pool worker whose run SIGTERM interrupted exits once the run's cleanup is done: the pool
     would otherwise hand it the next task, or leave it waiting for one while its parent waits for

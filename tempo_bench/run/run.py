@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from tempo_bench.config import RunConfig, config_identity, flatten
 from tempo_bench.core.errors import ConfigError
 from tempo_bench.core.loggers import Logger
+from tempo_bench.core.processes import stop_requested
 from tempo_bench.core.seeds import Stream, questions_for_step, step_seed
 from tempo_bench.critic.model import Critic
 from tempo_bench.critic.ops import CriticOps, starting_critic
@@ -302,8 +303,12 @@ class Run:
             self.log(values, step)
             bar.set_postfix(reward=f"{values['reward/mean']:.2f}", maj_ratio=f"{values['ttt/majority_ratio']:.2f}")
             last = over_budget or step == config.train.steps
-            if main and config.train.checkpoint_every and (step % config.train.checkpoint_every == 0 or last):
+            stopping = stop_requested() and not last  # SIGTERM: a scheduler is about to stop the job
+            if main and config.train.checkpoint_every and (step % config.train.checkpoint_every == 0 or last
+                                                           or stopping):
                 self.checkpoint(step)
+            if stopping:
+                raise KeyboardInterrupt  # the command's interruption path: run KILLED, the resume hint
             if on_step is not None:
                 on_step(step, self.result.evals.get(step))
             if over_budget:
