@@ -116,3 +116,11 @@ def test_probability_of_improvement_hand_computed():
     assert (p, low, high) == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="same tasks"):
         probability_of_improvement([[1, 2]], [[1]])
+
+
+def test_response_lengths_and_truncation_rate_by_hand():
+    stats = M.response_lengths([10, 20, 30, 40, 100], [True, True, False, True, False], "eval")
+    assert stats == {"eval/response_length": 40.0, "eval/response_length_median": 30.0,
+                     "eval/response_length_p90": 76.0,  # numpy's linear interpolation: 40 + 0.6 * 60
+                     "eval/response_length_max": 100.0, "eval/truncation_rate": 0.4}
+    assert M.response_lengths([], [], "train") == {}

@@ -98,6 +98,23 @@ def distinct_2(texts: Sequence[Sequence[str]]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+LENGTH_STATS = ("response_length", "response_length_median", "response_length_p90", "response_length_max",
+                "truncation_rate")
+
+
+def response_lengths(lengths: Sequence[int], finished: Sequence[bool], prefix: str) -> dict[str, float]:
+    """Length statistics of a set of responses (tokens) and the share that hit the length limit
+    without ending (a reasoning model cut off while thinking has no answer), keyed
+    ``{prefix}/{name}`` for the names of LENGTH_STATS: mean, median, 90th percentile, maximum,
+    truncation rate. lengths, finished: one entry per response."""
+    if len(lengths) == 0:
+        return {}
+    values = np.asarray(lengths, dtype=float)
+    stats = (values.mean(), np.median(values), np.percentile(values, 90), values.max(),
+             1.0 - np.mean(np.asarray(finished, dtype=float)))
+    return {f"{prefix}/{name}": float(value) for name, value in zip(LENGTH_STATS, stats)}
+
+
 def pointbiserial(rewards: np.ndarray, correct: np.ndarray) -> float:
     """Point-biserial correlation between reward and true correctness over all samples (the
     paper's "reward quality"); NaN when either is constant."""

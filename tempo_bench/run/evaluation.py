@@ -15,7 +15,8 @@ def eval_metric_names(cfg) -> set[str]:
     """The metric keys ``evaluate`` logs for an EvalConfig (a sweep checks its objective here
     before its first trial)."""
     names = {"eval/mean_at_k", "eval/maj_at_k", "eval/pass_at_k", "eval/distinct_answers",
-             "eval/answer_entropy", "eval/distinct_2", *(f"eval/pass_at_{j}" for j in range(1, cfg.k + 1))}
+             "eval/answer_entropy", "eval/distinct_2", *(f"eval/pass_at_{j}" for j in range(1, cfg.k + 1)),
+             *(f"eval/{name}" for name in M.LENGTH_STATS)}
     return names | ({"eval/greedy_acc"} if cfg.greedy else set())
 
 
@@ -47,6 +48,7 @@ def evaluate(
         "eval/answer_entropy": M.answer_entropy(clusters),
         "eval/distinct_2": M.distinct_2([[sampled.texts[r] for r in sampled.group(i)]
                                          for i in range(len(questions))]),
+        **M.response_lengths([len(ids) for ids in sampled.token_ids], sampled.finished, "eval"),
     }
     tokens = sampled.num_tokens
     rows = [

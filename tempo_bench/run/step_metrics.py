@@ -51,6 +51,7 @@ def train_batch_metrics(batch: RolloutBatch, truth: np.ndarray, n_train: int) ->
     rewards = batch.rewards.numpy()[groups]
     trained_r, trained_y = rewards[:, :n_train], truth[groups, :n_train]
     clusters = [batch.clusters[i] for i in groups]
+    rows = [r for i in groups for r in batch.generation.group(i)]
     return {
         "reward/mean": float(trained_r.mean()),
         "reward/gt_mean": gt_mean,
@@ -64,6 +65,6 @@ def train_batch_metrics(batch: RolloutBatch, truth: np.ndarray, n_train: int) ->
         "div/distinct_answers": M.distinct_answers(clusters),
         "div/answer_entropy": M.answer_entropy(clusters),
         "div/distinct_2": M.distinct_2([[batch.generation.texts[r] for r in batch.generation.group(i)] for i in groups]),
-        "train/response_length": float(np.mean([len(batch.generation.token_ids[r]) for i in groups
-                                                for r in batch.generation.group(i)])),
+        **M.response_lengths([len(batch.generation.token_ids[r]) for r in rows],
+                             [batch.generation.finished[r] for r in rows], "train"),
     }
