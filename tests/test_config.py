@@ -106,7 +106,7 @@ def test_real_task_config_errors_name_the_field():
         load_config("toy-smoke", ["task.name=aime24"])  # toy-smoke's test_size is not a real-task key
     with pytest.raises(ConfigError, match="graded differently"):
         load_config("qwen3-8b-aime24", ["task.name=gpqa"])  # GPQA letters against a DAPO maths pool
-    with pytest.raises(ConfigError, match="does not match any of the expected tags"):
+    with pytest.raises(ConfigError, match=r"task.name: .*unknown task 'aime2' \(did you mean 'aime25'\?\).*or a task file"):
         load_config("qwen3-8b-aime24", ["task.name=aime2"])
 
 

@@ -165,3 +165,68 @@ def test_gpqa_hub_rows_load_as_a_task(tmp_path):
     (question,) = task.load(path)
     assert "What is H2O?" in question.prompt and "A. " in question.prompt and "letter of the correct option" in question.prompt
     assert task.is_correct(f"... \\boxed{{{question.answer}}}", question.answer)
+
+
+def write_task_file(folder: Path, **fields) -> Path:
+    """A task of one's own: toy-format addition questions in JSONL and a task file naming them."""
+    import json
+
+    import yaml
+
+    questions = [("Q:347+285\n", "632"), ("Q:12+9\n", "21"), ("Q:999+1\n", "1000"), ("Q:40+2\n", "42"),
+                 ("Q:123+456\n", "579"), ("Q:5+5\n", "10")]
+    (folder / "sums.jsonl").write_text("".join(json.dumps({"q": q, "gold": a}) + "\n" for q, a in questions))
+    spec = {"data": "sums.jsonl", "question_field": "q", "answer_field": "gold", "grader": "integer",
+            "template": "{question}", **fields}
+    path = folder / "sums.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in spec.items() if v is not None}))
+    return path
+
+
+def test_a_task_file_loads_asks_and_grades(tmp_path):
+    task = get_task(str(write_task_file(tmp_path, template="Add: {question}\nAnswer within \\boxed{}.")))
+    questions = task.load()
+    assert len(questions) == 6 and questions[0].answer == "632"
+    assert questions[0].prompt == "Add: Q:347+285\nAnswer within \\boxed{}."  # literal braces stay literal
+    assert task.is_correct("... #### 632", "632") and task.is_correct("\\boxed{0632}", "632")
+    assert not task.is_correct("\\boxed{632.5}", "632") and not task.is_correct("#### 631", "632")
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"grader": None}, "missing field 'grader'"),
+    ({"question_field": None}, "missing field 'question_field'"),
+    ({"template": "no placeholder"}, "field 'template' must contain {question}"),
+    ({"grader": "fuzzy"}, "field 'grader' is 'fuzzy'; choose one of math, integer, choice"),
+    ({"answerfield": "gold"}, "unknown field 'answerfield'"),
+    ({"grader": "choice"}, "no gold answer of field 'gold' is one the 'choice' grader can read (e.g. '632', '21', '1000')"),
+])
+def test_task_file_errors_name_the_file_and_field(tmp_path, fields, message):
+    from tempo_bench.core.errors import DataError
+
+    path = write_task_file(tmp_path, **fields)
+    with pytest.raises(DataError) as err:
+        get_task(str(path)).load()
+    assert str(path) in str(err.value) or "sums.jsonl" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_a_task_file_runs_where_a_task_name_goes(tmp_path, capsys):
+    """In a run's task section, as test set and as labeled pool: a one-step run on the toy model
+    (whose question form these are) finishes and reports its evaluation; a broken task file is an
+    error before any run."""
+    from tempo_bench.commands.cli import main
+    from tempo_bench.config import load_config
+    from tempo_bench.tasks import load_task_data
+
+    path = write_task_file(tmp_path, template="{question}\n")  # the toy's prompt form
+    task = f"task={{name: {path}, labeled: {path}, labeled_size: 0}}"
+    data = load_task_data(load_config("toy-smoke", [task]).task)
+    assert len(data.test) == 6 and data.grader.name == "sums"
+    args = ["run", "--preset", "toy-smoke", "--quiet", "--method", "standard_ttt", "--set", task, "--set",
+            "train.steps=1", "--set", "train.prompts_per_step=2", "--set", "eval.k=2", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    assert "mean@k" in capsys.readouterr().out
+    (tmp_path / "broken").mkdir()
+    broken = write_task_file(tmp_path / "broken", grader="fuzzy")
+    assert main([*args[:-4], "--set", f"task={{name: {broken}, labeled_size: 0}}", "--out", str(tmp_path / "o2")]) == 2
+    assert "field 'grader' is 'fuzzy'" in capsys.readouterr().err and not (tmp_path / "o2").exists()

@@ -9,7 +9,7 @@ import yaml
 
 from tempo_bench.methods.catalog import method_class
 from tempo_bench.run.memory_plan import PlanError, on_gpu, plan_memory
-from tempo_bench.tasks.real import TASK_SPECS
+from tempo_bench.tasks.real import task_spec
 
 
 def describe_run(config) -> str:
@@ -76,12 +76,13 @@ def _describe_task(task) -> str:
     if task.name == "toy_addition":
         return f"toy_addition: {task.test_size} unlabeled test questions, {task.labeled_size} labeled"
     def source(name, path):
-        spec = TASK_SPECS[name]
+        spec = task_spec(name)
+        path = path or spec.source  # a task file names its data
         if path:
             return f"{path} ({'found' if Path(path).is_file() else 'MISSING'})"
         return f"hub {spec.hub_id}{':' + spec.hub_config if spec.hub_config else ''} split {spec.split}"
 
-    test = f"{task.name} ({TASK_SPECS[task.name].description}) from {source(task.name, task.source)}"
+    test = f"{task.name} ({task_spec(task.name).description}) from {source(task.name, task.source)}"
     if task.limit:
         test += f", first {task.limit}"
     labeled = (f"; labeled D_L: {task.labeled_size} questions drawn from {task.labeled} "

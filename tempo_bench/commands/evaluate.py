@@ -14,7 +14,8 @@ from tempo_bench.policy.model import load_tokenizer, prompt_renderer, resolve_de
 def add_parser(sub) -> None:
     ev = sub.add_parser("eval", help="evaluate a saved policy adapter on a task (and with lm-eval)")
     ev.add_argument("--adapter", required=True, help="peft adapter folder (a run's .../adapter)")
-    ev.add_argument("--task", required=True, help="toy, or a benchmark: aime24, aime25, amc, math500, gsm8k, gpqa")
+    ev.add_argument("--task", required=True, help="toy, a benchmark (aime24, aime25, amc, math500, gsm8k, gpqa), "
+                    "or a task file (.yaml)")
     ev.add_argument("--data", help="local JSON / JSONL / parquet file of the task (default: the hub)")
     ev.add_argument("--model", help="base model (default: the adapter's base_model_name_or_path)")
     ev.add_argument("--limit", type=int, help="first N questions only")

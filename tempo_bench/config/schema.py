@@ -4,13 +4,14 @@ settings are validated against its ``Options`` model (``methods.<name>``)."""
 from __future__ import annotations
 
 import difflib
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from tempo_bench.core.errors import ConfigError
+from tempo_bench.core.registry import unknown_name
 from tempo_bench.methods.catalog import method_class
-from tempo_bench.tasks.real import TASK_SPECS
+from tempo_bench.tasks.real import is_task_file, load_task_file, task_spec
 
 
 class _Strict(BaseModel):
@@ -52,23 +53,56 @@ LABELED_POOLS = ("dapo17k", "math_train", "gsm8k_train", *TEST_TASKS)
 
 class RealTaskConfig(_Strict):
     """A real benchmark as the unlabeled test set D_U, and a labeled pool D_L
-    (tempo_bench/tasks/real.py). Files load locally; without a file, from the hub."""
+    (tempo_bench/tasks/real.py). Files load locally; without a file, from the hub. Wherever a task
+    name goes, a task file (a path ending in .yaml) may go instead: a data set of your own."""
 
-    name: Literal[TEST_TASKS]
+    name: str = Field(description=f"test set: {', '.join(TEST_TASKS)}, or a task file (.yaml)")
     source: str | None = Field(None, description="local JSON list / JSONL / parquet (None: the hub)")
     limit: int | None = Field(None, ge=1, description="first N test questions only")
-    labeled: Literal[LABELED_POOLS] = Field("dapo17k", description="labeled pool D_L is drawn from")
+    labeled: str = Field("dapo17k", description=f"labeled pool D_L is drawn from: {', '.join(LABELED_POOLS)}, "
+                         "or a task file (.yaml)")
     labeled_source: str | None = Field(None, description="local file of the labeled pool (None: the hub)")
     labeled_size: int = Field(512, ge=0, description="labeled questions drawn from the pool (D_L)")
     seed: int = Field(1234, description="data seed: which labeled questions are drawn")
 
+    @field_validator("name")
+    @classmethod
+    def _known_test_set(cls, name: str) -> str:
+        return _known_task(name, TEST_TASKS)
+
+    @field_validator("labeled")
+    @classmethod
+    def _known_pool(cls, name: str) -> str:
+        return _known_task(name, LABELED_POOLS)
+
     @model_validator(mode="after")
     def _same_grading(self):
-        kinds = {TASK_SPECS[n].kind == "choice" for n in (self.name, self.labeled)}
+        kinds = {task_spec(n).kind == "choice" for n in (self.name, self.labeled)}
         if self.labeled_size and len(kinds) > 1:
             raise ValueError(f"labeled pool {self.labeled!r} and test task {self.name!r} are graded "
                              "differently (multiple choice vs free answer); pick a pool of the same kind")
         return self
+
+
+def _known_task(name: str, allowed: tuple[str, ...]) -> str:
+    """A task name of ``allowed``, or a task file that loads (its errors name file and field)."""
+    if is_task_file(name):
+        load_task_file(name)
+        return name
+    if name not in allowed:
+        raise ValueError(unknown_name("task", name, list(allowed)) + ", or a task file (.yaml)")
+    return name
+
+
+def _task_section(value) -> str:
+    """Which task section a `task` mapping is: the toy's, or a real benchmark's (any other name)."""
+    name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
+    return "toy_addition" if name in (None, "toy_addition") else "real"
+
+
+TaskSection = Annotated[Union[Annotated[ToyTaskConfig, Tag("toy_addition")], Annotated[RealTaskConfig, Tag("real")]],
+                        Discriminator(_task_section)]
+TASK_SECTIONS = {"toy_addition": ToyTaskConfig, "real": RealTaskConfig}  # the tags error locations carry
 
 
 class ModelConfig(_Strict):
@@ -236,7 +270,7 @@ class RunConfig(_Strict):
     methods: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-method options, validated by each method"
     )
-    task: ToyTaskConfig | RealTaskConfig = Field(ToyTaskConfig(), discriminator="name")
+    task: TaskSection = ToyTaskConfig()
     model: ModelConfig = ModelConfig()
     lora: LoraConfig = LoraConfig()
     rollout: RolloutConfig = RolloutConfig()
@@ -316,11 +350,9 @@ def _resolve_loc(model: type[BaseModel], loc: tuple) -> tuple[tuple, list[str]]:
         shown.append(part)
         field = model.model_fields.get(str(part)) if model is not None else None
         ann = getattr(field, "annotation", None)
-        members = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if members and parts and all("name" in m.model_fields for m in members):
-            # a union discriminated by `name` (task): the next part is the tag, not a field
-            tag = parts.pop(0)
-            model = next((m for m in members if tag in getattr(m.model_fields["name"].annotation, "__args__", ())), None)
+        if model is RunConfig and part == "task" and parts:
+            # the task union: the next part is its tag (toy_addition or real), not a field
+            model = TASK_SECTIONS.get(str(parts.pop(0)))
         elif isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
         else:

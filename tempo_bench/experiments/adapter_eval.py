@@ -43,7 +43,7 @@ def load_eval_set(task: str, data: str | None, limit: int | None) -> EvalSet:
     real = get_task(task)
     rows = real.load(data, limit=limit)
     ids = [f"test-{q.id}" for q in rows]
-    return EvalSet(task, [Question(i, q.prompt) for i, q in zip(ids, rows)],
+    return EvalSet(real.name, [Question(i, q.prompt) for i, q in zip(ids, rows)],
                    AnswerKey({i: q.answer for i, q in zip(ids, rows)}, real), real)
 
 

@@ -40,10 +40,14 @@ class TaskSpec:
     hub_id: str
     hub_config: str | None
     split: str
-    kind: Literal["math", "gsm8k", "choice"]
+    kind: Literal["math", "gsm8k", "choice", "integer"]
     description: str
     # how a question is asked ({question}); None: the kind's template (a \boxed{} instruction)
     template: str | None = None
+    # a task file's: its data file, and the fields of a row that hold the question and the answer
+    source: str | None = None
+    question_field: str | None = None
+    answer_field: str | None = None
 
 
 TASK_SPECS = {s.name: s for s in [
@@ -96,6 +100,8 @@ class Task(Grader):
             return False
         if self.spec.kind == "choice":
             return extracted.strip().upper() == gold.strip().upper()
+        if self.spec.kind == "integer":
+            return _integer(extracted) is not None and _integer(extracted) == _integer(gold)
         return answers_equivalent(normalise_gold(gold), extracted)
 
     def prompt(self, question: str) -> str:
@@ -107,6 +113,7 @@ class Task(Grader):
         """Questions with gold answers from a local file (JSON list, JSONL, parquet) or, without
         ``source``, from the hub through ``datasets``. Raises ValueError naming the file and row
         when a row has no question or no parseable gold answer."""
+        source = source if source is not None else self.spec.source
         rows = read_rows(source) if source is not None else Rows(self._hub_rows(), self.spec.hub_id)
         if not rows:
             raise DataError(f"{rows.source}: no rows")
@@ -114,6 +121,8 @@ class Task(Grader):
         for i, row in enumerate(rows[:limit] if limit else rows):
             if GPQA_OPTIONS[0] in row:  # GPQA's hub columns: the question and its options apart
                 row = {**row, **gpqa_choice_row(row)}
+            if self.spec.question_field:  # a task file names its fields
+                row = {"question": row.get(self.spec.question_field), "answer": row.get(self.spec.answer_field)}
             question, answer = row_question(row), self.row_answer(row)
             if not question:
                 raise DataError(f"{rows.where(i)}: no question field (looked for {', '.join(_QUESTION_KEYS)})")
@@ -126,11 +135,24 @@ class Task(Grader):
                 continue
             first_seen[question] = answer
             out.append(LabeledQuestion(id=str(row.get("id", i)), prompt=self.prompt(question), answer=answer))
+        if self.spec.question_field:
+            self._check_golds(out, rows.source)
         if repeats:
             warnings.warn(f"{rows.source}: {repeats:,} repeated questions dropped, {len(out):,} distinct kept"
                           + (f"; {conflicts:,} of the repeats had another gold answer (the first row's kept)"
                              if conflicts else ""), stacklevel=2)
         return out
+
+    def _check_golds(self, questions: list[LabeledQuestion], source: str) -> None:
+        """A task file's gold answers must be readable by its grader: none readable is a wrong
+        field or grader kind, stopped before any work with three examples."""
+        readable = {"integer": lambda a: _integer(a) is not None,
+                    "choice": lambda a: re.fullmatch(r"[A-Ja-j]", a.strip()) is not None}.get(
+            self.spec.kind, lambda a: canonical_number(a) is not None or answers_equivalent(a, a + " "))
+        if questions and not any(readable(q.answer) for q in questions[:200]):
+            examples = ", ".join(repr(q.answer) for q in questions[:3])
+            raise DataError(f"{source}: no gold answer of field {self.spec.answer_field!r} is one the "
+                            f"{self.spec.kind!r} grader can read (e.g. {examples}): check answer_field and grader")
 
     def row_answer(self, row: dict) -> str | None:
         ground = row.get("reward_model")
@@ -252,10 +274,74 @@ def _check_rows(rows: Rows) -> Rows:
     return rows
 
 
-def get_task(name: str) -> Task:
+def _integer(answer: str) -> int | None:
+    number = canonical_number(answer)
+    return int(number) if number is not None and "." not in number else None
+
+
+def is_task_file(name: str) -> bool:
+    return name.endswith((".yaml", ".yml"))
+
+
+def task_spec(name: str) -> TaskSpec:
+    """The spec of a task name, or of a task file (a path ending in .yaml)."""
+    if is_task_file(name):
+        return load_task_file(name)
     if name not in TASK_SPECS:
-        raise ValueError(unknown_name("task", name, sorted(TASK_SPECS)))
-    return Task(TASK_SPECS[name])
+        raise ValueError(unknown_name("task", name, sorted(TASK_SPECS)) + ", or a task file (.yaml)")
+    return TASK_SPECS[name]
+
+
+def get_task(name: str) -> Task:
+    return Task(task_spec(name))
+
+
+GRADERS = ("math", "integer", "choice")  # a task file's grader: math-verify, equal integers, option letters
+# a task file's fields: what each required one holds ("" for an optional one)
+TASK_FILE_FIELDS = {
+    "data": "the data file: JSON list, JSONL or parquet, relative to the task file",
+    "question_field": "the field of a row that holds the question",
+    "answer_field": "the field of a row that holds the gold answer",
+    "grader": f"how answers are compared: {', '.join(GRADERS)}",
+    "template": "", "name": "", "description": "",
+}
+
+
+def load_task_file(path: str | Path) -> TaskSpec:
+    """A task of your own, without code: a YAML file naming its data file (JSON list, JSONL or
+    parquet; relative to the YAML file), the fields holding the question and the answer, the prompt
+    template (with ``{question}``; default: the question alone) and the grader (math: math-verify
+    equivalence; integer: equal integers; choice: option letters). Raises DataError naming the file
+    and the field."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"task file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise DataError(f"task file {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"task file {path}: expected a mapping of fields ({', '.join(TASK_FILE_FIELDS)})")
+    unknown = sorted(set(raw) - set(TASK_FILE_FIELDS))
+    if unknown:
+        raise DataError(f"task file {path}: unknown field {unknown[0]!r}; the fields are {', '.join(TASK_FILE_FIELDS)}")
+    missing = [field for field, what in TASK_FILE_FIELDS.items() if what and not raw.get(field)]
+    if missing:
+        raise DataError(f"task file {path}: missing field {missing[0]!r} ({TASK_FILE_FIELDS[missing[0]]})")
+    template = str(raw.get("template") or "{question}")
+    if "{question}" not in template:
+        raise DataError(f"task file {path}: field 'template' must contain {{question}}, got {template!r}")
+    if raw["grader"] not in GRADERS:
+        raise DataError(f"task file {path}: field 'grader' is {raw['grader']!r}; choose one of {', '.join(GRADERS)}")
+    data = Path(str(raw["data"]))
+    # literal braces in the template (\boxed{}) stay literal: only {question} is filled in
+    escaped = template.replace("{", "{{").replace("}", "}}").replace("{{question}}", "{question}")
+    return TaskSpec(name=str(raw.get("name") or path.stem), hub_id=str(path), hub_config=None, split="file",
+                    kind=raw["grader"], description=str(raw.get("description") or f"task file {path}"),
+                    template=escaped, source=str(data if data.is_absolute() else path.parent / data),
+                    question_field=str(raw["question_field"]), answer_field=str(raw["answer_field"]))
 
 
 def load_real_task(config) -> "TaskData":
