@@ -89,15 +89,17 @@ def _finish(fig, axes, title: str | None = None):
     return fig
 
 
-def accuracy_vs_step(df: pd.DataFrame, metric: str = "eval/mean_at_k"):
-    """Accuracy on the test questions against training step, one line per method."""
+def accuracy_vs_step(df: pd.DataFrame, metric: str = "eval/mean_at_k",
+                     title: str = "Accuracy during test-time training (mean over seeds, 95% CI)"):
+    """Accuracy on the test questions (or an eval.tasks benchmark's: eval_<name>/...) against
+    training step, one line per method."""
     fig, (ax,) = _figure()
     for method in _methods(df):
         sub = _metric(df, metric, method)
         if not sub.empty:
             _plot_band(ax, band(sub, "step"), "step", method)
     ax.set(xlabel="training step", ylabel=metric.split("/")[-1].replace("_at_", "@"))
-    return _finish(fig, [ax], "Accuracy during test-time training (mean over seeds, 95% CI)")
+    return _finish(fig, [ax], title)
 
 
 def accuracy_vs_compute(df: pd.DataFrame, metric: str = "eval/mean_at_k", points: int = 40):

@@ -88,6 +88,10 @@ def write_report(experiment: str, tracking_uri: str | None, out: Path, refresh: 
 
     compare_cmd = "tempo-bench compare --preset toy --methods all --seeds 0,1,2"
     save("accuracy_vs_step", lambda: F.accuracy_vs_step(df, MAIN_METRIC), MAIN_METRIC, compare_cmd)
+    for metric in sorted(m for m in df.metric.unique() if m.startswith("eval_") and m.endswith("/mean_at_k")):
+        name = metric.split("/")[0].removeprefix("eval_")  # a benchmark of eval.tasks
+        save(f"accuracy_vs_step_{name}", lambda metric=metric, name=name: F.accuracy_vs_step(
+            df, metric, f"Accuracy on {name} (eval.tasks) during test-time training"), metric, compare_cmd)
     save("accuracy_vs_compute", lambda: F.accuracy_vs_compute(df, MAIN_METRIC), MAIN_METRIC, compare_cmd)
     save("reward_quality", lambda: F.reward_quality(df), "reward/pointbiserial", compare_cmd)
     save("diversity", lambda: F.diversity(df), "eval/pass_at_1", compare_cmd)

@@ -187,3 +187,14 @@ def test_gain_over_standard_ttt_is_paired_by_seed():
     assert row["gain"] == pytest.approx(((0.5 - 0.2) + (0.7 - 0.6)) / 2)
     assert row["low"] <= row["gain"] <= row["high"]
     assert probe_gap({"critic_start": {"auroc_within": 0.9}, "majority_vote_auroc_within": 0.2}) == pytest.approx(0.7)
+
+
+def test_an_eval_tasks_benchmark_gets_its_own_accuracy_figure(frame):
+    """eval_<name>/mean_at_k (eval.tasks) is drawn from its own values, with its name in the title."""
+    extra = frame[frame.metric == "eval/mean_at_k"].assign(metric="eval_sums/mean_at_k")
+    extra = extra.assign(value=1.0 - extra.value)  # values the main metric does not have
+    fig = F.accuracy_vs_step(pd.concat([frame, extra]), "eval_sums/mean_at_k", "Accuracy on sums")
+    (ax,) = fig.axes
+    assert line_labels(ax) == ["standard TTT", "TEMPO"] and fig.texts[0].get_text() == "Accuracy on sums"
+    main_fig = F.accuracy_vs_step(frame)
+    assert not np.allclose(ax.get_lines()[0].get_ydata(), main_fig.axes[0].get_lines()[0].get_ydata())

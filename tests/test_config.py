@@ -156,6 +156,7 @@ def test_aime_presets_carry_the_released_scripts_settings():
             (1.0, 1.0, "gspo", 3e-4, 5e-4)
         assert (c.train.minibatches, c.eval.every, c.eval.k, c.eval.temperature, c.eval.top_p) == (4, 4, 16, 1.0, 1.0)
         assert "enable_thinking" not in c.model.chat_template_kwargs
+        assert [t.name for t in c.eval.tasks] == ["aime25"]  # evaluated beside AIME 2024, as released
     ttrl = load_config("qwen3-8b-aime24-ttrl")
     assert ttrl.method == "standard_ttt" and ttrl.method_options().n_vote == 64 and ttrl.rollout.n == 32
     assert (ttrl.model.max_prompt_tokens, ttrl.rollout.max_new_tokens, ttrl.train.prompts_per_step) == (512, 3072, 8)

@@ -77,6 +77,7 @@ def test_a_run_that_cannot_fit_stops_before_any_work(tmp_path, capsys):
     task = (f"task={{name: aime24, source: {DATA}/ttrl/AIME-TTT.json, labeled: gsm8k_train, "
             f"labeled_source: {DATA}/gsm8k/train.jsonl, labeled_size: 64}}")
     assert main(["run", "--preset", "qwen3-14b-aime24", "--set", "critic.share_base=false", "--set", task,
+                 "--set", "eval.tasks=[]",  # AIME 2025 would come from the hub
                  "--set", f"model.path={SHIPPED_CONFIGS / 'Qwen--Qwen3-14B'}", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: memory plan") and "does not fit: rollout needs" in err

@@ -230,3 +230,27 @@ def test_a_task_file_runs_where_a_task_name_goes(tmp_path, capsys):
     broken = write_task_file(tmp_path / "broken", grader="fuzzy")
     assert main([*args[:-4], "--set", f"task={{name: {broken}, labeled_size: 0}}", "--out", str(tmp_path / "o2")]) == 2
     assert "field 'grader' is 'fuzzy'" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
+def test_eval_tasks_are_evaluated_beside_the_test_set_under_their_own_names(tmp_path):
+    """eval.tasks (as TEMPO's scripts evaluate AIME 2025 beside 2024): every evaluation scores the
+    extra benchmark with the run's sampling settings, logs it as eval_<name>/..., tags its rows in
+    the per-sample artefact, and a sweep's objective may name it; no method sees it."""
+    import json
+
+    from tempo_bench.config import load_config
+    from tempo_bench.core.loggers import MemoryLogger
+    from tempo_bench.run.evaluation import eval_metric_names
+    from tempo_bench.run.run import run_ttt
+
+    path = write_task_file(tmp_path, template="{question}\n")
+    config = load_config("toy-smoke", ["train.steps=1", "train.prompts_per_step=2", "eval.k=2", "eval.size=4",
+                                       f"eval.tasks=[{{name: {path}, limit: 4}}]", f"out={tmp_path / 'out'}"])
+    logger = MemoryLogger()
+    run_ttt(config, logger, out_dir=tmp_path / "run", progress=False)
+    assert [s for s, _ in logger.metrics["eval_sums/mean_at_k"]] == [0, 1]
+    assert [s for s, _ in logger.metrics["eval/mean_at_k"]] == [0, 1]
+    assert {k for k in logger.metrics if k.startswith("eval_sums/")} == \
+        {k for k in eval_metric_names(config.eval) if k.startswith("eval_sums/")}
+    rows = [json.loads(line) for line in logger.artifacts["rollouts/eval_step_00001.jsonl"].splitlines()]
+    assert sum(r.get("task") == "sums" for r in rows) == 4 * 2 + 4  # 2 samples + 1 greedy per question

@@ -142,7 +142,7 @@ _PLAN_ONLY = ("gpu_memory_gb", "max_prompt_tokens")  # read by the memory plan o
 SAME_NUMBERS = ("lora.fused", "rollout.fused_decode")
 # settings added after runs were logged, with the default that reproduces those runs: left out of
 # the identity while they hold it, so earlier runs keep theirs
-ADDED_LATER = {"rollout.seeding": "step", "eval.top_p": 1.0, "eval.max_new_tokens": None}
+ADDED_LATER = {"rollout.seeding": "step", "eval.top_p": 1.0, "eval.max_new_tokens": None, "eval.tasks": []}
 
 
 def config_identity(config) -> str:

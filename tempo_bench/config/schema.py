@@ -4,6 +4,8 @@ settings are validated against its ``Options`` model (``methods.<name>``)."""
 from __future__ import annotations
 
 import difflib
+import re
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
@@ -236,6 +238,25 @@ class CriticConfig(_Strict):
     seed: int = Field(0, description="starting-critic seed: the same critic for every method and run")
 
 
+class EvalTaskConfig(_Strict):
+    """A benchmark evaluated beside the test set at every evaluation (metrics only: no method
+    sees it), logged as eval_<name>/... (a task file's name: its file name without .yaml)."""
+
+    name: str = Field(description=f"{', '.join(TEST_TASKS)}, or a task file (.yaml)")
+    source: str | None = Field(None, description="local JSON list / JSONL / parquet (None: the hub)")
+    limit: int | None = Field(None, ge=1, description="first N questions only")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return _known_task(name, TEST_TASKS)
+
+    def key(self) -> str:
+        """The metric prefix's name: the task name, or the task file's stem (MLflow-safe)."""
+        stem = Path(self.name).stem if is_task_file(self.name) else self.name
+        return re.sub(r"[^\w.-]", "_", stem)
+
+
 class EvalConfig(_Strict):
     every: int = Field(5, ge=1, description="evaluate every this many steps (and at 0 and the end)")
     k: int = Field(8, ge=1, description="samples per test question at temperature 1.0")
@@ -245,6 +266,9 @@ class EvalConfig(_Strict):
     max_new_tokens: int | None = Field(None, ge=1, description="response length of evaluation samples (None: "
                                        "rollout.max_new_tokens)")
     greedy: bool = True
+    tasks: list[EvalTaskConfig] = Field(
+        default_factory=list, description="benchmarks evaluated beside the test set at every evaluation, e.g. "
+        "[{name: aime25}] beside AIME 2024 as TEMPO's scripts do; logged as eval_<name>/...")
     collapse_tolerance: float = Field(
         0.05, ge=0, le=1, description="a run has collapsed once mean@k stays below its step-0 value minus this "
         "for the rest of the run (results tables and figures; not part of the run's identity)")

@@ -17,7 +17,26 @@ def eval_metric_names(cfg) -> set[str]:
     names = {"eval/mean_at_k", "eval/maj_at_k", "eval/pass_at_k", "eval/distinct_answers",
              "eval/answer_entropy", "eval/distinct_2", *(f"eval/pass_at_{j}" for j in range(1, cfg.k + 1)),
              *(f"eval/{name}" for name in M.LENGTH_STATS)}
-    return names | ({"eval/greedy_acc"} if cfg.greedy else set())
+    names |= {"eval/greedy_acc"} if cfg.greedy else set()
+    return names | {extra_key(extra.key(), name) for extra in cfg.tasks for name in names}
+
+
+def extra_key(name: str, key: str) -> str:
+    """The key of an extra benchmark's metric: eval/mean_at_k of ``name`` -> eval_<name>/mean_at_k."""
+    return f"eval_{name}/" + key.split("/", 1)[1]
+
+
+def evaluate_extras(backend: RolloutBackend, extras, cfg, max_new_tokens: int) -> tuple[dict, list[dict], int]:
+    """The benchmarks evaluated beside the test set (eval.tasks; a TaskData each, metrics only):
+    their metrics under their own keys, their per-sample rows tagged with the task, their tokens."""
+    values, rows, tokens = {}, [], 0
+    for extra in extras:
+        more, more_rows, more_tokens = evaluate(backend, extra.test, extra.answer_key, cfg, max_new_tokens,
+                                                extra.grader)
+        values.update({extra_key(extra.name, key): value for key, value in more.items()})
+        rows += [{**row, "task": extra.name} for row in more_rows]
+        tokens += more_tokens
+    return values, rows, tokens
 
 
 def evaluate(

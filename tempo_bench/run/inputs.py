@@ -4,10 +4,15 @@ one named error, not a failed run."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tempo_bench.policy.model import ModelLoadError, check_model, load_tokenizer, prompt_renderer, resolve_model_path
 from tempo_bench.rollout import get_backend
-from tempo_bench.tasks import TaskData, load_task_data
+from tempo_bench.tasks import LabeledQuestion, TaskData, load_eval_task, load_task_data
+
+if TYPE_CHECKING:
+    from tempo_bench.config import RunConfig
+    from tempo_bench.methods.base import Method
 
 
 def check_inputs(config) -> None:
@@ -15,6 +20,8 @@ def check_inputs(config) -> None:
     start from (``critic.init``) and the task's questions (a malformed file is a DataError naming
     file and line). Called before any run is created."""
     load_task_data(config.task)
+    for extra in config.eval.tasks:
+        load_eval_task(extra)
     check_model(config.model.path)
     if config.critic.path is not None:
         check_model(config.critic.path)
@@ -28,6 +35,20 @@ def check_inputs(config) -> None:
                                  "(config.json missing); use 'toy-rlvr', a folder a critic was saved to, or null")
 
 
+def split_labeled(task: TaskData, config: RunConfig, method: Method) -> tuple[list[LabeledQuestion], list[LabeledQuestion]]:
+    """(pool, probe): the probe's labeled questions are held out of the pool that E-steps and
+    labeled M-step rows draw from."""
+    needs_labels = method.uses_critic or method.labeled_per_step() > 0
+    probe_size = config.critic.probe_questions if method.uses_critic else 0
+    pool, probe = task.labeled[probe_size:], task.labeled[:probe_size]
+    if needs_labels and not pool:
+        raise ValueError(
+            f"method {config.method!r} needs labeled questions, but the labeled pool has "
+            f"{len(task.labeled)} (probe: {probe_size}); raise task.labeled_size"
+        )
+    return pool, probe
+
+
 def prompted_task(task: TaskData, tokenizer, model_cfg) -> TaskData:
     """The task with its prompts as the model saw prompts in instruction tuning (its chat
     template, where it has one and model.chat_template is on)."""
@@ -35,9 +56,9 @@ def prompted_task(task: TaskData, tokenizer, model_cfg) -> TaskData:
     return task if render is None else task.with_prompts(render)
 
 
-def longest_prompt(tokenizer, task: TaskData) -> int:
-    """The longest prompt a run of ``task`` samples from (test and labeled questions), in tokens."""
-    prompts = [q.prompt for q in (*task.test, *task.labeled)]
+def longest_prompt(tokenizer, *tasks: TaskData) -> int:
+    """The longest prompt a run of ``tasks`` samples from (test and labeled questions), in tokens."""
+    prompts = [q.prompt for task in tasks for q in (*task.test, *task.labeled)]
     return max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
 
 
@@ -47,5 +68,6 @@ def check_rollout(config) -> None:
     setting, before any run is created. After check_inputs (which reads what this needs) and the
     memory plan (a config that cannot fit fails first, whatever is installed)."""
     tokenizer = load_tokenizer(config.model.path)
-    prompted = prompted_task(load_task_data(config.task), tokenizer, config.model)
-    get_backend(config.rollout.backend).check(config, longest_prompt(tokenizer, prompted))
+    tasks = [load_task_data(config.task), *(load_eval_task(extra) for extra in config.eval.tasks)]
+    prompted = [prompted_task(task, tokenizer, config.model) for task in tasks]
+    get_backend(config.rollout.backend).check(config, longest_prompt(tokenizer, *prompted))

@@ -52,8 +52,8 @@ from tempo_bench.run.checkpoint import (
     save_checkpoint,
 )
 from tempo_bench.run.distributed import Ranks, share_sampling
-from tempo_bench.run.evaluation import evaluate
-from tempo_bench.run.inputs import longest_prompt, prompted_task
+from tempo_bench.run.evaluation import evaluate, evaluate_extras
+from tempo_bench.run.inputs import longest_prompt, prompted_task, split_labeled
 from tempo_bench.run.provenance import git_commit, run_name_of
 from tempo_bench.run.records import PhaseTimer, RunResult
 from tempo_bench.run.step_metrics import (
@@ -61,7 +61,7 @@ from tempo_bench.run.step_metrics import (
     train_batch_metrics,
     true_correctness,
 )
-from tempo_bench.tasks import LabeledQuestion, Question, TaskData, load_task_data
+from tempo_bench.tasks import LabeledQuestion, Question, TaskData, load_eval_task, load_task_data
 
 RUN_TOKENS = ("tokens/rollout", "tokens/policy", "tokens/eval")
 CRITIC_TOKENS = ("tokens/critic", "tokens/estep_rollout")
@@ -91,6 +91,7 @@ class Run:
     result: RunResult
     logged_until: int = -1  # a resumed run recomputes, but does not re-log, steps up to here
     ranks: Ranks = Ranks()  # a data-parallel run's ranks (tempo_bench.run.distributed)
+    extra_evals: tuple[TaskData, ...] = ()  # eval.tasks: benchmarks evaluated beside the test set
 
     # -- the loop body ----------------------------------------------------------------------
     def step(self, step: int) -> dict[str, float]:
@@ -201,6 +202,8 @@ class Run:
                 torch.manual_seed(step_seed(self.config.seed, step, Stream.EVAL))
                 values, rows, eval_tokens = evaluate(self.backend, self.eval_questions, self.task.answer_key,
                                                      self.config.eval, self.config.eval_max_new_tokens(), self.grader)
+                more = evaluate_extras(self.backend, self.extra_evals, self.config.eval, self.config.eval_max_new_tokens())
+                values, rows, eval_tokens = {**values, **more[0]}, rows + more[1], eval_tokens + more[2]
             if step == 0:
                 self.caches.initial_evals[key] = (values, rows, eval_tokens)
         self.tokens["tokens/eval"] += eval_tokens
@@ -325,20 +328,6 @@ def _finite(values: torch.Tensor, what: str) -> torch.Tensor:
     return values
 
 
-def split_labeled(task: TaskData, config: RunConfig, method: Method) -> tuple[list[LabeledQuestion], list[LabeledQuestion]]:
-    """(pool, probe): the probe's labeled questions are held out of the pool that E-steps and
-    labeled M-step rows draw from."""
-    needs_labels = method.uses_critic or method.labeled_per_step() > 0
-    probe_size = config.critic.probe_questions if method.uses_critic else 0
-    pool, probe = task.labeled[probe_size:], task.labeled[:probe_size]
-    if needs_labels and not pool:
-        raise ValueError(
-            f"method {config.method!r} needs labeled questions, but the labeled pool has "
-            f"{len(task.labeled)} (probe: {probe_size}); raise task.labeled_size"
-        )
-    return pool, probe
-
-
 def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, out_dir: Path | None = None,
               caches: RunCaches | None = None, ranks: Ranks = Ranks()) -> Run:
     """Load everything a run of ``config`` needs, once: the task (``task`` overrides the config's
@@ -351,6 +340,7 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
     out_dir = Path(out_dir or Path(config.out) / f"{config.method}-s{config.seed}")
     tokenizer = load_tokenizer(config.model.path)
     task = prompted_task(task, tokenizer, config.model)
+    extras = tuple(prompted_task(load_eval_task(extra), tokenizer, config.model) for extra in config.eval.tasks)
     cls = method_class(config.method)
     method = cls(config.method_options(), n_train=config.rollout.n, seed=config.seed)
     pool, probe_questions = split_labeled(task, config, method)
@@ -361,7 +351,7 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
     try:  # a failure past this point closes the grading workers and the engine it opened
         policy = load_policy(config.model, config.lora, caches.base_models)
         backend = get_backend(config.rollout.backend).create(config, policy, tokenizer, out_dir,
-                                                             longest_prompt=longest_prompt(tokenizer, task))
+                                                             longest_prompt=longest_prompt(tokenizer, task, *extras))
         optimizer = torch.optim.AdamW(trainable_parameters(policy), lr=config.train.lr,
                                       weight_decay=config.train.weight_decay)
         sampling = SamplingParams(n=method.samples_per_prompt(), temperature=config.rollout.temperature,
@@ -382,7 +372,8 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
         raise
     eval_questions = task.test[: config.eval.size] if config.eval.size else task.test
     return Run(config, logger, task, out_dir, caches, method, pool, eval_questions, grader, policy, tokenizer,
-               backend, optimizer, sampling, ops, tokens, RunResult(logger.run_id, out_dir), ranks=ranks)
+               backend, optimizer, sampling, ops, tokens, RunResult(logger.run_id, out_dir), ranks=ranks,
+               extra_evals=extras)
 
 
 def run_ttt(config: RunConfig, logger: Logger, task: TaskData | None = None, out_dir: Path | None = None,
@@ -399,4 +390,4 @@ def run_ttt(config: RunConfig, logger: Logger, task: TaskData | None = None, out
         run.close()
 
 
-__all__ = ["Run", "RunCaches", "RunResult", "build_run", "run_name_of", "run_ttt", "split_labeled"]
+__all__ = ["Run", "RunCaches", "RunResult", "build_run", "run_name_of", "run_ttt"]

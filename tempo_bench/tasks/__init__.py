@@ -27,4 +27,14 @@ def load_task_data(config) -> TaskData:
     return load_real_task(config)
 
 
-__all__ = ["AnswerKey", "LabeledQuestion", "Question", "TASK_SPECS", "Task", "TaskData", "get_task", "load_task_data"]
+def load_eval_task(config) -> TaskData:
+    """A benchmark evaluated beside the test set (tempo_bench.config.EvalTaskConfig): its
+    questions and answer key, no labeled pool; named by ``config.key()``."""
+    task = get_task(config.name)
+    rows = task.load(config.source, limit=config.limit)
+    ids = [f"{config.key()}-{q.id}" for q in rows]
+    return TaskData(name=config.key(), test=[Question(i, q.prompt) for i, q in zip(ids, rows)],
+                    answer_key=AnswerKey({i: q.answer for i, q in zip(ids, rows)}, task), labeled=[], grader=task)
+
+
+__all__ = ["AnswerKey", "LabeledQuestion", "Question", "TASK_SPECS", "Task", "TaskData", "get_task", "load_eval_task", "load_task_data"]
