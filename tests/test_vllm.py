@@ -94,9 +94,9 @@ def test_vllm_takes_its_share_of_the_planned_card_whatever_the_physical_card():
 
 
 def test_vllm_context_is_the_longest_prompt_plus_the_response_unless_set():
-    config = load_config("qwen3-8b-aime24")  # 8192 new tokens, the plan assumes 1024-token prompts
-    assert config.vllm_context_len() == 1024 + 8192
-    assert config.vllm_context_len(longest_prompt=180) == 180 + 8192
+    config = load_config("qwen3-8b-aime24")  # 16,384 new tokens, the plan assumes 2,048-token prompts
+    assert config.vllm_context_len() == 2048 + 16384
+    assert config.vllm_context_len(longest_prompt=180) == 180 + 16384
     fixed = load_config("qwen3-8b-aime24", ["rollout.vllm.max_model_len=12000"])
     assert fixed.vllm_context_len(longest_prompt=180) == 12000
 

@@ -67,15 +67,10 @@ class RealTaskConfig(_Strict):
     labeled_size: int = Field(512, ge=0, description="labeled questions drawn from the pool (D_L)")
     seed: int = Field(1234, description="data seed: which labeled questions are drawn")
 
-    @field_validator("name")
+    @field_validator("name", "labeled")
     @classmethod
-    def _known_test_set(cls, name: str) -> str:
-        return _known_task(name, TEST_TASKS)
-
-    @field_validator("labeled")
-    @classmethod
-    def _known_pool(cls, name: str) -> str:
-        return _known_task(name, LABELED_POOLS)
+    def _known(cls, name: str, info) -> str:
+        return _known_task(name, TEST_TASKS if info.field_name == "name" else LABELED_POOLS)
 
     @model_validator(mode="after")
     def _same_grading(self):
