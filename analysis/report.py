@@ -13,9 +13,11 @@ from tempo_bench.analysis.runs import (
     describe_skipped,
     load_experiment,
     load_reliability,
+    load_rollouts,
     load_run_table,
 )
 
+from tempo_bench.core.metrics import question_flips
 from tempo_bench.core.stats import mean_ci, probability_of_improvement_ci
 from tempo_bench.experiments.results import Outcome, results_table, summarise
 from tempo_bench.methods.catalog import method_names
@@ -115,6 +117,7 @@ def write_report(experiment: str, tracking_uri: str | None, out: Path, refresh: 
         path.write_text(text + "\n")
         written.append(path)
     print("  wrote results.md / results.tex")
+    written += _write_question_flips(experiment, runs, tracking_uri, out)
     if _is_interval_sweep(runs):
         path = out / "results_by_interval.md"
         path.write_text(f"Experiment `{experiment}`: TEMPO per recalibration interval K, mean over runs "
@@ -122,6 +125,46 @@ def write_report(experiment: str, tracking_uri: str | None, out: Path, refresh: 
         written.append(path)
         print("  wrote results_by_interval.md")
     return written
+
+
+def _write_question_flips(experiment: str, runs: pd.DataFrame, tracking_uri: str | None, out: Path) -> list[Path]:
+    """per_question.md from the runs' per-sample rollouts (skipped, saying so, where they were not logged)."""
+    try:
+        rollouts = pd.concat([load_rollouts(run_id, tracking_uri) for run_id in runs.run_id])
+    except ValueError as err:
+        print(f"  skipped per_question.md: {err}")
+        return []
+    path = out / "per_question.md"
+    path.write_text(f"Experiment `{experiment}`: test questions gained and lost between the first and the last "
+                    f"evaluation (a question counts as right at mean@k >= 0.5).\n\n"
+                    f"{question_flip_table(rollouts, runs)}\n")
+    print("  wrote per_question.md")
+    return [path]
+
+
+def question_flip_table(rollouts: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """Markdown: per method, how many test questions its runs gained and lost between their first
+    and last evaluation (mean over runs; core.metrics.question_flips on each run's sampled rows),
+    and the questions that flipped in any run, with their mean@k first and last (mean over runs).
+    rollouts: the per-sample rows of analysis.runs.load_rollouts; runs: run_id -> method."""
+    sampled = rollouts[~rollouts.greedy & (rollouts["task"].isna() if "task" in rollouts else True)]
+    accuracy = sampled.groupby(["run_id", "step", "question_id"]).correct.mean()
+    flips = []
+    for run_id, per_step in accuracy.groupby(level="run_id"):
+        steps = per_step.index.get_level_values("step")
+        first, last = (per_step.xs((run_id, s), level=("run_id", "step")).to_dict() for s in (steps.min(), steps.max()))
+        flips += [{"run_id": run_id, **row} for row in question_flips(first, last)]
+    table = pd.DataFrame(flips).merge(runs[["run_id", "method"]], on="run_id")
+    lines = ["| method | runs | questions gained | questions lost |", "|---|---|---|---|"]
+    for method, sub in table.groupby("method"):
+        per_run = sub.groupby("run_id").flip.agg(gained=lambda f: (f == "gained").sum(), lost=lambda f: (f == "lost").sum())
+        lines.append(f"| {method} | {len(per_run)} | {per_run.gained.mean():.1f} | {per_run.lost.mean():.1f} |")
+    lines += ["", "| method | question | mean@k first | mean@k last | runs gained | runs lost |", "|---|---|---|---|---|---|"]
+    moved = table[table.flip != ""]
+    for (method, question), sub in table[table.question_id.isin(moved.question_id)].groupby(["method", "question_id"]):
+        lines.append(f"| {method} | {question} | {sub['first'].mean():.3f} | {sub['last'].mean():.3f} | "
+                     f"{(sub.flip == 'gained').sum()} | {(sub.flip == 'lost').sum()} |")
+    return "\n".join(lines)
 
 
 def _is_interval_sweep(runs: pd.DataFrame) -> bool:

@@ -171,6 +171,8 @@ def test_figures_command_writes_figures_and_tables_and_names_what_is_missing(sto
     table = (out / "results.md").read_text()
     assert "| standard_ttt | 2 |" in table and "| tempo | 2 |" in table and "P(TEMPO > method)" in table
     assert "\\begin{tabular}" in (out / "results.tex").read_text()
+    flips = (out / "per_question.md").read_text()
+    assert "| standard_ttt | 2 |" in flips and "| tempo | 2 |" in flips and "questions gained" in flips
     assert main(["figures", "--experiment", "nope", "--tracking-uri", store[1], "--out", str(out)]) == 2
 
 
@@ -198,3 +200,18 @@ def test_an_eval_tasks_benchmark_gets_its_own_accuracy_figure(frame):
     assert line_labels(ax) == ["standard TTT", "TEMPO"] and fig.texts[0].get_text() == "Accuracy on sums"
     main_fig = F.accuracy_vs_step(frame)
     assert not np.allclose(ax.get_lines()[0].get_ydata(), main_fig.axes[0].get_lines()[0].get_ydata())
+
+
+def test_question_flip_table_counts_by_hand():
+    """Two runs of one method: run a gains q1 (0/2 -> 2/2) and loses q2 (2/2 -> 0/2); run b changes nothing."""
+    from tempo_bench.analysis.report import question_flip_table
+
+    def rows(run, step, correct):
+        return [{"run_id": run, "step": step, "question_id": q, "sample": j, "greedy": False, "correct": c}
+                for q, cs in correct.items() for j, c in enumerate(cs)]
+
+    rollouts = pd.DataFrame(rows("a", 0, {"q1": [0, 0], "q2": [1, 1]}) + rows("a", 4, {"q1": [1, 1], "q2": [0, 0]})
+                            + rows("b", 0, {"q1": [1, 1], "q2": [1, 1]}) + rows("b", 4, {"q1": [1, 1], "q2": [1, 1]}))
+    table = question_flip_table(rollouts, pd.DataFrame({"run_id": ["a", "b"], "method": ["tempo", "tempo"]}))
+    assert "| tempo | 2 | 0.5 | 0.5 |" in table  # one gained and one lost over two runs
+    assert "| tempo | q1 | 0.500 | 1.000 | 1 | 0 |" in table and "| tempo | q2 | 1.000 | 0.500 | 0 | 1 |" in table

@@ -62,6 +62,15 @@ def test_two_steps_train_lora_and_log_every_metric(first_run):
     logged_at_0 = {key for key, values in logger.metrics.items() if key.startswith("eval/") and values[0][0] == 0}
     assert logged_at_0 == eval_metric_names(two_step_config().eval)
     assert "rollouts/eval_step_00002.jsonl" in logger.artifacts
+    # the per-question table: mean@k of each test question at the first and the last evaluation
+    import csv
+    import io
+
+    table = list(csv.DictReader(io.StringIO(logger.artifacts["per_question.csv"])))
+    assert len(table) == 4 and set(table[0]) == {"question_id", "accuracy_step_0", "accuracy_step_2", "change", "flip"}
+    for step in (0, 2):
+        mean = sum(float(row[f"accuracy_step_{step}"]) for row in table) / len(table)
+        assert mean == pytest.approx(dict(logger.metrics["eval/mean_at_k"])[step])
     assert logger.history("tokens/rollout")[1] > logger.history("tokens/rollout")[0] > 0
 
 

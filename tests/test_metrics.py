@@ -124,3 +124,13 @@ def test_response_lengths_and_truncation_rate_by_hand():
                      "eval/response_length_p90": 76.0,  # numpy's linear interpolation: 40 + 0.6 * 60
                      "eval/response_length_max": 100.0, "eval/truncation_rate": 0.4}
     assert M.response_lengths([], [], "train") == {}
+
+
+def test_question_flips_by_hand():
+    first = {"a": 0.25, "b": 0.75, "c": 0.5, "d": 0.0}
+    last = {"a": 0.5, "b": 0.25, "c": 1.0, "e": 1.0}
+    assert M.question_flips(first, last) == [
+        {"question_id": "a", "first": 0.25, "last": 0.5, "change": 0.25, "flip": "gained"},
+        {"question_id": "b", "first": 0.75, "last": 0.25, "change": -0.5, "flip": "lost"},
+        {"question_id": "c", "first": 0.5, "last": 1.0, "change": 0.5, "flip": ""},
+    ]  # d and e are in one evaluation only

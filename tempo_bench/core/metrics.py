@@ -115,6 +115,20 @@ def response_lengths(lengths: Sequence[int], finished: Sequence[bool], prefix: s
     return {f"{prefix}/{name}": float(value) for name, value in zip(LENGTH_STATS, stats)}
 
 
+def question_flips(first: dict[str, float], last: dict[str, float], threshold: float = 0.5) -> list[dict]:
+    """Per test question, its sampled accuracy (mean@k) at a first and a last evaluation, the
+    change, and whether it flipped: "gained" (below ``threshold`` first, at or above it last),
+    "lost" (the reverse) or "". Questions of both evaluations, in the first's order."""
+    rows = []
+    for question, before in first.items():
+        if question in last:
+            after = last[question]
+            flip = "gained" if before < threshold <= after else "lost" if after < threshold <= before else ""
+            rows.append({"question_id": question, "first": before, "last": after, "change": after - before,
+                         "flip": flip})
+    return rows
+
+
 def pointbiserial(rewards: np.ndarray, correct: np.ndarray) -> float:
     """Point-biserial correlation between reward and true correctness over all samples (the
     paper's "reward quality"); NaN when either is constant."""

@@ -26,6 +26,31 @@ def extra_key(name: str, key: str) -> str:
     return f"eval_{name}/" + key.split("/", 1)[1]
 
 
+def question_accuracy(rows: list[dict]) -> dict[str, float]:
+    """mean@k per test question from an evaluation's per-sample rows (the test set's sampled
+    rows: not greedy, not an eval.tasks benchmark's)."""
+    by_question: dict[str, list[bool]] = {}
+    for row in rows:
+        if not row["greedy"] and "task" not in row:
+            by_question.setdefault(row["question_id"], []).append(row["correct"])
+    return {question: float(np.mean(correct)) for question, correct in by_question.items()}
+
+
+def question_table(accuracy: dict[int, dict[str, float]]) -> str:
+    """The per-question table of a run as CSV: mean@k at the first and the last evaluation of
+    ``accuracy`` (step -> question -> mean@k), the change and the flip (core.metrics.question_flips)."""
+    import csv
+    import io
+
+    first, last = min(accuracy), max(accuracy)
+    out = io.StringIO()
+    table = csv.writer(out, lineterminator="\n")
+    table.writerow(["question_id", f"accuracy_step_{first}", f"accuracy_step_{last}", "change", "flip"])
+    table.writerows([r["question_id"], f"{r['first']:.4f}", f"{r['last']:.4f}", f"{r['change']:+.4f}", r["flip"]]
+                    for r in M.question_flips(accuracy[first], accuracy[last]))
+    return out.getvalue()
+
+
 def evaluate_extras(backend: RolloutBackend, extras, cfg, max_new_tokens: int) -> tuple[dict, list[dict], int]:
     """The benchmarks evaluated beside the test set (eval.tasks; a TaskData each, metrics only):
     their metrics under their own keys, their per-sample rows tagged with the task, their tokens."""

@@ -34,3 +34,5 @@ class RunResult:
     out_dir: Path
     evals: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> eval metrics
     steps: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> train metrics
+    # step -> question -> mean@k, for the first and the latest evaluation (the per-question table)
+    question_accuracy: dict[int, dict[str, float]] = field(default_factory=dict)

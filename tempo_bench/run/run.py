@@ -52,7 +52,7 @@ from tempo_bench.run.checkpoint import (
     save_checkpoint,
 )
 from tempo_bench.run.distributed import Ranks, share_sampling
-from tempo_bench.run.evaluation import evaluate, evaluate_extras
+from tempo_bench.run.evaluation import evaluate, evaluate_extras, question_accuracy, question_table
 from tempo_bench.run.inputs import longest_prompt, prompted_task, split_labeled
 from tempo_bench.run.provenance import git_commit, run_name_of
 from tempo_bench.run.records import PhaseTimer, RunResult
@@ -208,6 +208,8 @@ class Run:
                 self.caches.initial_evals[key] = (values, rows, eval_tokens)
         self.tokens["tokens/eval"] += eval_tokens
         self.result.evals[step] = values
+        kept = self.result.question_accuracy  # the first evaluation's and this one's
+        self.result.question_accuracy = {s: kept[s] for s in kept if s == min(kept)} | {step: question_accuracy(rows)}
         if self.config.log.rollouts_jsonl:  # before the metrics: a replayed step rewrites the same file
             self.logger.log_text("\n".join(json.dumps(r) for r in rows) + "\n", f"rollouts/eval_step_{step:05d}.jsonl")
         return {**values, "tokens/eval": self.tokens["tokens/eval"], "time/eval": time.perf_counter() - start}
@@ -241,6 +243,7 @@ class Run:
         ops = self.critic_ops
         state = {"run_id": self.logger.run_id, "tokens": self.tokens, "method": self.method.state_dict(),
                  "evals": self.result.evals, "steps": self.result.steps, "config": self.config.model_dump(),
+                 "question_accuracy": self.result.question_accuracy,
                  "critic_counters": {"estep_count": ops.estep_count} if ops else None,
                  "critic_layout": self.config.critic_layout() if ops else None}
         save_checkpoint(self.out_dir, step, self.policy, self.optimizer, ops.critic if ops else None, state)
@@ -265,6 +268,7 @@ class Run:
         self.tokens.update(state["tokens"])
         self.result.evals.update({int(k): v for k, v in state["evals"].items()})
         self.result.steps.update({int(k): v for k, v in state["steps"].items()})
+        self.result.question_accuracy = {int(k): v for k, v in state.get("question_accuracy", {}).items()}
         self.logged_until = self.logger.last_step()
         self.backend.sync_weights()  # the restored adapter, not the one the starting critic was built with
         print(f"resuming {self.out_dir.name} after step {state['step']} (checkpoint {path.name})")
@@ -275,6 +279,8 @@ class Run:
         and the trained adapter and critic as artefacts."""
         self.logger.set_tags({"stop_reason": "token budget" if over_budget else "steps", "steps_done": str(steps_done)})
         self.logger.log_artifacts(save_adapter(self.policy, self.out_dir / "adapter"), "adapter")
+        if len(self.result.question_accuracy) == 2:  # which test questions the run gained and lost
+            self.logger.log_text(question_table(self.result.question_accuracy), "per_question.csv")
         if self.critic_ops is not None:
             self.logger.log_artifacts(self.critic_ops.critic.save(self.out_dir / "critic"), "critic")
 
