@@ -105,7 +105,7 @@ def test_a_grid_larger_than_its_points_is_a_config_error(tmp_path, capsys):
     data["n_trials"] = 5
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(data))
-    assert "n_trials=5 but the grid has 2 points" in error_of(capsys, ["sweep", str(spec), "--out", str(tmp_path)])
+    assert "n_trials=5 but the grid holds 2 distinct points" in error_of(capsys, ["sweep", str(spec), "--out", str(tmp_path)])
 
 
 def test_config_identity_ignores_output_settings_and_number_spelling():

@@ -71,7 +71,11 @@ def _two_workers(tmp_path, created_store, storage=None):
     extra = ["--workers", "2"] + (["--storage", storage] if storage else [])
     subprocess.run(sweep_cmd(spec, tmp_path, *extra), check=True, timeout=600)
     trials = trials_of(spec, tmp_path, storage)
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4 and all("duplicate_of" in t.user_attrs for t in trials if t not in complete)
+    # each parameter set trained once: both workers' samplers share the seed, not the draws
+    assert sorted(t.params["methods.tempo.recal_interval"] for t in complete) == [1, 2, 3, 4]
+    trials = complete
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) == 2, f"trials came from {workers}"
     from mlflow.tracking import MlflowClient
@@ -81,7 +85,7 @@ def _two_workers(tmp_path, created_store, storage=None):
     runs = client.search_runs([exp.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("sweep_parent") == "smoke"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.data.tags["trial_number"] for r in children) == ["0", "1", "2", "3"]
+    assert sorted(r.data.tags["trial_number"] for r in children) == sorted(str(t.number) for t in trials)
     assert all(r.data.tags["trial_state"] == "COMPLETE" and "objective" in r.data.metrics for r in children)
     assert all("eval/mean_at_k" in r.data.metrics and "trial.methods.tempo.recal_interval" in r.data.params
                for r in children)
@@ -145,3 +149,48 @@ def test_a_study_planned_by_two_coordinators_at_once_runs_each_trial_once(tmp_pa
     duplicates = [t for t in trials if "duplicate_of" in t.user_attrs]
     assert len(duplicates) == owed and all(t.state == TrialState.FAIL for t in duplicates)
     assert all(t.user_attrs["duplicate_of"] in ran for t in duplicates)
+
+
+def test_draws_depend_on_the_trial_number_not_on_the_worker_or_the_rerun(tmp_path):
+    """Every worker and every rerun builds the sampler with the study's seed; reseeded per trial,
+    two workers draw different points and a rerun continues the sequence instead of replaying it."""
+    from tempo_bench.experiments.sweep.spec import suggest
+
+    spec = load_spec(spec_file(tmp_path, n_trials=6, sampler={"name": "random", "seed": 0},
+                               space={"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}))
+    storage = make_storage(None, tmp_path / "study")
+    worker_a, worker_b = open_study(spec, "draws", storage), open_study(spec, "draws", storage)
+
+    def draw(study):
+        trial = study.ask()
+        value = suggest(trial, spec)["train.lr"]
+        study.tell(trial, 0.0)
+        return value
+
+    drawn = [draw(study) for study in (worker_a, worker_b, worker_a, worker_b)]
+    assert len(set(drawn)) == 4
+    rerun = open_study(spec, "draws", make_storage(None, tmp_path / "study"))
+    assert draw(rerun) not in drawn
+    alone = open_study(spec, "alone", make_storage(None, tmp_path / "other"))
+    assert [draw(alone) for _ in range(4)] == drawn  # trial n draws the same point, whoever draws it
+
+
+def test_a_point_already_held_is_not_trained_again_and_the_space_bounds_n_trials(tmp_path):
+    from optuna.trial import TrialState
+
+    from tempo_bench.experiments.sweep.study import drawn_before
+
+    spec = load_spec(spec_file(tmp_path, n_trials=2, sampler={"name": "random", "seed": 0},
+                               space={"methods.tempo.recal_interval": {"type": "categorical", "choices": [1, 2]}}))
+    study = open_study(spec, "held", make_storage(None, tmp_path / "study"))
+    first = study.ask({"methods.tempo.recal_interval": __import__("optuna").distributions.CategoricalDistribution([1, 2])})
+    study.tell(first, 0.5)
+    held = first.params
+    assert drawn_before(study, first.number + 1, held) == first.number
+    assert drawn_before(study, first.number + 1, {"methods.tempo.recal_interval": 3 - held["methods.tempo.recal_interval"]}) is None
+    assert drawn_before(study, first.number, held) is None  # a trial does not hold against itself
+    failed = study.ask()
+    study.tell(failed, state=TrialState.FAIL)  # a failed trial holds nothing
+    with pytest.raises(ConfigError, match="n_trials=3 but the search space holds 2 distinct points"):
+        load_spec(spec_file(tmp_path, n_trials=3, sampler={"name": "random", "seed": 0},
+                            space={"methods.tempo.recal_interval": {"type": "categorical", "choices": [1, 2]}}))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from tempo_bench.core.errors import ConfigError, Interrupted
+from tempo_bench.core.errors import Interrupted
 from tempo_bench.core.loggers import default_tracking_uri
 from tempo_bench.core.processes import stop_processes
 from tempo_bench.core.tracking import check_tracking, ensure_writable, tracking_client
@@ -23,6 +23,7 @@ from tempo_bench.experiments.sweep.spec import (
     ObjectiveSpec,
     ParamSpec,
     SweepSpec,
+    check_trial_count,
     grid_points,
     load_spec,
     objective_value,
@@ -66,8 +67,7 @@ def run_sweep(spec_path: str, study_name: str | None, storage_url: str | None, n
     spec = load_spec(spec_path)
     study_name = study_name or spec.study
     n_trials = n_trials or spec.n_trials
-    if spec.sampler.name == "grid" and n_trials > len(grid_points(spec)):
-        raise ConfigError(f"--n-trials {n_trials}: the grid of {spec_path} has {len(grid_points(spec))} points")
+    check_trial_count(spec, n_trials, f"--n-trials {n_trials} with {spec_path}")
 
     base_config = trial_config(spec, {})
     check_inputs(base_config)  # a missing model or a malformed task file: before any trial

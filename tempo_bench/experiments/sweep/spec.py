@@ -93,9 +93,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     if spec.sampler.name == "grid":
         if any(p.type != "categorical" for p in spec.space.values()):
             raise ConfigError(f"sweep spec {path}: the grid sampler needs every parameter to be categorical")
-        size = len(grid_points(spec))
-        if spec.n_trials > size:
-            raise ConfigError(f"sweep spec {path}: n_trials={spec.n_trials} but the grid has {size} points")
+    check_trial_count(spec, spec.n_trials, f"sweep spec {path}")
     check_objective(spec, path)
     return spec
 
@@ -107,6 +105,29 @@ def check_objective(spec: SweepSpec, where: str | Path) -> None:
     if spec.objective.metric not in logged:
         raise ConfigError(f"sweep spec {where}: objective.metric {spec.objective.metric!r} is not an evaluation "
                           f"metric a run of this spec logs; choose one of: {', '.join(sorted(logged))}")
+
+
+def space_size(spec: SweepSpec) -> int | None:
+    """How many distinct points the search space holds (each is trained once), None if unbounded
+    (a float range without a step)."""
+    size = 1
+    for p in spec.space.values():
+        if p.type == "categorical":
+            size *= len(p.choices)
+        elif p.type == "int" or p.step:
+            size *= int((p.high - p.low) // (p.step or 1)) + 1
+        else:
+            return None
+    return size
+
+
+def check_trial_count(spec: SweepSpec, n_trials: int, where: str) -> None:
+    """A sweep cannot finish more trials than its space has distinct points."""
+    size = space_size(spec)
+    if size is not None and n_trials > size:
+        kind = "grid" if spec.sampler.name == "grid" else "search space"
+        raise ConfigError(f"{where}: n_trials={n_trials} but the {kind} holds {size} distinct points (each is "
+                          "trained once); lower n_trials or widen the space")
 
 
 def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:

@@ -45,13 +45,33 @@ def make_storage(url: str | None, sweep_dir: Path):
         raise StorageError(f"the Optuna storage at {redact(url)} cannot be opened: {err}") from None
 
 
+def trial_seed(study_seed: int, number: int) -> int:
+    """The sampler's seed for trial ``number`` of a study seeded ``study_seed``: draws depend on
+    the trial's number, which the storage hands out once, not on the worker or the rerun."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([study_seed, number]).generate_state(1)[0])
+
+
 def _sampler(spec: SweepSpec):
+    """The study's sampler. Seeded, it is reseeded per trial (trial_seed): every worker and every
+    rerun builds one with the same seed, and a sampler seeded once would draw the same sequence in
+    each of them, training each point once per worker and replaying it after an interruption."""
     import optuna
 
+    class PerTrialSeeds:
+        def before_trial(self, study, trial):
+            if spec.sampler.seed is not None:
+                seed = trial_seed(spec.sampler.seed, trial.number)
+                for owner in (self, getattr(self, "_random_sampler", None)):  # TPE draws its first trials at random
+                    if owner is not None:
+                        owner._rng.rng.seed(seed)
+            super().before_trial(study, trial)
+
     if spec.sampler.name == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.sampler.seed)
+        return type("TrialSeededTPE", (PerTrialSeeds, optuna.samplers.TPESampler), {})(seed=spec.sampler.seed)
     # grid: every point is enqueued (see plan_trials), the sampler is never asked for a value
-    return optuna.samplers.RandomSampler(seed=spec.sampler.seed)
+    return type("TrialSeededRandom", (PerTrialSeeds, optuna.samplers.RandomSampler), {})(seed=spec.sampler.seed)
 
 
 def _pruner(spec: SweepSpec):
@@ -184,6 +204,19 @@ def queued_twice(study, claimed, spec: SweepSpec) -> int | None:
     owning = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
     earlier = [t.number for t in study.get_trials(deepcopy=False, states=owning)
                if t.number < claimed.number and slot(t) == slot(claimed)]
+    return min(earlier, default=None)
+
+
+def drawn_before(study, number: int, params: dict[str, Any]) -> int | None:
+    """The number of an earlier trial (waiting, running or finished) with the parameters trial
+    ``number`` just drew, or None. A sampler may draw a point again (a small categorical space, a
+    TPE that trusts its best point, two workers drawing at the same moment); the earlier trial owns
+    the point and the later draw is not trained."""
+    from optuna.trial import TrialState
+
+    owning = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+    earlier = [t.number for t in study.get_trials(deepcopy=False, states=owning)
+               if t.number < number and _key(trial_params(t)) == _key(params)]
     return min(earlier, default=None)
 
 

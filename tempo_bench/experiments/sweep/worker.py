@@ -22,9 +22,18 @@ from tempo_bench.experiments.sweep.spec import (
     suggest,
     trial_config,
 )
-from tempo_bench.experiments.sweep.study import count_finished, make_storage, open_study, queued_twice, trial_params
+from tempo_bench.experiments.sweep.study import (
+    count_finished,
+    drawn_before,
+    make_storage,
+    open_study,
+    queued_twice,
+    trial_params,
+)
 from tempo_bench.run.caches import RunCaches
 from tempo_bench.run.run import run_ttt
+
+MAX_REDRAWS = 50  # draws in a row of points other trials hold before a worker calls the space exhausted
 
 
 def parent_run_id(tracking_uri: str, experiment: str, study_name: str, artifact_root: Path) -> str:
@@ -176,7 +185,7 @@ def run_worker(spec_path: str, study_name: str, storage_url: str | None, n_trial
     out = Path(out_dir)
     study = open_study(spec, study_name, make_storage(storage_url, out / "sweeps" / study_name))
     objective = make_objective(spec, study_name, tracking_uri, out, progress, watch_parent)
-    errors = 0
+    errors, redrawn = 0, 0
     while errors < spec.max_failed_trials:
         trial = claim_queued(study, spec)
         if trial is None:
@@ -184,6 +193,17 @@ def run_worker(spec_path: str, study_name: str, storage_url: str | None, n_trial
             if spec.sampler.name == "grid" or count_finished(study) + running >= n_trials:
                 return
             trial = study.ask()
+            owner = drawn_before(study, trial.number, suggest(trial, spec))
+            if owner is not None:  # a point another trial holds: not trained twice, drawn again
+                study._storage.set_trial_user_attr(trial._trial_id, "duplicate_of", owner)
+                study.tell(trial, state=TrialState.FAIL)
+                redrawn += 1
+                if redrawn >= MAX_REDRAWS:
+                    print(f"worker {os.getpid()}: {redrawn} draws in a row gave points other trials hold; "
+                          "the search space looks exhausted")
+                    return
+                continue
+            redrawn = 0
         errors += run_trial(study, trial, objective) == "FAIL"
     print(f"worker {os.getpid()}: stopping after {errors} failed trials (max_failed_trials)")
 
