@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tempo_bench.commands.cli import main
 from tempo_bench.run.checkpoint import latest_checkpoint, load_state
 
@@ -111,3 +113,30 @@ def test_a_checkpoint_made_before_a_config_field_existed_still_resumes(tmp_path)
     assert check_resumable(path, load_config("toy-smoke", ["lora.fused=false", "rollout.fused_decode=false"]))
     with pytest.raises(ConfigError, match="train.lr"):
         check_resumable(path, load_config("toy-smoke", ["train.lr=1e-3"]))
+
+
+@pytest.mark.parametrize("damaged", ["optimizer.pt", "adapter/adapter_model.safetensors", "state.json"])
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(tmp_path, created_store, capsys,
+                                                                             damaged):
+    """A full disk or a kill between files can leave the newest checkpoint truncated: --resume
+    warns in one line, sets it aside (kept, renamed damaged_step_N) and continues from the one
+    before; every step ends up logged once."""
+    created_store(tmp_path)
+    short = [a if a != f"train.steps={STEPS}" else "train.steps=3" for a in ARGS]
+    assert main(["run", *short, "--out", str(tmp_path)]) == 0
+    folder = run_dir(tmp_path)
+    newest = latest_checkpoint(folder)
+    assert newest.name == "step_000003"
+    target = newest / damaged
+    target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])  # truncated
+    assert latest_checkpoint(folder).name == "step_000002"
+    capsys.readouterr()
+    longer = [a if a != "train.steps=3" else "train.steps=4" for a in short]
+    assert main(["run", *longer, "--out", str(tmp_path), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: checkpoint {newest} cannot be loaded ({damaged}" in err
+    assert "set aside as damaged_step_000003, resuming from step_000002" in err and "Traceback" not in err
+    assert (folder / "checkpoints" / "damaged_step_000003").is_dir()
+    run, history = histories(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert [s for s, _ in history["reward/mean"]] == [1, 2, 3, 4]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -48,11 +49,58 @@ def save_checkpoint(run_dir: Path, step: int, policy, optimizer, critic, state: 
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / "checkpoints" / "latest"
-    if not pointer.is_file():
+    """The newest checkpoint of a run folder that can be loaded, or None. Newer ones a full disk or
+    a kill left damaged are passed over (set_aside_damaged moves them out of the way)."""
+    if not (run_dir / "checkpoints" / "latest").is_file():
         return None
-    path = run_dir / "checkpoints" / pointer.read_text().strip()
-    return path if (path / "state.json").is_file() else None
+    return next((path for path in _newest_first(run_dir) if damage(path) is None), None)
+
+
+def _newest_first(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("step_*"), reverse=True)
+
+
+def damage(path: Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be loaded (a missing or truncated file), or None. Reads
+    headers only: state.json parses, every safetensors file's header fits the file, the optimizer
+    state is a complete torch (zip) file."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    try:
+        json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as err:
+        return f"state.json: {err}"
+    for tensors in [path / "adapter" / "adapter_model.safetensors", *sorted(path.glob("critic/**/*.safetensors"))]:
+        try:
+            with safe_open(str(tensors), framework="pt"):
+                pass
+        except Exception as err:  # noqa: BLE001 (safetensors raises its own and OS errors)
+            return f"{tensors.relative_to(path)}: {err}"
+    if not zipfile.is_zipfile(path / "optimizer.pt"):
+        return "optimizer.pt: missing or truncated"
+    return None
+
+
+def set_aside_damaged(run_dir: Path) -> list[str]:
+    """Rename the damaged checkpoints newer than the latest loadable one to ``damaged_step_N``
+    (kept for inspection, never loaded) and point ``latest`` at the loadable one; prints a
+    one-line warning for each and returns them."""
+    usable = latest_checkpoint(run_dir)
+    notes = []
+    for path in _newest_first(run_dir):
+        if path == usable:
+            break
+        why = damage(path)
+        os.replace(path, path.with_name(f"damaged_{path.name}"))
+        notes.append(f"checkpoint {path} cannot be loaded ({why}); set aside as damaged_{path.name}"
+                     + (f", resuming from {usable.name}" if usable else ""))
+    if usable is not None and notes:
+        (run_dir / "checkpoints" / "latest").write_text(usable.name)
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    return notes
 
 
 def load_state(path: Path) -> dict:

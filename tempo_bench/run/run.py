@@ -45,12 +45,8 @@ from tempo_bench.policy.update import policy_update
 from tempo_bench.rollout import SamplingParams, get_backend
 from tempo_bench.rollout.base import RolloutBackend
 from tempo_bench.run.caches import RunCaches, initial_eval_key
-from tempo_bench.run.checkpoint import (
-    check_resumable,
-    latest_checkpoint,
-    restore_policy,
-    save_checkpoint,
-)
+from tempo_bench.run.checkpoint import check_resumable, latest_checkpoint, restore_policy, save_checkpoint
+from tempo_bench.run.checkpoint import set_aside_damaged
 from tempo_bench.run.distributed import Ranks, share_sampling
 from tempo_bench.run.evaluation import evaluate, evaluate_extras, question_accuracy, question_table
 from tempo_bench.run.inputs import longest_prompt, prompted_task, split_labeled
@@ -250,6 +246,7 @@ class Run:
 
     def resume(self) -> int:
         """Load the latest checkpoint of the run's folder; returns the step it holds."""
+        set_aside_damaged(self.out_dir)  # a warning for each checkpoint a full disk or a kill damaged
         path = latest_checkpoint(self.out_dir)
         if path is None:
             raise ValueError(f"nothing to resume: no checkpoint under {self.out_dir / 'checkpoints'}")
