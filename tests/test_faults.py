@@ -142,6 +142,29 @@ def test_run_sigterm_checkpoints_the_step_it_is_in_and_resume_finishes_it(tmp_pa
     assert_each_step_once(db, run.info.run_id, steps)
 
 
+def test_a_second_process_on_a_live_run_is_refused_and_the_run_is_untouched(tmp_path, created_store, capsys):
+    """`run --resume` while the original process still trains: one error naming that process,
+    before the MLflow run is reopened; the original finishes with every step logged once."""
+    from tempo_bench.commands.cli import main
+
+    created_store(tmp_path)
+    steps, db = 5, tmp_path / "mlflow.db"
+    args = ["run", *SMOKE, "--method", "standard_ttt", "--set", f"train.steps={steps}", "--out", str(tmp_path)]
+    proc = start(cli(*args))
+    deadline = time.time() + 300
+    while checkpointed_step(tmp_path / "tempo-bench") < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before the second process could try"
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "is in use by process" in err and str(proc.pid) in err and "Traceback" not in err
+    proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    (run,) = runs_of(db, "tempo-bench")
+    assert run.info.status == "FINISHED"
+    assert_each_step_once(db, run.info.run_id, steps)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig,workers", [(signal.SIGINT, "2"), (signal.SIGKILL, "1")], ids=["sigint-2-workers", "sigkill-sequential"])
 def test_compare_interrupted_then_resumed_counts_every_run_once(tmp_path, created_store, sig, workers):

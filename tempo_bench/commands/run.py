@@ -19,6 +19,7 @@ from tempo_bench.core.tracking import check_tracking, ensure_writable
 from tempo_bench.methods.catalog import method_class
 from tempo_bench.run.checkpoint import (
     check_resumable,
+    check_run_folder_free,
     find_resumable,
     latest_checkpoint,
     load_state,
@@ -98,6 +99,9 @@ def _run(args, config, ranks: Ranks) -> int:
         if plan is not None:
             print("\n".join(f"  {line}" for line in plan.lines()))
     resume = args.resume and _has_checkpoint(config)
+    if resume and ranks.main:  # before its MLflow run is reopened: a live process may hold it
+        check_run_folder_free(find_resumable(Path(config.out), config.log.experiment,
+                                             run_name_of(config.method, config.seed)))
     if args.resume and not resume and ranks.main:  # one command line for a job that may be requeued
         print(f"  --resume: no checkpointed run {run_name_of(config.method, config.seed)!r} under "
               f"{Path(config.out) / config.log.experiment} yet; starting it")

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -113,6 +115,35 @@ def restore_policy(path: Path, policy, optimizer) -> None:
 
     set_peft_model_state_dict(policy, load_file(str(path / "adapter" / "adapter_model.safetensors")))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+
+
+@contextmanager
+def hold_run_folder(run_dir: Path):
+    """One process per run: an exclusive lock on the run folder while a process trains it (the OS
+    drops it when the process dies, so a kill leaves nothing to clean). A second process on the same
+    run, ``--resume`` included, is a ConfigError naming the first: both would write one MLflow run
+    and one checkpoint folder, and log every remaining step twice."""
+    from filelock import FileLock, Timeout
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock, owner = FileLock(str(run_dir / ".run.lock")), run_dir / ".run.owner"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = owner.read_text().strip() if owner.is_file() else "another process"
+        raise ConfigError(f"run folder {run_dir} is in use by {holder}: wait for it to end or stop it, then "
+                          "resume") from None
+    try:
+        owner.write_text(f"process {os.getpid()} on {socket.gethostname()}")
+        yield
+    finally:
+        lock.release()
+
+
+def check_run_folder_free(run_dir: Path) -> None:
+    """The ConfigError of hold_run_folder, now, without holding the folder."""
+    with hold_run_folder(run_dir):
+        pass
 
 
 def find_resumable(out: Path, experiment: str, run_name: str) -> Path | None:

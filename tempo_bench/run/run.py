@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +46,7 @@ from tempo_bench.rollout import SamplingParams, get_backend
 from tempo_bench.rollout.base import RolloutBackend
 from tempo_bench.run.caches import RunCaches, initial_eval_key
 from tempo_bench.run.checkpoint import check_resumable, latest_checkpoint, restore_policy, save_checkpoint
-from tempo_bench.run.checkpoint import set_aside_damaged
+from tempo_bench.run.checkpoint import hold_run_folder, set_aside_damaged
 from tempo_bench.run.distributed import Ranks, share_sampling
 from tempo_bench.run.evaluation import evaluate, evaluate_extras, question_accuracy, question_table
 from tempo_bench.run.inputs import longest_prompt, prompted_task, split_labeled
@@ -388,7 +388,8 @@ def run_ttt(config: RunConfig, logger: Logger, task: TaskData | None = None, out
     ``resume``, continue from the latest checkpoint in ``out_dir``."""
     run = build_run(config, logger, task, out_dir, caches, ranks)
     try:
-        return run.train(progress, on_step, resume)
+        with hold_run_folder(run.out_dir) if ranks.main else nullcontext():  # rank 0 for its ranks
+            return run.train(progress, on_step, resume)
     finally:
         run.close()
 
