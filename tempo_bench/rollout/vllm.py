@@ -188,7 +188,7 @@ def _quiet_reload_log():
 def request_params(params_cls, sampling: SamplingParams, num_prompts: int):
     """vLLM's sampling parameters for a call: one object for all prompts, or one per prompt
     carrying that prompt's seed (``sampling.seeds``)."""
-    if sampling.greedy:  # processed log-probs at temperature 0 are those of the raw logits
+    if sampling.greedy:  # evaluation reads the tokens of greedy answers, not their log-probs
         return params_cls(n=1, temperature=0.0, max_tokens=sampling.max_new_tokens, logprobs=0)
     common = dict(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
                   max_tokens=sampling.max_new_tokens, logprobs=0)
