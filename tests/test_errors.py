@@ -2,6 +2,7 @@
 line, the URL or the folder, exit code 2, quickly, and before any MLflow run is created."""
 
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -166,3 +167,17 @@ def test_termination_swallowed_by_a_finaliser_still_stops_the_run():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "interrupted", proc.stdout + proc.stderr
     assert "Exception ignored" not in proc.stderr, proc.stderr
+
+
+def test_counts_that_would_be_miscounted_are_errors_before_any_work(tmp_path, capsys):
+    """`eval --limit -1` scored 63 of 64 questions, `sweep --n-trials 0` ran the spec's count,
+    `eval.size=1000` on 32 questions logged 1000 and evaluated 32, `eval --k 0` was a traceback."""
+    adapter = str(tmp_path / "no-adapter")
+    assert "--limit must be >= 1, got -1" in error_of(capsys, ["eval", "--adapter", adapter, "--task", "toy", "--limit", "-1"])
+    assert "--k must be >= 1, got 0" in error_of(capsys, ["eval", "--adapter", adapter, "--task", "toy", "--k", "0"])
+    for n in ("0", "-1"):
+        assert f"--n-trials must be >= 1, got {n}" in error_of(
+            capsys, ["sweep", str(Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml"), "--n-trials", n,
+                     "--out", str(tmp_path)])
+    err = error_of(capsys, ["run", "--preset", "toy-smoke", "--set", "eval.size=1000", "--out", str(tmp_path / "o")])
+    assert "eval.size=1000 but the task has 32 test questions" in err and not (tmp_path / "o").exists()

@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
 
 
 def cmd_eval(args) -> int:
+    for flag, value in (("--limit", args.limit), ("--k", args.k), ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None and value < 1:  # --limit -1 scored 63 of 64 questions; --k 0 a traceback
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
     adapter = Path(args.adapter)
     try:
         base = args.model or E.adapter_base(adapter)

@@ -26,6 +26,8 @@ def add_parser(sub) -> None:
 def cmd_sweep(args) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.n_trials is not None and args.n_trials < 1:  # 0 or -1 were read as "the spec's"
+        raise ConfigError(f"--n-trials must be >= 1, got {args.n_trials}")
     study, left = run_sweep(args.spec, args.study, args.storage, args.n_trials, args.workers,
                             args.tracking_uri, args.out, progress=not args.quiet,
                             command=command_line(args.argv))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tempo_bench.core.errors import DataError
 from tempo_bench.policy.model import ModelLoadError, check_model, load_tokenizer, prompt_renderer, resolve_model_path
 from tempo_bench.rollout import get_backend
 from tempo_bench.tasks import LabeledQuestion, TaskData, load_eval_task, load_task_data
@@ -19,7 +20,10 @@ def check_inputs(config) -> None:
     """Every checkpoint and file a run config names can be read: the policy's model, a critic to
     start from (``critic.init``) and the task's questions (a malformed file is a DataError naming
     file and line). Called before any run is created."""
-    load_task_data(config.task)
+    task = load_task_data(config.task)
+    if config.eval.size and config.eval.size > len(task.test):  # was logged as asked, evaluated on fewer
+        raise DataError(f"eval.size={config.eval.size} but the task has {len(task.test)} test questions: lower "
+                        "eval.size or unset it (all of them)")
     for extra in config.eval.tasks:
         load_eval_task(extra)
     check_model(config.model.path)
