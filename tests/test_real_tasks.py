@@ -222,8 +222,8 @@ def test_a_task_file_runs_where_a_task_name_goes(tmp_path, capsys):
     task = f"task={{name: {path}, labeled: {path}, labeled_size: 0}}"
     data = load_task_data(load_config("toy-smoke", [task]).task)
     assert len(data.test) == 6 and data.grader.name == "sums"
-    args = ["run", "--preset", "toy-smoke", "--quiet", "--method", "standard_ttt", "--set", task, "--set",
-            "train.steps=1", "--set", "train.prompts_per_step=2", "--set", "eval.k=2", "--out", str(tmp_path / "out")]
+    args = ["run", "--preset", "toy-smoke", "--quiet", "--method", "standard_ttt", "--set", task, "--set", "eval.size=6",
+            "--set", "train.steps=1", "--set", "train.prompts_per_step=2", "--set", "eval.k=2", "--out", str(tmp_path / "out")]
     assert main(args) == 0
     assert "mean@k" in capsys.readouterr().out
     (tmp_path / "broken").mkdir()
