@@ -98,14 +98,16 @@ def _run(args, config, ranks: Ranks) -> int:
         print(f"  MLflow: {uri}  experiment={config.log.experiment}")
         if plan is not None:
             print("\n".join(f"  {line}" for line in plan.lines()))
-    resume = args.resume and _has_checkpoint(config)
+    # the checkpointed folder --resume continues (None: nothing yet, the run starts)
+    resumable = find_resumable(Path(config.out), config.log.experiment,
+                               run_name_of(config.method, config.seed)) if args.resume else None
+    resume = resumable is not None
     if resume and ranks.main:  # before its MLflow run is reopened: a live process may hold it
-        check_run_folder_free(find_resumable(Path(config.out), config.log.experiment,
-                                             run_name_of(config.method, config.seed)))
+        check_run_folder_free(resumable)
     if args.resume and not resume and ranks.main:  # one command line for a job that may be requeued
         print(f"  --resume: no checkpointed run {run_name_of(config.method, config.seed)!r} under "
               f"{Path(config.out) / config.log.experiment} yet; starting it")
-    logger, run_dir = _on_rank_zero(ranks, lambda: _open_logger(resume, config, uri))
+    logger, run_dir = _on_rank_zero(ranks, lambda: _open_logger(resumable, config, uri))
     try:
         with logger, stop_at_step_end_on_sigterm():
             result = run_ttt(config, logger, out_dir=run_dir, progress=not args.quiet and ranks.main,
@@ -117,16 +119,12 @@ def _run(args, config, ranks: Ranks) -> int:
     return 0
 
 
-def _has_checkpoint(config) -> bool:
-    return find_resumable(Path(config.out), config.log.experiment, run_name_of(config.method, config.seed)) is not None
-
-
-def _open_logger(resume: bool, config, uri: str) -> tuple[MLflowLogger, Path]:
-    """The run's MLflow logger and folder: a new run, or (``resume``) the checkpointed one."""
+def _open_logger(resumable: Path | None, config, uri: str) -> tuple[MLflowLogger, Path]:
+    """The run's MLflow logger and folder: a new run, or the checkpointed one in ``resumable``."""
     out, run_name = Path(config.out), run_name_of(config.method, config.seed)
     check_tracking(uri)
-    if resume:
-        run_dir = find_resumable(out, config.log.experiment, run_name)
+    if resumable is not None:
+        run_dir = resumable
         run_id = check_resumable(latest_checkpoint(run_dir), config)["run_id"]
         return MLflowLogger(uri, config.log.experiment, run_name, run_id=run_id, spool_path=run_dir / SPOOL), run_dir
     logger = MLflowLogger(uri, config.log.experiment, run_name, artifact_root=out / "mlartifacts")
