@@ -181,3 +181,14 @@ def test_counts_that_would_be_miscounted_are_errors_before_any_work(tmp_path, ca
                      "--out", str(tmp_path)])
     err = error_of(capsys, ["run", "--preset", "toy-smoke", "--set", "eval.size=1000", "--out", str(tmp_path / "o")])
     assert "eval.size=1000 but the task has 32 test questions" in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("seeds,expected", [
+    (["--set", "seed=-1"], "greater than or equal to 0 (got -1)"),
+    (["--set", f"seed={2**64}"], f"less than {2**63} (got {2**64})"),  # was a torch overflow traceback
+    (["--set", "critic.seed=-2"], "critic.seed: Input should be greater than or equal to 0"),
+])
+def test_out_of_range_seeds_are_config_errors(tmp_path, capsys, seeds, expected):
+    out = tmp_path / "o"
+    assert expected in error_of(capsys, ["run", "--preset", "toy-smoke", *seeds, "--out", str(out), *QUICK])
+    assert not out.exists()

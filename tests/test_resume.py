@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tempo_bench.commands.cli import main
+from tempo_bench.core.seeds import SEEDING
 from tempo_bench.run.checkpoint import latest_checkpoint, load_state
 
 STEPS = 6
@@ -104,15 +105,31 @@ def test_a_checkpoint_made_before_a_config_field_existed_still_resumes(tmp_path)
     del saved["eval"]["collapse_tolerance"]
     path = tmp_path / "step_000001"
     path.mkdir()
-    (path / "state.json").write_text(json.dumps({"config": saved, "step": 1}))
+    (path / "state.json").write_text(json.dumps({"config": saved, "step": 1, "seeding": SEEDING}))
     assert check_resumable(path, load_config("toy-smoke"))["step"] == 1
     assert check_resumable(path, load_config("toy-smoke", ["eval.collapse_tolerance=0.2"]))["step"] == 1
     # a checkpoint from before the LoRA and decode switches existed resumes with either setting
     del saved["lora"]["fused"], saved["rollout"]["fused_decode"]
-    (path / "state.json").write_text(json.dumps({"config": saved, "step": 1}))
+    (path / "state.json").write_text(json.dumps({"config": saved, "step": 1, "seeding": SEEDING}))
     assert check_resumable(path, load_config("toy-smoke", ["lora.fused=false", "rollout.fused_decode=false"]))
     with pytest.raises(ConfigError, match="train.lr"):
         check_resumable(path, load_config("toy-smoke", ["train.lr=1e-3"]))
+
+
+def test_a_checkpoint_of_another_seeding_scheme_is_refused(tmp_path):
+    """Checkpoints made before 2026-12-04 (no "seeding" in state.json: the arithmetic seeds) would
+    continue with other seeds: the resume says so instead of mixing two schemes in one run."""
+    import json
+
+    from tempo_bench.config import load_config
+    from tempo_bench.core.errors import ConfigError
+    from tempo_bench.run.checkpoint import check_resumable
+
+    path = tmp_path / "step_000001"
+    path.mkdir()
+    (path / "state.json").write_text(json.dumps({"config": load_config("toy-smoke").model_dump(), "step": 1}))
+    with pytest.raises(ConfigError, match=f"seeding scheme 1 and this version seeds with scheme {SEEDING}"):
+        check_resumable(path, load_config("toy-smoke"))
 
 
 @pytest.mark.parametrize("damaged", ["optimizer.pt", "adapter/adapter_model.safetensors", "state.json"])

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from tempo_bench.config.schema import RunConfig, format_errors
 from tempo_bench.core.errors import ConfigError, DataError
 from tempo_bench.core.registry import unknown_name
+from tempo_bench.core.seeds import SEEDING
 from tempo_bench.methods.catalog import method_class, method_names
 
 
@@ -173,5 +174,6 @@ def config_identity(config) -> str:
         if data[section].get(key) == default:
             del data[section][key]
     data = canonical(data)
+    data["seeding"] = SEEDING  # the same settings under another seeding scheme are another experiment
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -230,7 +230,7 @@ class CriticConfig(_Strict):
     warmup_samples: int = Field(8, ge=1)
     warmup_epochs: int = Field(4, ge=0, description="passes over the warm-up rollouts (0: none, the head as initialised)")
     warmup_cliprange: float = Field(2.0, gt=0, description="value clip during warm-up (2: none)")
-    seed: int = Field(0, description="starting-critic seed: the same critic for every method and run")
+    seed: int = Field(0, ge=0, lt=2**63, description="starting-critic seed: the same critic for every method and run")
 
 
 class EvalTaskConfig(_Strict):
@@ -284,7 +284,7 @@ class LogConfig(_Strict):
 
 class RunConfig(_Strict):
     preset: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="the run's seed: every seeded draw comes from (seed, stream, step)")
     method: str = "standard_ttt"
     methods: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-method options, validated by each method"

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from tempo_bench.core import metrics as M
-from tempo_bench.core.seeds import Stream, step_seed
+from tempo_bench.core.seeds import SEEDING, Stream, step_seed
 from tempo_bench.critic.model import Critic, values_to_prob
 from tempo_bench.critic.shared_base import is_shared_base_folder
 from tempo_bench.grading.answers import GENERIC, Grader
@@ -157,6 +157,7 @@ def starting_critic_key(config, pool: list[LabeledQuestion] = ()) -> str:
     backbone = Path(resolve_model_path(config.critic.path or config.model.path)) / "manifest.json"
     spec = {
         "format": 3,  # bump when the critic's architecture or warm-up procedure changes
+        "seeding": SEEDING,  # the warm-up's rollouts and minibatch order
         # a rebuilt toy backbone (same path, new weights) is another starting critic
         "backbone": json.loads(backbone.read_text()).get("weights_hash") if backbone.is_file() else None,
         "model": config.model.model_dump(),

@@ -31,5 +31,7 @@ def task_fingerprint(task) -> str:
 
 
 def initial_eval_key(config, task) -> str:
-    return json.dumps([config.model.model_dump(), config.task.model_dump(), config.eval.model_dump(),
+    from tempo_bench.core.seeds import SEEDING
+
+    return json.dumps([SEEDING, config.model.model_dump(), config.task.model_dump(), config.eval.model_dump(),
                        config.seed, config.rollout.backend, config.rollout.max_new_tokens, task_fingerprint(task)])

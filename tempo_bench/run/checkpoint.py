@@ -23,6 +23,7 @@ import torch
 from tempo_bench.config import flatten
 from tempo_bench.config.loading import SAME_NUMBERS
 from tempo_bench.core.errors import ConfigError
+from tempo_bench.core.seeds import SEEDING
 from tempo_bench.policy.model import save_adapter
 
 KEEP = 2  # checkpoints kept per run
@@ -39,7 +40,7 @@ def save_checkpoint(run_dir: Path, step: int, policy, optimizer, critic, state: 
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     if critic is not None:
         critic.save(tmp / "critic")
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step}))
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step, "seeding": SEEDING}))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     pointer = root / ".latest.tmp"
@@ -160,6 +161,10 @@ RESUMABLE_CHANGES = {"train.steps", "eval.every", "train.checkpoint_every", "tra
 def check_resumable(path: Path, config) -> dict:
     """The checkpoint's state, after checking that ``config`` matches the one it was made with."""
     state = load_state(path)
+    if state.get("seeding", 1) != SEEDING:
+        raise ConfigError(f"cannot resume {path.parent.parent}: its checkpoint was made with seeding scheme "
+                          f"{state.get('seeding', 1)} and this version seeds with scheme {SEEDING} (a resumed "
+                          "run would mix both); start the run again")
     saved, current = flatten(state["config"]), flatten(config.model_dump())
     # a field added to the config after the checkpoint was made is unchanged if it holds its default
     try:

@@ -166,7 +166,8 @@ class Run:
         """The step's unlabeled test questions, then its labeled ones (the method's make-up)."""
         per_step = self.method.unlabeled_per_step(self.config.train.prompts_per_step)
         return (questions_for_step(self.task.test, step, per_step, self.config.seed)
-                + questions_for_step(self.pool, step, self.method.labeled_per_step(), self.config.seed + 1))
+                + questions_for_step(self.pool, step, self.method.labeled_per_step(), self.config.seed,
+                                     Stream.LABELED_ORDER))
 
     @property
     def pad_id(self) -> int:

@@ -22,7 +22,7 @@ import torch
 from tempo_bench.config import CriticConfig, TrainConfig
 from tempo_bench.core import metrics as M
 from tempo_bench.core.algos import em_token_advantages
-from tempo_bench.core.seeds import Stream, questions_for_step, step_seed
+from tempo_bench.core.seeds import questions_for_step
 from tempo_bench.critic.model import Critic
 from tempo_bench.critic.ops import rollout_labeled
 from tempo_bench.policy.batch import generation_batch
@@ -32,6 +32,23 @@ from tempo_bench.rollout import SamplingParams
 from tempo_bench.rollout.hf import HFBackend
 from tempo_bench.tasks import load_task_data
 from tempo_bench.tasks.toy import toy_pool
+
+
+# The seeds the shipped checkpoints were built with (an arithmetic form, older than core/seeds.py's
+# hashed triples): (per seed, per step, offset) for each of the stage's draws. They stay so that
+# `tempo-bench toy-model build` rebuilds the shipped weights bit for bit (tests/test_toy_rlvr.py);
+# the stage's draws never meet a TTT run's, which all come from core/seeds.py.
+RECORDED_SEEDING = {
+    "question_order": (1_000_003, 7919, 3 * 104_729),
+    "critic_fit": (31, 1, 0),
+    "step": (1_000_003, 1, 0),
+    "score": (7_919, 1, 0),
+}
+
+
+def recorded_seed(seed: int, step: int, draw: str) -> int:
+    per_seed, per_step, offset = RECORDED_SEEDING[draw]
+    return (seed * per_seed + step * per_step + offset) % (2**63)
 
 
 @dataclass
@@ -73,7 +90,7 @@ def rlvr_step(step: int, spec: RLVRSpec, actor, optimizer, critic, backend, ques
     advantages = em_token_advantages(values[:, : batch.mask.shape[1]], targets, batch.mask)
     policy_stats = policy_update(actor, optimizer, batch, advantages, train_cfg, spec.temperature)
     critic_stats = critic.fit(batch, targets, torch.ones(len(targets)), spec.critic_epochs, spec.critic_cliprange,
-                              spec.critic_minibatch_rows, torch.Generator().manual_seed(step_seed(spec.seed, step, Stream.CRITIC_FIT)))
+                              spec.critic_minibatch_rows, torch.Generator().manual_seed(recorded_seed(spec.seed, step, "critic_fit")))
     final = final.reshape(correct.shape).numpy()
     return {
         "accuracy": float(correct.mean()),
@@ -117,7 +134,7 @@ def run_rlvr(base_dir, spec: RLVRSpec, task_config, show_progress: bool = True, 
 
     def checkpoint_scores(step: int) -> dict:
         with torch.random.fork_rng():
-            torch.manual_seed(step_seed(spec.seed, step, Stream.RLVR_SCORE))
+            torch.manual_seed(recorded_seed(spec.seed, step, "score"))
             pool_scores = score_on(backend, held_out, [q.answer for q in held_out], spec.eval_k,
                                    spec.max_new_tokens, grader)
             test_scores = score_on(backend, test, test_answers, spec.eval_k, spec.max_new_tokens, grader)
@@ -129,8 +146,9 @@ def run_rlvr(base_dir, spec: RLVRSpec, task_config, show_progress: bool = True, 
     with tqdm(range(1, spec.steps + 1), desc="RLVR (PPO + critic on the labeled pool)",
               disable=not show_progress) as bar:
         for step in bar:
-            torch.manual_seed(step_seed(spec.seed, step, Stream.RLVR_STEP))
-            questions = questions_for_step(train_pool, step, spec.prompts_per_step, spec.seed)  # as TTT does
+            torch.manual_seed(recorded_seed(spec.seed, step, "step"))
+            questions = questions_for_step(train_pool, step, spec.prompts_per_step, spec.seed, seeding=(
+                lambda seed, epoch, _: recorded_seed(seed, epoch, "question_order")))
             stats = rlvr_step(step, spec, actor, optimizer, critic, backend, questions, grader,
                               tokenizer.pad_token_id, train_cfg)
             recent = (recent + [stats])[-spec.eval_every:]
