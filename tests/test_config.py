@@ -112,8 +112,7 @@ def test_real_task_config_errors_name_the_field():
 
 def test_evaluation_length_and_top_p_apart_from_training():
     """eval.max_new_tokens and eval.top_p: evaluation samples as set (the backend is asked for
-    them), vLLM's context covers the longer response, and at their defaults a run keeps the
-    identity it had before they existed."""
+    them), vLLM's context covers the longer response, and they are part of the run's identity."""
     import torch
 
     from tempo_bench.config import config_identity
@@ -161,3 +160,31 @@ def test_aime_presets_carry_the_released_scripts_settings():
     assert ttrl.method == "standard_ttt" and ttrl.method_options().n_vote == 64 and ttrl.rollout.n == 32
     assert (ttrl.model.max_prompt_tokens, ttrl.rollout.max_new_tokens, ttrl.train.prompts_per_step) == (512, 3072, 8)
     assert (ttrl.eval.every, ttrl.eval.k, ttrl.eval.temperature, ttrl.eval.top_p) == (2, 16, 0.6, 0.95)
+
+
+def test_what_each_setting_changes_is_read_from_the_field():
+    """One fact per field (tempo_bench/core/effects.py): the run identity holds the settings that
+    change the numbers, cache keys also the ones that change only the speed, and a resume may
+    change what the field allows."""
+    from tempo_bench.config import config_identity
+    from tempo_bench.core.effects import NOTHING, NUMBERS, SPEED, computed_by, fixed_for_resume, settings
+
+    config = load_config("toy-smoke", ["method=tempo"])
+    effects = {path: kind for path, (_, kind, _) in settings(config).items()}
+    assert set(effects.values()) == {NUMBERS, SPEED, NOTHING}
+    assert effects["train.lr"] == effects["rollout.seeding"] == effects["methods"] == NUMBERS
+    assert effects["lora.fused"] == effects["threads"] == effects["rollout.vllm.sleep"] == SPEED  # a section's own
+    assert effects["out"] == effects["eval.collapse_tolerance"] == effects["model.gpu_memory_gb"] == NOTHING
+
+    def identity(*overrides):
+        return config_identity(load_config("toy-smoke", ["method=tempo", *overrides]))
+
+    assert identity() == identity("lora.fused=false", "threads=1", "out=elsewhere", "train.checkpoint_every=3",
+                                  "critic.share_base=false", "rollout.vllm.sleep=false", "model.gpu_memory_gb=40")
+    assert identity() != identity("train.lr=1e-3") != identity("train.steps=7") != identity("eval.every=3")
+    critic_sections = ("critic", "lora")
+    assert "lora.fused" in computed_by(config, *critic_sections) and "out" not in computed_by(config, "out")
+    assert not fixed_for_resume(config, "train.steps") and not fixed_for_resume(config, "lora.fused")
+    assert fixed_for_resume(config, "train.lr") and fixed_for_resume(config, "log.tracking_uri")
+    assert fixed_for_resume(config, "methods.tempo.recal_interval"), "inside the `methods` setting"
+    assert fixed_for_resume(config, "a.field.since.removed")

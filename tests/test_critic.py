@@ -59,3 +59,23 @@ def test_starting_critic_key_follows_the_lora_settings_of_a_lora_critic_only():
 
     assert key("critic.lora=true") != key("critic.lora=true", "lora.r=4") != key("critic.lora=true", "lora.fused=false")
     assert key() == key("lora.r=4") == key("lora.fused=false")
+
+
+def test_a_starting_critic_read_back_from_the_disk_cache_is_placed_like_a_fresh_one(tmp_path, monkeypatch):
+    """The disk-cached starting critic (every later process: compare workers, sweep trials, a
+    second run) was loaded without the model settings, so `place` put it on the CPU in a GPU run.
+    Built fresh and read back, it is placed by the run's model settings both times (a spy on
+    `place`: this machine has no GPU to land on), and equal."""
+    from tempo_bench.config import load_config
+    from tempo_bench.critic import model as critic_model
+    from tempo_bench.critic.ops import starting_critic
+
+    placed_with, place = [], critic_model.place
+    monkeypatch.setattr(critic_model, "place", lambda model, cfg: placed_with.append(cfg) or place(model, cfg))
+    config = load_config("toy-smoke", ["method=tempo", "model.dtype=bfloat16", "critic.warmup_epochs=0"])
+    built = starting_critic(config, None, None, 0, [], None, tmp_path, cache={})
+    read_back = starting_critic(config, None, None, 0, [], None, tmp_path, cache={})  # a new process's
+    assert placed_with == [config.model, config.model]
+    for critic in (built, read_back):
+        assert {p.dtype for p in critic.model.parameters()} == {torch.bfloat16}
+    assert all(torch.equal(a, b) for a, b in zip(built.model.state_dict().values(), read_back.model.state_dict().values()))

@@ -116,6 +116,27 @@ def test_a_checkpoint_made_before_a_config_field_existed_still_resumes(tmp_path)
         check_resumable(path, load_config("toy-smoke", ["train.lr=1e-3"]))
 
 
+def test_the_hint_for_a_checkpoint_from_before_share_base_existed_is_accepted(tmp_path):
+    """A LoRA self-critic's checkpoint from before critic.share_base (no layout saved: its own
+    base) meets a config where the setting resolves to a shared base: the error's hint,
+    `--set critic.share_base=false`, was itself refused as a config change. Now it resumes."""
+    import json
+
+    from tempo_bench.config import load_config
+    from tempo_bench.core.errors import ConfigError
+    from tempo_bench.run.checkpoint import check_resumable
+
+    settings = ["method=tempo", "critic.lora=true"]
+    saved = load_config("toy-smoke", settings).model_dump()
+    del saved["critic"]["share_base"]
+    path = tmp_path / "step_000001"
+    path.mkdir()
+    (path / "state.json").write_text(json.dumps({"config": saved, "step": 1, "seeding": SEEDING}))
+    with pytest.raises(ConfigError, match="add --set critic.share_base=false"):
+        check_resumable(path, load_config("toy-smoke", settings))
+    assert check_resumable(path, load_config("toy-smoke", [*settings, "critic.share_base=false"]))["step"] == 1
+
+
 def test_a_checkpoint_of_another_seeding_scheme_is_refused(tmp_path):
     """Checkpoints made before 2026-12-04 (no "seeding" in state.json: the arithmetic seeds) would
     continue with other seeds: the resume says so instead of mixing two schemes in one run."""

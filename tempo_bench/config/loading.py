@@ -1,6 +1,6 @@
 """Loading a run configuration: YAML presets (with ``base`` chains), dotted command-line
-overrides, errors that name the field, and the identity of a config (what makes two runs
-comparable)."""
+overrides, and errors that name the field. What each setting changes (a run's identity, its
+caches, what a resume may change) is :mod:`tempo_bench.core.effects`."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from pydantic import ValidationError
 from tempo_bench.config.schema import RunConfig, format_errors
 from tempo_bench.core.errors import ConfigError, DataError
 from tempo_bench.core.registry import unknown_name
-from tempo_bench.core.seeds import SEEDING
-from tempo_bench.methods.catalog import method_class, method_names
 
 
 def preset_names(include_bases: bool = False) -> list[str]:
@@ -90,6 +88,8 @@ def apply_override(data: dict, assignment: str) -> None:
 def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Load a preset by name (or a .yaml path), apply overrides, validate everything, including
     the options of every method the config mentions."""
+    from tempo_bench.methods.catalog import method_names
+
     data = _read_preset(preset)
     data.setdefault("preset", Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset)
     for assignment in overrides:
@@ -109,6 +109,8 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Run
 
 def _check_labeled_pool(config: RunConfig) -> None:
     """A method that needs labeled questions must have some left after the critic's probe."""
+    from tempo_bench.methods.catalog import method_class
+
     cls = method_class(config.method)
     try:
         method = cls(config.method_options(), n_train=config.rollout.n)
@@ -133,47 +135,3 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
-
-
-# settings that change where and how fast a run is recorded, not what it computes
-_NOT_IN_IDENTITY = ("out", "log", "threads")
-_PLAN_ONLY = ("gpu_memory_gb", "max_prompt_tokens")  # read by the memory plan only
-# implementations that compute the same numbers (to float rounding, like threads): not part of a
-# run's identity, and a resumed run may switch them (run/checkpoint.py RESUMABLE_CHANGES)
-SAME_NUMBERS = ("lora.fused", "rollout.fused_decode")
-# settings added after runs were logged, with the default that reproduces those runs: left out of
-# the identity while they hold it, so earlier runs keep theirs
-ADDED_LATER = {"rollout.seeding": "step", "eval.top_p": 1.0, "eval.max_new_tokens": None, "eval.tasks": []}
-
-
-def config_identity(config) -> str:
-    """A short hash of everything that determines a run's numbers (not its output folder, logging
-    or thread count): two runs with one identity are repeats of one experiment, and the analysis
-    counts only the latest finished one."""
-    import hashlib
-    import json
-
-    def canonical(value):  # 16 and 16.0 are one setting (a float field keeps an int as given)
-        if isinstance(value, dict):
-            return {k: canonical(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [canonical(v) for v in value]
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-    data = {k: v for k, v in config.model_dump().items() if k not in _NOT_IN_IDENTITY}
-    data["eval"] = {k: v for k, v in data["eval"].items() if k != "collapse_tolerance"}  # analysis only
-    data["model"] = {k: v for k, v in data["model"].items() if k not in _PLAN_ONLY}
-    # the critic's layout computes the same numbers (tests/test_shared_base.py); fields added later
-    # leave the identities of earlier runs alone while they hold their defaults
-    data["critic"] = {k: v for k, v in data["critic"].items() if k != "share_base"}
-    for path in SAME_NUMBERS:
-        section, key = path.split(".")
-        data[section] = {k: v for k, v in data[section].items() if k != key}
-    for path, default in ADDED_LATER.items():  # at their defaults, they compute what runs before them did
-        section, key = path.split(".")
-        if data[section].get(key) == default:
-            del data[section][key]
-    data = canonical(data)
-    data["seeding"] = SEEDING  # the same settings under another seeding scheme are another experiment
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-

@@ -6,103 +6,29 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from tempo_bench.core.effects import EXTENT, RECORDING, SPEED_ONLY, TIED
+from tempo_bench.config.task_sections import (
+    LABELED_POOLS,
+    TASK_SECTIONS,
+    TEST_TASKS,
+    RealTaskConfig,
+    TaskSection,
+    ToyTaskConfig,
+    Strict,
+    known_task,
+)
 from tempo_bench.core.errors import ConfigError
-from tempo_bench.core.registry import unknown_name
-from tempo_bench.methods.catalog import method_class
-from tempo_bench.tasks.real import is_task_file, load_task_file, task_spec
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ToyTaskConfig(_Strict):
-    """The embedded column-addition task (tempo_bench/toy/task.py)."""
-
-    name: Literal["toy_addition"] = "toy_addition"
-    test_size: int = Field(64, ge=1, description="unlabeled test questions (D_U)")
-    test_digits: list[int] = Field([3], description="operand digit counts of test questions")
-    test_chain_fraction: float | None = Field(
-        0.5, ge=0, le=1, description="share of test questions with a chain carry (None: natural)"
-    )
-    labeled_size: int = Field(256, ge=0, description="labeled questions D_L: the first of the pool")
-    pool_size: int = Field(4096, ge=1, description="the large labeled pool (the RLVR stage trains on it)")
-    labeled_digits: list[int] = Field([1, 2, 3], description="digit counts of labeled questions")
-    labeled_chain_fraction: float | None = Field(None, ge=0, le=1)
-    seed: int = Field(1234, description="data seed: the same questions for every method and run")
-
-    @model_validator(mode="after")
-    def _digits_in_range(self):
-        for field in ("test_digits", "labeled_digits"):
-            bad = [d for d in getattr(self, field) if not 1 <= d <= 6]
-            if bad or not getattr(self, field):
-                raise ValueError(f"{field} must list digit counts between 1 and 6, got {bad or '[]'}")
-        if self.labeled_size > self.pool_size:
-            raise ValueError(f"labeled_size ({self.labeled_size}) must not exceed pool_size ({self.pool_size})")
-        return self
+from tempo_bench.tasks.real import is_task_file
 
 
 DEFAULT_CARD_GB = 79.0  # an "80 GB" A100 / H100 as torch reports it, in GiB
 
 
-TEST_TASKS = ("aime24", "aime25", "amc", "math500", "gsm8k", "gpqa")
-LABELED_POOLS = ("dapo17k", "math_train", "gsm8k_train", *TEST_TASKS)
-
-
-class RealTaskConfig(_Strict):
-    """A real benchmark as the unlabeled test set D_U, and a labeled pool D_L
-    (tempo_bench/tasks/real.py). Files load locally; without a file, from the hub. Wherever a task
-    name goes, a task file (a path ending in .yaml) may go instead: a data set of your own."""
-
-    name: str = Field(description=f"test set: {', '.join(TEST_TASKS)}, or a task file (.yaml)")
-    source: str | None = Field(None, description="local JSON list / JSONL / parquet (None: the hub)")
-    limit: int | None = Field(None, ge=1, description="first N test questions only")
-    labeled: str = Field("dapo17k", description=f"labeled pool D_L is drawn from: {', '.join(LABELED_POOLS)}, "
-                         "or a task file (.yaml)")
-    labeled_source: str | None = Field(None, description="local file of the labeled pool (None: the hub)")
-    labeled_size: int = Field(512, ge=0, description="labeled questions drawn from the pool (D_L)")
-    seed: int = Field(1234, description="data seed: which labeled questions are drawn")
-
-    @field_validator("name", "labeled")
-    @classmethod
-    def _known(cls, name: str, info) -> str:
-        return _known_task(name, TEST_TASKS if info.field_name == "name" else LABELED_POOLS)
-
-    @model_validator(mode="after")
-    def _same_grading(self):
-        kinds = {task_spec(n).kind == "choice" for n in (self.name, self.labeled)}
-        if self.labeled_size and len(kinds) > 1:
-            raise ValueError(f"labeled pool {self.labeled!r} and test task {self.name!r} are graded "
-                             "differently (multiple choice vs free answer); pick a pool of the same kind")
-        return self
-
-
-def _known_task(name: str, allowed: tuple[str, ...]) -> str:
-    """A task name of ``allowed``, or a task file that loads (its errors name file and field)."""
-    if is_task_file(name):
-        load_task_file(name)
-        return name
-    if name not in allowed:
-        raise ValueError(unknown_name("task", name, list(allowed)) + ", or a task file (.yaml)")
-    return name
-
-
-def _task_section(value) -> str:
-    """Which task section a `task` mapping is: the toy's, or a real benchmark's (any other name)."""
-    name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
-    return "toy_addition" if name in (None, "toy_addition") else "real"
-
-
-TaskSection = Annotated[Union[Annotated[ToyTaskConfig, Tag("toy_addition")], Annotated[RealTaskConfig, Tag("real")]],
-                        Discriminator(_task_section)]
-TASK_SECTIONS = {"toy_addition": ToyTaskConfig, "real": RealTaskConfig}  # the tags error locations carry
-
-
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     path: str = Field("toy", description="'toy' (the shipped tiny model), a hub id or a local dir")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1'")
@@ -110,12 +36,14 @@ class ModelConfig(_Strict):
     chat_template_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="extra apply_chat_template arguments, e.g. enable_thinking"
     )
-    gradient_checkpointing: bool = Field(False, description="trade compute for memory in training passes")
-    attn_implementation: str | None = Field(None, description="e.g. sdpa, flash_attention_2 (None: default)")
+    gradient_checkpointing: bool = Field(False, json_schema_extra=SPEED_ONLY,
+                                         description="trade compute for memory in training passes")
+    attn_implementation: str | None = Field(None, json_schema_extra=SPEED_ONLY,
+                                            description="e.g. sdpa, flash_attention_2 (None: default)")
     gpu_memory_gb: float | None = Field(
-        None, gt=0, description="the GPU the config is sized for, GiB per GPU as torch reports it (None: 79, "
+        None, gt=0, json_schema_extra=RECORDING, description="the GPU the config is sized for, GiB per GPU as torch reports it (None: 79, "
         "an '80 GB' card); the memory plan checks against it, or against the visible card where that is smaller")
-    max_prompt_tokens: int = Field(1024, ge=1, description="the longest prompt the memory plan assumes, in tokens")
+    max_prompt_tokens: int = Field(1024, ge=1, json_schema_extra=RECORDING, description="the longest prompt the memory plan assumes, in tokens")
 
     def card_gb(self, visible_gb: float | None = None) -> float:
         """The card a run is checked against, GiB per GPU: gpu_memory_gb (the card the config is
@@ -125,18 +53,21 @@ class ModelConfig(_Strict):
         return min(sized_for, visible_gb) if visible_gb else sized_for
 
 
-class LoraConfig(_Strict):
+class LoraConfig(Strict):
     r: int = Field(8, ge=1)
     alpha: float = Field(16, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    fused: bool = Field(True, description="each LoRA linear layer's forward and backward as one autograd node "
+    fused: bool = Field(True, json_schema_extra=SPEED_ONLY, description="each LoRA linear layer's forward and backward as one autograd node "
                         "(tempo_bench/policy/lora_linear.py; equal to peft's within float rounding, 1.1-1.2x "
                         "faster toy training passes); false: peft's own forward, bit for bit as before 2026-12-03")
 
 
-class VLLMConfig(_Strict):
-    """Settings of the vllm rollout backend (pip install 'tempo-bench[vllm]')."""
+class VLLMConfig(Strict):
+    """Settings of the vllm rollout backend (pip install 'tempo-bench[vllm]'): how the engine
+    serves the policy, not what it samples (all ``speed``)."""
+
+    model_config = {**Strict.model_config, "json_schema_extra": SPEED_ONLY}
 
     sync: Literal["lora", "merged"] = Field(
         "lora", description="serve the adapter through LoRARequest, or load merged weights into the engine")
@@ -153,16 +84,16 @@ class VLLMConfig(_Strict):
     enforce_eager: bool = Field(False, description="no CUDA graphs (faster start, slower decode)")
 
 
-class RolloutConfig(_Strict):
+class RolloutConfig(Strict):
     backend: str = Field("hf", description="rollout backend name (see tempo_bench.rollout)")
     vllm: VLLMConfig = VLLMConfig()
     n: int = Field(8, ge=1, description="samples per prompt trained on (n_train)")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(96, ge=1)
-    merge_lora: bool = Field(True, description="hf backend: sample from a merged copy of the weights "
+    merge_lora: bool = Field(True, json_schema_extra=SPEED_ONLY, description="hf backend: sample from a merged copy of the weights "
                              "(faster; a second copy of the base model in memory)")
-    fused_decode: bool = Field(True, description="hf backend: decode Llama models with the fused step "
+    fused_decode: bool = Field(True, json_schema_extra=SPEED_ONLY, description="hf backend: decode Llama models with the fused step "
                                "(rollout/llama_decode.py; the same tokens as transformers' own forward, tested); "
                                "false: transformers' forward for every token")
     seeding: Literal["step", "question"] = Field(
@@ -171,8 +102,8 @@ class RolloutConfig(_Strict):
         "needed by torchrun runs)")
 
 
-class TrainConfig(_Strict):
-    steps: int = Field(20, ge=1)
+class TrainConfig(Strict):
+    steps: int = Field(20, ge=1, json_schema_extra=EXTENT)
     prompts_per_step: int = Field(16, ge=1, description="unlabeled questions per step")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -183,25 +114,25 @@ class TrainConfig(_Strict):
     ppo_epochs: int = Field(1, ge=1, description="passes over each rollout batch")
     minibatches: int = Field(1, ge=1, description="optimiser steps per pass")
     micro_batch_rows: int | None = Field(
-        None, ge=1, description="rows per forward/backward, gradients accumulated (None: a whole minibatch)")
+        None, ge=1, json_schema_extra=SPEED_ONLY, description="rows per forward/backward, gradients accumulated (None: a whole minibatch)")
     length_buckets: int = Field(
-        4, ge=1, description="sort each minibatch by length into this many micro-batches (less padding; "
+        4, ge=1, json_schema_extra=SPEED_ONLY, description="sort each minibatch by length into this many micro-batches (less padding; "
         "the gradient is the same)")
-    checkpoint_every: int = Field(10, ge=0, description="checkpoint every this many steps and at the end (0: never); "
+    checkpoint_every: int = Field(10, ge=0, json_schema_extra=RECORDING, description="checkpoint every this many steps and at the end (0: never); "
                                   "what `run --resume` and `compare --resume` continue from")
     budget_tokens: int | None = Field(
-        None, ge=1, description="stop once rollout + policy + critic tokens reach this (equal compute)"
+        None, ge=1, json_schema_extra=EXTENT, description="stop once rollout + policy + critic tokens reach this (equal compute)"
     )
 
 
-class CriticConfig(_Strict):
+class CriticConfig(Strict):
     """The value model of the critic methods and its schedule-independent settings."""
 
     path: str | None = Field(None, description="backbone checkpoint (None: model.path, a self-critic)")
     lora: bool = Field(False, description="train the backbone through a LoRA adapter (the `lora` section), "
                        "the value head in full: a large critic on one GPU")
-    share_base: bool | None = Field(
-        None, description="a LoRA self-critic (critic.lora, critic.path unset or model.path) as a second adapter "
+    share_base: bool | None = Field(  # resumable: the checkpoint's critic layout is checked on its own
+        None, json_schema_extra=SPEED_ONLY, description="a LoRA self-critic (critic.lora, critic.path unset or model.path) as a second adapter "
         "and a value head on the policy's own frozen base (peft multi-adapter) instead of a second copy of the "
         "base; None: wherever that applies, true: required (an error where it cannot), false: two copies")
     init: str | None = Field(None, description="a trained critic to start from ('toy-rlvr': the shipped RLVR "
@@ -217,8 +148,10 @@ class CriticConfig(_Strict):
     grad_clip: float = Field(1.0, gt=0)
     cliprange_value: float = Field(0.1, gt=0, description="value clip around the pre-update values")
     minibatch_rows: int = Field(256, ge=1, description="rows per optimiser step")
-    micro_batch_rows: int | None = Field(None, ge=1, description="rows per forward pass (None: a whole minibatch)")
-    length_buckets: int = Field(4, ge=1, description="rows sorted by length into this many passes (less padding)")
+    micro_batch_rows: int | None = Field(None, ge=1, json_schema_extra=SPEED_ONLY,
+                                         description="rows per forward pass (None: a whole minibatch)")
+    length_buckets: int = Field(4, ge=1, json_schema_extra=SPEED_ONLY,
+                                description="rows sorted by length into this many passes (less padding)")
     estep_questions: int = Field(16, ge=1, description="labeled questions rolled out per E-step")
     estep_samples: int = Field(8, ge=1)
     estep_epochs: int = Field(1, ge=1, description="passes over an E-step's rollouts")
@@ -233,7 +166,7 @@ class CriticConfig(_Strict):
     seed: int = Field(0, ge=0, lt=2**63, description="starting-critic seed: the same critic for every method and run")
 
 
-class EvalTaskConfig(_Strict):
+class EvalTaskConfig(Strict):
     """A benchmark evaluated beside the test set at every evaluation (metrics only: no method
     sees it), logged as eval_<name>/... (a task file's name: its file name without .yaml)."""
 
@@ -244,7 +177,7 @@ class EvalTaskConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        return _known_task(name, TEST_TASKS)
+        return known_task(name, TEST_TASKS)
 
     def key(self) -> str:
         """The metric prefix's name: the task name, or the task file's stem (MLflow-safe)."""
@@ -252,8 +185,8 @@ class EvalTaskConfig(_Strict):
         return re.sub(r"[^\w.-]", "_", stem)
 
 
-class EvalConfig(_Strict):
-    every: int = Field(5, ge=1, description="evaluate every this many steps (and at 0 and the end)")
+class EvalConfig(Strict):
+    every: int = Field(5, ge=1, json_schema_extra=EXTENT, description="evaluate every this many steps (and at 0 and the end)")
     k: int = Field(8, ge=1, description="samples per test question at temperature 1.0")
     size: int | None = Field(None, ge=1, description="test questions evaluated (None: all)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the k samples")
@@ -265,25 +198,26 @@ class EvalConfig(_Strict):
         default_factory=list, description="benchmarks evaluated beside the test set at every evaluation, e.g. "
         "[{name: aime25}] beside AIME 2024 as TEMPO's scripts do; logged as eval_<name>/...")
     collapse_tolerance: float = Field(
-        0.05, ge=0, le=1, description="a run has collapsed once mean@k stays below its step-0 value minus this "
+        0.05, ge=0, le=1, json_schema_extra=RECORDING, description="a run has collapsed once mean@k stays below its step-0 value minus this "
         "for the rest of the run (results tables and figures; not part of the run's identity)")
 
 
-class GradingConfig(_Strict):
-    workers: int = Field(0, ge=0, description="grading processes (0: in the training process)")
+class GradingConfig(Strict):
+    workers: int = Field(0, ge=0, json_schema_extra=SPEED_ONLY, description="grading processes (0: in the training process)")
     timeout_s: float = Field(60.0, gt=0, description="per question group, on top of the 5 s per verdict")
 
 
-class LogConfig(_Strict):
-    tracking_uri: str | None = Field(
-        None, description="MLflow URI; None: $MLFLOW_TRACKING_URI, else sqlite under out"
+class LogConfig(Strict):
+    tracking_uri: str | None = Field(  # the resumed run lives in this store
+        None, json_schema_extra=TIED, description="MLflow URI; None: $MLFLOW_TRACKING_URI, else sqlite under out"
     )
-    experiment: str = "tempo-bench"
-    rollouts_jsonl: bool = Field(True, description="per-sample rollouts as JSONL at each eval")
+    experiment: str = Field("tempo-bench", json_schema_extra=TIED)
+    rollouts_jsonl: bool = Field(True, json_schema_extra=RECORDING, description="per-sample rollouts as JSONL at each eval")
 
 
-class RunConfig(_Strict):
-    preset: str = ""
+class RunConfig(Strict):
+    preset: str = Field("", json_schema_extra=RECORDING, description="the preset's name (a label: its settings "
+                        "are the other fields)")
     seed: int = Field(0, ge=0, lt=2**63, description="the run's seed: every seeded draw comes from (seed, stream, step)")
     method: str = "standard_ttt"
     methods: dict[str, dict[str, Any]] = Field(
@@ -298,8 +232,8 @@ class RunConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     grading: GradingConfig = GradingConfig()
     log: LogConfig = LogConfig()
-    threads: int = Field(2, ge=1, description="torch CPU threads")
-    out: str = Field("runs", description="output folder (checkpoints, local MLflow store)")
+    threads: int = Field(2, ge=1, json_schema_extra=SPEED_ONLY, description="torch CPU threads")
+    out: str = Field("runs", json_schema_extra=RECORDING, description="output folder (checkpoints, local MLflow store)")
 
     @model_validator(mode="before")
     @classmethod
@@ -348,6 +282,8 @@ class RunConfig(_Strict):
 
     def method_options(self, name: str | None = None):
         """The validated options object of ``name`` (default: the selected method)."""
+        from tempo_bench.methods.catalog import method_class  # (the catalog loads torch: only when asked)
+
         name = name or self.method
         return _validate_options(name, method_class(name), self.methods.get(name, {}))
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tempo_bench.core.effects import computed_by
 from tempo_bench.core import metrics as M
 from tempo_bench.core.seeds import SEEDING, Stream, step_seed
 from tempo_bench.critic.model import Critic, values_to_prob
@@ -160,15 +161,13 @@ def starting_critic_key(config, pool: list[LabeledQuestion] = ()) -> str:
         "seeding": SEEDING,  # the warm-up's rollouts and minibatch order
         # a rebuilt toy backbone (same path, new weights) is another starting critic
         "backbone": json.loads(backbone.read_text()).get("weights_hash") if backbone.is_file() else None,
-        "model": config.model.model_dump(),
-        "critic": {k: v for k, v in config.critic.model_dump().items() if k != "share_base"},
+        # the settings it is computed from (a LoRA critic's rank, targets and arithmetic shape it; a
+        # full-weight one's not), as tempo_bench/core/effects.py says which those are
+        "settings": computed_by(config, "model", "critic", "task", "rollout.temperature", "rollout.top_p",
+                                "rollout.max_new_tokens", *(["lora"] if config.critic.lora else [])),
         **({"shared_base": True} if config.critic_shares_base() else {}),  # saved in another format
         **({"lora_init": "seeded"} if config.critic.lora else {}),  # from critic.seed since 2026-12-03
-        # a LoRA critic's rank, targets and arithmetic (lora.fused) shape it; a full-weight one not
-        **({"lora": config.lora.model_dump()} if config.critic.lora else {}),
-        "task": config.task.model_dump(),
         "warmup_questions": [[q.id, q.prompt, q.answer] for q in pool[: config.critic.warmup_questions]],
-        "sampling": [config.rollout.temperature, config.rollout.top_p, config.rollout.max_new_tokens],
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -205,8 +204,8 @@ def starting_critic(config, policy, backend: RolloutBackend, pad_id: int, pool: 
             if not (init / "config.json").is_file():
                 raise FileNotFoundError(f"critic.init: no saved critic in {init} (config.json missing)")
             critic = Critic.load(init, cfg, config.model, lora_cfg=config.lora)
-        elif (path / "config.json").is_file():
-            critic = Critic.load(path, cfg, lora_cfg=config.lora)
+        elif (path / "config.json").is_file():  # on the run's device and in its dtype, like a fresh one
+            critic = Critic.load(path, cfg, config.model, lora_cfg=config.lora)
         else:
             critic = warmed_and_saved(Critic.from_pretrained(cfg.path or config.model.path, cfg, config.model,
                                                              config.lora))

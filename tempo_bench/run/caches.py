@@ -31,7 +31,11 @@ def task_fingerprint(task) -> str:
 
 
 def initial_eval_key(config, task) -> str:
+    """The initial policy's evaluation depends on the model, the task, the evaluation settings,
+    the run's seed, the rollout backend and response length (tempo_bench/core/effects.py picks
+    the settings of those that shape what is computed), and the test questions themselves."""
+    from tempo_bench.core.effects import computed_by
     from tempo_bench.core.seeds import SEEDING
 
-    return json.dumps([SEEDING, config.model.model_dump(), config.task.model_dump(), config.eval.model_dump(),
-                       config.seed, config.rollout.backend, config.rollout.max_new_tokens, task_fingerprint(task)])
+    settings = computed_by(config, "model", "task", "eval", "seed", "rollout.backend", "rollout.max_new_tokens")
+    return json.dumps([SEEDING, settings, task_fingerprint(task)], sort_keys=True, default=str)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from tempo_bench.config import flatten
-from tempo_bench.config.loading import SAME_NUMBERS
+from tempo_bench.core.effects import fixed_for_resume, resumable_settings
 from tempo_bench.core.errors import ConfigError
 from tempo_bench.core.seeds import SEEDING
 from tempo_bench.policy.model import save_adapter
@@ -153,11 +153,6 @@ def find_resumable(out: Path, experiment: str, run_name: str) -> Path | None:
     return max(candidates, key=lambda d: (d / "checkpoints" / "latest").stat().st_mtime) if candidates else None
 
 
-# config fields a resumed run may change (extend a run, evaluate or checkpoint more or less often)
-RESUMABLE_CHANGES = {"train.steps", "eval.every", "train.checkpoint_every", "train.budget_tokens", "threads",
-                     "eval.collapse_tolerance", *SAME_NUMBERS}
-
-
 def check_resumable(path: Path, config) -> dict:
     """The checkpoint's state, after checking that ``config`` matches the one it was made with."""
     state = load_state(path)
@@ -172,9 +167,24 @@ def check_resumable(path: Path, config) -> dict:
     except ValueError:  # a field since removed: reported as a difference below
         defaults = {}
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+    # what a resume may change is kept on each field (tempo_bench/core/effects.py)
     changed = sorted(k for k in set(saved) | set(current)
-                     if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+                     if saved.get(k) != current.get(k) and fixed_for_resume(config, k))
     if changed:
         raise ConfigError(f"cannot resume {path.parent.parent}: the config differs in {', '.join(changed)} "
-                          f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change)")
+                          f"(only {', '.join(resumable_settings(config))} may change)")
+    _check_critic_layout(path, state, config)
     return state
+
+
+def _check_critic_layout(path: Path, state: dict, config) -> None:
+    """The checkpoint's critic loads only into the layout it was saved in (critic.share_base may
+    change where it resolves to that layout: a checkpoint from before the setting existed)."""
+    from tempo_bench.methods.catalog import method_class
+
+    if not method_class(config.method).uses_critic:
+        return
+    saved, layout = state.get("critic_layout") or "own base", config.critic_layout()  # (none before 2026-12-03)
+    if saved != layout:
+        raise ConfigError(f"cannot resume {path.parent.parent}: its critic was saved with its {saved}, this config "
+                          f"gives it a {layout}; add --set critic.share_base={str(saved == 'shared base').lower()}")

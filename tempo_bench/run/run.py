@@ -23,7 +23,6 @@ import torch
 from tqdm.auto import tqdm
 
 from tempo_bench.config import RunConfig, config_identity, flatten
-from tempo_bench.core.errors import ConfigError
 from tempo_bench.core.loggers import Logger
 from tempo_bench.core.processes import stop_requested
 from tempo_bench.core.seeds import Stream, questions_for_step, step_seed
@@ -252,10 +251,6 @@ class Run:
         if path is None:
             raise ValueError(f"nothing to resume: no checkpoint under {self.out_dir / 'checkpoints'}")
         state = check_resumable(path, self.config)
-        layout, saved = self.config.critic_layout(), state.get("critic_layout") or "own base"  # (before 2026-12-03)
-        if self.critic_ops is not None and saved != layout:
-            raise ConfigError(f"cannot resume {self.out_dir}: its critic was saved with its {saved}, this config "
-                              f"gives it a {layout}; add --set critic.share_base={str(saved == 'shared base').lower()}")
         restore_policy(path, self.policy, self.optimizer)
         if self.critic_ops is not None:
             self.critic_ops.critic = Critic.load(path / "critic", self.config.critic, self.config.model, self.policy,
