@@ -105,3 +105,21 @@ def test_data_parallel_ranks_each_hold_their_share_of_the_rollouts():
     assert quarter.items["KV cache"] == pytest.approx(whole.items["KV cache"] / 4)  # 320 sequences, 80 per rank
     assert quarter.items["policy weights"] == whole.items["policy weights"]  # every rank holds a replica
     assert any("each of 4 ranks samples 80" in n for n in shared.notes)
+
+
+@pytest.mark.parametrize("method,rows", [
+    ("labeled_rlvr", 8 * 4),  # 8 labeled questions, no unlabeled ones (the plan counted 8 + 8: 64 rows)
+    ("tempo", (8 + 2) * 4),  # 8 unlabeled + 2 labeled
+    ("standard_ttt", 8 * 8),  # n_vote 8: every sample votes, 4 of each question train
+])
+def test_the_plans_kv_cache_counts_the_rows_the_method_samples(method, rows):
+    """The memory plan reads the step's shape from the method (StepShape), as the run does: its
+    KV cache holds the rows the run samples, and the run's first step samples exactly those."""
+    config = load_config("toy-smoke", [f"method={method}", "rollout.merge_lora=false"])
+    shape = config.step_shape()
+    assert shape.sampled_rows == rows
+    plan = plan_memory(config, cuda_gpus=0)
+    rollout = {p.name: p for p in plan.phases}["rollout"]
+    seq = config.model.max_prompt_tokens + config.rollout.max_new_tokens
+    per_token = model_shape("toy").kv_bytes_per_token(4)
+    assert rollout.items["KV cache"] == pytest.approx(per_token * seq * rows / GiB)

@@ -280,6 +280,13 @@ class RunConfig(Strict):
             return self.rollout.vllm.max_model_len
         return (longest_prompt or self.model.max_prompt_tokens) + self.longest_response()
 
+    def step_shape(self):
+        """The selected method's step batch (tempo_bench.methods.base.StepShape)."""
+        from tempo_bench.methods.catalog import method_class
+
+        method = method_class(self.method)(self.method_options(), n_train=self.rollout.n, seed=self.seed)
+        return method.step_shape(self.train.prompts_per_step)
+
     def method_options(self, name: str | None = None):
         """The validated options object of ``name`` (default: the selected method)."""
         from tempo_bench.methods.catalog import method_class  # (the catalog loads torch: only when asked)

@@ -30,6 +30,32 @@ if TYPE_CHECKING:
     from tempo_bench.critic.ops import CriticOps  # noqa: F401
 
 
+@dataclass(frozen=True)
+class StepShape:
+    """One training step's batch, as the method makes it up: ``unlabeled`` test questions then
+    ``labeled`` pool questions, ``samples`` responses to each, of which the first ``trained``
+    are trained on (the rest only vote). Computed once by :meth:`Method.step_shape`; the run,
+    the memory plan, the rank split and vLLM's KV cache all read it."""
+
+    unlabeled: int
+    labeled: int
+    samples: int
+    trained: int
+
+    @property
+    def questions(self) -> int:
+        return self.unlabeled + self.labeled
+
+    @property
+    def sampled_rows(self) -> int:
+        return self.questions * self.samples
+
+    @property
+    def trained_rows(self) -> int:
+        """At most: a method may leave out whole groups (TEMPO's all-agreeing labeled ones)."""
+        return self.questions * self.trained
+
+
 @dataclass
 class RolloutBatch:
     """G questions x N samples each, prompt-major (sample j of question i is row i * N + j).
@@ -120,6 +146,12 @@ class Method(ABC):
         self.seed = seed  # the run's: a method's own draws come from step_seed(seed, step, stream)
 
     # -- what to sample ---------------------------------------------------------------------
+    def step_shape(self, prompts_per_step: int) -> StepShape:
+        """The step's batch with ``train.prompts_per_step`` configured: read this, not the hooks
+        below (which methods override to make it up)."""
+        return StepShape(self.unlabeled_per_step(prompts_per_step), self.labeled_per_step(),
+                         self.samples_per_prompt(), self.n_train)
+
     def samples_per_prompt(self) -> int:
         """How many responses to sample per question (>= n_train; extra ones only vote)."""
         return self.n_train

@@ -232,12 +232,12 @@ def memory_fraction(config, physical_gb: float) -> float:
 
 def cpu_kv_cache_bytes(config, model_config, context: int) -> int:
     """The KV cache vLLM's CPU build reserves (there its ``gpu_memory_utilization`` would be a
-    share of host memory): room for a step's unlabeled samples at full length, and at least 16
-    sequences; the engine queues whatever does not fit."""
+    share of host memory): room for a step's samples at full length (unlabeled and labeled, every
+    voting sample), and at least 16 sequences; the engine queues whatever does not fit."""
     heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
     head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads
     per_token = 2 * model_config.num_hidden_layers * heads * head_dim * getattr(torch, config.model.dtype).itemsize
-    return per_token * context * max(16, config.rollout.n * config.train.prompts_per_step)
+    return per_token * context * max(16, config.step_shape().sampled_rows)
 
 
 def _model_config(config):

@@ -153,10 +153,7 @@ def check_same_config(ranks: Ranks, config) -> None:
     if config.rollout.seeding != "question":
         raise ConfigError("a run on several ranks needs rollout.seeding=question (per-question seeds: samples "
                           "that do not depend on the number of ranks)")
-    from tempo_bench.methods.catalog import method_class
-
-    method = method_class(config.method)(config.method_options(), n_train=config.rollout.n, seed=config.seed)
-    ranks.share(method.unlabeled_per_step(config.train.prompts_per_step) + method.labeled_per_step())
+    ranks.share(config.step_shape().questions)
 
 
 def share_sampling(sampling, config, step: int, count: int, mine: range):

@@ -188,7 +188,7 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
     phases = [Phase("rollout", {**resident, **_rollout(config, policy, seq, width, card, notes, ranks)})]
     asleep = {} if vllm is None or vllm.sleep else {"vLLM (awake)": vllm.gpu_memory_utilization * card}
     # a micro-batch of None is a whole minibatch: the step's trained rows over train.minibatches
-    rows = config.train.micro_batch_rows or -(-_trained_rows(config) // config.train.minibatches)
+    rows = config.train.micro_batch_rows or -(-config.step_shape().trained_rows // config.train.minibatches)
     phases.append(Phase("policy training", {**resident, **asleep,
                                             **_activations(policy, rows * seq, width, config, logits=True)}))
     if critic is not None:
@@ -214,29 +214,14 @@ def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, note
                          f"is below its weights plus one {context}-token sequence's KV cache ({need:.1f} GiB): raise "
                          "rollout.vllm.gpu_memory_utilization or tensor_parallel_size")
         return {"vLLM share": share}
-    rows = -(-_sampled_rows(config) // ranks)  # each rank samples its share of the step
+    sampled = config.step_shape().sampled_rows
+    rows = -(-sampled // ranks)  # each rank samples its share of the step
     if ranks > 1:
-        notes.append(f"each of {ranks} ranks samples {rows} of the step's {_sampled_rows(config)} sequences")
+        notes.append(f"each of {ranks} ranks samples {rows} of the step's {sampled} sequences")
     items = {"KV cache": kv_per_token * seq * rows / GiB}
     if config.rollout.merge_lora:
         items["merged sampling copy"] = policy.params * width / GiB
     return items
-
-
-def _labeled_prompts(config) -> int:
-    options = config.method_options()
-    return getattr(options, "labeled_prompts_per_step", 0) if getattr(options, "include_labeled", True) else 0
-
-
-def _trained_rows(config) -> int:
-    """Rows trained on in a step: n samples of each unlabeled and labeled question."""
-    return config.rollout.n * (config.train.prompts_per_step + _labeled_prompts(config))
-
-
-def _sampled_rows(config) -> int:
-    """Rows sampled in a step (standard TTT votes over n_vote >= n samples)."""
-    n = max(config.rollout.n, getattr(config.method_options(), "n_vote", None) or 0)
-    return n * config.train.prompts_per_step + config.rollout.n * _labeled_prompts(config)
 
 
 def _activations(shape: ModelShape, tokens: int, width: int, config, logits: bool) -> dict[str, float]:

@@ -163,10 +163,9 @@ class Run:
 
     def questions_for(self, step: int) -> list[Question]:
         """The step's unlabeled test questions, then its labeled ones (the method's make-up)."""
-        per_step = self.method.unlabeled_per_step(self.config.train.prompts_per_step)
-        return (questions_for_step(self.task.test, step, per_step, self.config.seed)
-                + questions_for_step(self.pool, step, self.method.labeled_per_step(), self.config.seed,
-                                     Stream.LABELED_ORDER))
+        shape = self.method.step_shape(self.config.train.prompts_per_step)
+        return (questions_for_step(self.task.test, step, shape.unlabeled, self.config.seed)
+                + questions_for_step(self.pool, step, shape.labeled, self.config.seed, Stream.LABELED_ORDER))
 
     @property
     def pad_id(self) -> int:
@@ -353,7 +352,7 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
                                                              longest_prompt=longest_prompt(tokenizer, task, *extras))
         optimizer = torch.optim.AdamW(trainable_parameters(policy), lr=config.train.lr,
                                       weight_decay=config.train.weight_decay)
-        sampling = SamplingParams(n=method.samples_per_prompt(), temperature=config.rollout.temperature,
+        sampling = SamplingParams(n=method.step_shape(config.train.prompts_per_step).samples, temperature=config.rollout.temperature,
                                   top_p=config.rollout.top_p, max_new_tokens=config.rollout.max_new_tokens)
         scores_confidence = method.confidence_temperature(config.rollout.temperature) is not None
         tokens = dict.fromkeys(RUN_TOKENS + (CRITIC_TOKENS if cls.uses_critic else ())
