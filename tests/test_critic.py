@@ -1,5 +1,7 @@
 """The value model on the toy backbone: shapes, masking of unlabeled rows, save/load."""
 
+import types
+
 import torch
 
 from tempo_bench.config import CriticConfig
@@ -67,11 +69,11 @@ def test_a_starting_critic_read_back_from_the_disk_cache_is_placed_like_a_fresh_
     Built fresh and read back, it is placed by the run's model settings both times (a spy on
     `place`: this machine has no GPU to land on), and equal."""
     from tempo_bench.config import load_config
-    from tempo_bench.critic import model as critic_model
+    from tempo_bench.policy import model as policy_model
     from tempo_bench.critic.ops import starting_critic
 
-    placed_with, place = [], critic_model.place
-    monkeypatch.setattr(critic_model, "place", lambda model, cfg: placed_with.append(cfg) or place(model, cfg))
+    placed_with, place = [], policy_model.place
+    monkeypatch.setattr(policy_model, "place", lambda model, cfg: placed_with.append(cfg) or place(model, cfg))
     config = load_config("toy-smoke", ["method=tempo", "model.dtype=bfloat16", "critic.warmup_epochs=0"])
     built = starting_critic(config, None, None, 0, [], None, tmp_path, cache={})
     read_back = starting_critic(config, None, None, 0, [], None, tmp_path, cache={})  # a new process's
@@ -79,3 +81,26 @@ def test_a_starting_critic_read_back_from_the_disk_cache_is_placed_like_a_fresh_
     for critic in (built, read_back):
         assert {p.dtype for p in critic.model.parameters()} == {torch.bfloat16}
     assert all(torch.equal(a, b) for a, b in zip(built.model.state_dict().values(), read_back.model.state_dict().values()))
+
+
+def test_every_way_to_build_a_critic_applies_the_model_settings(tmp_path):
+    """One builder (policy.model.build_model): a fresh critic, a saved one read back (a resumed
+    run's, a cached starting critic, critic.init) and a LoRA one all get gradient checkpointing
+    (Critic.load left it out) and LoRA's fused layers where lora.fused says."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    from tempo_bench.config import load_config
+
+    def fused_layers(model):
+        return [isinstance(m.__dict__.get("forward"), types.MethodType) for m in model.modules() if type(m) is LoraLinear]
+
+    for critic_lora in ("false", "true"):
+        config = load_config("toy-smoke", ["method=tempo", "model.gradient_checkpointing=true",
+                                           f"critic.lora={critic_lora}", "critic.share_base=false"])
+        fresh = Critic.from_pretrained("toy", config.critic, config.model, config.lora)
+        loaded = Critic.load(fresh.save(tmp_path / critic_lora), config.critic, config.model, lora_cfg=config.lora)
+        for critic in (fresh, loaded):
+            assert critic.model.is_gradient_checkpointing
+            fused = fused_layers(critic.model)
+            assert (all(fused) and len(fused) > 0) if critic_lora == "true" else fused == []
+        assert torch.allclose(fresh.score(toy_batch())[1], loaded.score(toy_batch())[1], atol=1e-6)

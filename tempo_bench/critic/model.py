@@ -18,11 +18,7 @@ import torch
 from tempo_bench.core.algos import clipped_value_loss
 from tempo_bench.core.errors import ConfigError
 from tempo_bench.core.seeds import Stream, step_seed
-from tempo_bench.critic.shared_base import (
-    SharedBaseValueModel,
-    is_shared_base_folder,
-    seeded_lora_critic_init,
-)
+from tempo_bench.critic.shared_base import SharedBase, SharedBaseValueModel, is_shared_base_folder, seeded_lora_critic_init
 from tempo_bench.policy.batch import (
     TrainBatch,
     accumulated_step,
@@ -30,13 +26,7 @@ from tempo_bench.policy.batch import (
     model_inputs,
     select_rows,
 )
-from tempo_bench.policy.lora_linear import fuse_lora_layers
-from tempo_bench.policy.model import (
-    model_kwargs,
-    peft_config,
-    place,
-    resolve_model_path,
-)
+from tempo_bench.policy.model import build_model, model_kwargs, resolve_model_path
 
 
 @dataclass
@@ -58,12 +48,29 @@ class StateIndex:
         return cls(index, mask, lengths)
 
 
+class OwnBase:
+    """The critic's layout with a backbone of its own (a full model, or a LoRA adapter on a second
+    copy of the base): nothing to switch around a pass; it trains what requires gradients; it
+    copies whole. :class:`~tempo_bench.critic.shared_base.SharedBase` is the other layout."""
+
+    name = "own base"
+
+    def session(self, model):
+        return nullcontext()
+
+    def trainable(self, model) -> list[torch.nn.Parameter]:
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def copy(self, model):
+        return copy.deepcopy(model)
+
+
 class Critic:
-    """A value model and its optimiser."""
+    """A value model, its layout and its optimiser."""
 
     def __init__(self, model, lr: float, weight_decay: float, grad_clip: float, micro_batch_rows: int | None = None,
-                 length_buckets: int = 4):
-        self.model = model
+                 length_buckets: int = 4, layout=OwnBase()):
+        self.model, self.layout = model, layout
         self.lr, self.weight_decay, self.grad_clip = lr, weight_decay, grad_clip
         self.micro_batch_rows = micro_batch_rows  # rows per forward pass (memory), None: all
         self.length_buckets = length_buckets  # rows sorted by length into this many passes (padding)
@@ -74,34 +81,21 @@ class Critic:
         """A fresh value head on the backbone at ``path`` ('toy' = the shipped model), on the
         device and in the dtype of ``model_cfg`` (default: CPU, float32). With ``cfg.lora`` the
         backbone is trained through a LoRA adapter (``lora_cfg``) and the head in full."""
-        from transformers import AutoConfig, AutoModelForTokenClassification
         from transformers.utils import logging as hf_logging
 
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the new head's "newly initialized weights" notice
         try:
-            # no dropout before the head (transformers defaults it to 0.1): a regression target
-            # and reproducible updates
-            config = AutoConfig.from_pretrained(resolve_model_path(path), num_labels=1)
-            config.classifier_dropout = 0.0
-            model = AutoModelForTokenClassification.from_pretrained(
-                resolve_model_path(path), config=config, **model_kwargs(model_cfg))
+            model = value_backbone(resolve_model_path(path), model_cfg)
         finally:
             hf_logging.set_verbosity(verbosity)
-        if getattr(cfg, "head_init", "random") == "verdict":
-            verdict_head(model, resolve_model_path(path), cfg.head_scale)
-        if model_cfg is not None and model_cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()  # a LoRA backbone's frozen embeddings
+        verdict = getattr(cfg, "head_init", "random") == "verdict"
+        model = build_model(model, model_cfg, lora_cfg if getattr(cfg, "lora", False) else None, "TOKEN_CLS",
+                            prepare=(lambda m: verdict_head(m, resolve_model_path(path), cfg.head_scale)) if verdict
+                            else None)
         if getattr(cfg, "lora", False):
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config(lora_cfg, "TOKEN_CLS"))
-            if lora_cfg.fused:
-                fuse_lora_layers(model)
             lora_a = [p for name, p in model.named_parameters() if "lora_A" in name]
             _seeded_init(lora_a, model, cfg, resolve_model_path(path))
-        model = place(model, model_cfg)
         return cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.micro_batch_rows, cfg.length_buckets)
 
     @classmethod
@@ -114,29 +108,25 @@ class Critic:
         else:
             lora_a = [p for name, p in model.adapter_parameters() if "lora_A" in name]
             _seeded_init(lora_a, model, cfg, model.config.name_or_path)
-        critic = cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.micro_batch_rows, cfg.length_buckets)
+        critic = cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.micro_batch_rows, cfg.length_buckets,
+                     SharedBase())
         if saved is not None:
             critic._load_optimizer(saved)
         return critic
 
     def session(self):
-        """What the value model needs active around a scoring pass or fit (the shared-base critic's
-        adapter: :class:`~tempo_bench.critic.shared_base.SharedBaseValueModel`)."""
-        return self.model.session() if isinstance(self.model, SharedBaseValueModel) else nullcontext()
+        """What the value model needs active around a scoring pass or fit (the shared-base
+        critic's adapter); the layout knows."""
+        return self.layout.session(self.model)
 
     def _params(self):
-        params = list(self.model.parameters())
-        if isinstance(self.model, SharedBaseValueModel):  # its own parameters, trainable in its session
-            return params
-        return [p for p in params if p.requires_grad]
+        return self.layout.trainable(self.model)
 
     def clone(self) -> "Critic":
         """An independent copy (weights and optimiser state): each run starts from the same
         starting critic without touching the shared one."""
-        if isinstance(self.model, SharedBaseValueModel):
-            raise TypeError("a shared-base critic lives on its run's policy: load its saved folder instead")
-        other = Critic(copy.deepcopy(self.model), self.lr, self.weight_decay, self.grad_clip, self.micro_batch_rows,
-                       self.length_buckets)
+        other = Critic(self.layout.copy(self.model), self.lr, self.weight_decay, self.grad_clip, self.micro_batch_rows,
+                       self.length_buckets, self.layout)
         other.optimizer.load_state_dict(copy.deepcopy(self.optimizer.state_dict()))
         return other
 
@@ -224,24 +214,18 @@ class Critic:
     def load(cls, out_dir: Path, cfg, model_cfg=None, policy=None, lora_cfg=None) -> "Critic":
         """A saved critic: a full model, (critic.lora) a LoRA adapter plus head on its base, or
         (critic.share_base) an adapter plus head on ``policy``'s base."""
-        from transformers import AutoModelForTokenClassification
-
         if is_shared_base_folder(out_dir):
             if policy is None:
                 raise ConfigError(f"{out_dir} holds a critic that shares its policy's base: load it with the policy")
             return cls.sharing_base(policy, cfg, lora_cfg, saved=out_dir)
-        if (out_dir / "adapter_config.json").is_file():
-            from peft import PeftConfig, PeftModel
+        if (out_dir / "adapter_config.json").is_file():  # a LoRA critic: its base, then its adapter
+            from peft import PeftConfig
 
             base_path = PeftConfig.from_pretrained(out_dir).base_model_name_or_path
-            base = AutoModelForTokenClassification.from_pretrained(
-                base_path, num_labels=1, classifier_dropout=0.0, **model_kwargs(model_cfg))
-            model = PeftModel.from_pretrained(base, out_dir, is_trainable=True)
-            if lora_cfg is None or lora_cfg.fused:  # as it was built (a resumed run computes as before)
-                fuse_lora_layers(model)
+            model = build_model(value_backbone(base_path, model_cfg), model_cfg, lora_cfg, "TOKEN_CLS",
+                                adapter_dir=out_dir)
         else:
-            model = AutoModelForTokenClassification.from_pretrained(out_dir, **model_kwargs(model_cfg))
-        model = place(model, model_cfg)
+            model = build_model(value_backbone(str(out_dir), model_cfg), model_cfg)
         critic = cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.micro_batch_rows, cfg.length_buckets)
         critic._load_optimizer(out_dir)
         return critic
@@ -250,6 +234,17 @@ class Critic:
         state = out_dir / "optimizer.pt"
         if state.is_file():
             self.optimizer.load_state_dict(torch.load(state, weights_only=True, map_location="cpu"))
+
+
+def value_backbone(path: str, model_cfg):
+    """A token-classification model (one output: the value) of the checkpoint at ``path``, without
+    dropout before the head (transformers defaults it to 0.1): a regression target and
+    reproducible updates. A saved critic's own head is read back; a backbone's is new."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    config = AutoConfig.from_pretrained(path, num_labels=1)
+    config.classifier_dropout = 0.0
+    return AutoModelForTokenClassification.from_pretrained(path, config=config, **model_kwargs(model_cfg))
 
 
 def _seeded_init(lora_a: list[torch.Tensor], model, cfg, backbone_dir: str) -> None:

@@ -125,6 +125,23 @@ class SharedBaseValueModel(torch.nn.Module):
         self.score.load_state_dict(load_file(str(out_dir / HEAD_FILE), device=str(device)))
 
 
+class SharedBase:
+    """The critic's layout on the policy's base (critic/model.py ``OwnBase`` is the other): its
+    passes run in the critic adapter's session; it trains its own parameters (adapter and head,
+    trainable inside the session only); it cannot be copied apart from its run's policy."""
+
+    name = "shared base"
+
+    def session(self, model: SharedBaseValueModel):
+        return model.session()
+
+    def trainable(self, model: SharedBaseValueModel) -> list[torch.nn.Parameter]:
+        return list(model.parameters())
+
+    def copy(self, model: SharedBaseValueModel):
+        raise TypeError("a shared-base critic lives on its run's policy: load its saved folder instead")
+
+
 def is_shared_base_folder(path: Path) -> bool:
     return (Path(path) / MARKER).is_file()
 

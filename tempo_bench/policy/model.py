@@ -128,6 +128,33 @@ def prompt_renderer(tokenizer, model_cfg):
     return render
 
 
+def build_model(base, model_cfg, lora_cfg=None, task_type: str = "CAUSAL_LM", adapter_dir: Path | None = None,
+                prepare=None):
+    """The one way a model is built, policy and critic alike, from a loaded ``base``: ``prepare``
+    (a critic's verdict head, set on the bare backbone), gradient checkpointing (model.*), a LoRA
+    adapter (fresh from ``lora_cfg``, or the one saved in ``adapter_dir``), LoRA's fused forward
+    (lora.fused; on where no ``lora_cfg`` says otherwise), then the device (model.device)."""
+    if prepare is not None:
+        prepare(base)
+    lora = lora_cfg is not None or adapter_dir is not None
+    if model_cfg is not None and model_cfg.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if lora:
+            base.enable_input_require_grads()  # LoRA: the frozen embeddings' outputs need grads
+    model = base
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
+    elif lora_cfg is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(base, peft_config(lora_cfg, task_type))
+    if lora and (lora_cfg is None or lora_cfg.fused):
+        fuse_lora_layers(model)
+    return place(model, model_cfg)
+
+
 def load_policy(model_cfg, lora_cfg, cache: dict | None = None):
     """Base model with a fresh LoRA adapter (initialised so the policy starts equal to the base),
     on ``model_cfg.device``. On CPU, with a ``cache`` (shared by the runs of one process: sweep
@@ -135,7 +162,6 @@ def load_policy(model_cfg, lora_cfg, cache: dict | None = None):
     second copy may not fit, each run reads them."""
     import copy
 
-    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     device = resolve_device(model_cfg.device)
@@ -145,14 +171,8 @@ def load_policy(model_cfg, lora_cfg, cache: dict | None = None):
             cache[key] = AutoModelForCausalLM.from_pretrained(key[0], **model_kwargs(model_cfg))
         base = copy.deepcopy(cache[key])
     else:
-        base = place(AutoModelForCausalLM.from_pretrained(key[0], **model_kwargs(model_cfg)), model_cfg)
-    if model_cfg.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.enable_input_require_grads()  # LoRA: the frozen embeddings' outputs need grads
-    policy = get_peft_model(base, peft_config(lora_cfg, "CAUSAL_LM"))
-    if lora_cfg.fused:
-        fuse_lora_layers(policy)
-    return policy
+        base = AutoModelForCausalLM.from_pretrained(key[0], **model_kwargs(model_cfg))
+    return build_model(base, model_cfg, lora_cfg)
 
 
 def merged_lora_weights(policy, every_weight: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
