@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The two-regime report of the README ("The two regimes"): every number there comes from these
+# The two-regime report (docs/regimes.md): every number there comes from these
 # commands (2 CPU cores, about 75 minutes in all). Run folders go to $OUT (default runs/regimes);
 # tables, probes and figures to docs/regimes/. Each step can be rerun alone: compare --resume
 # reuses finished runs and the sweep continues its study.

@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
     run = sub.add_parser("run", help="run one method on one preset, logged to MLflow",
                          epilog="Data-parallel over N processes (GPUs, or CPU ranks on gloo): torchrun "
                          "--nproc-per-node N $(which tempo-bench) run ... --set rollout.seeding=question "
-                         "(README: Scaling out)")
+                         "(docs/real-models.md: Scaling out)")
     run.add_argument("--preset", required=True, help="preset name (toy-smoke, toy, ...) or a .yaml path")
     run.add_argument("--method", help="method to run (overrides the preset's)")
     run.add_argument("--seed", type=int, help="run seed (overrides the preset's)")
@@ -76,7 +76,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(describe_run(config))
         return 0
-    ranks = launched_ranks(config.model.device)  # one, unless torchrun started several (the README's "Scaling out")
+    ranks = launched_ranks(config.model.device)  # one, unless torchrun started several (docs/real-models.md, "Scaling out")
     try:
         return _run(args, config, ranks)
     finally:

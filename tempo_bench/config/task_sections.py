@@ -18,7 +18,7 @@ class Strict(BaseModel):
 
 
 class ToyTaskConfig(Strict):
-    """The embedded column-addition task (tempo_bench/toy/task.py)."""
+    """The embedded column-addition task (tempo_bench/tasks/addition.py)."""
 
     name: Literal["toy_addition"] = "toy_addition"
     test_size: int = Field(64, ge=1, description="unlabeled test questions (D_U)")

@@ -50,7 +50,7 @@ from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's kernels are built for
 INSTALL_HINT = ("install it with pip install 'tempo-bench[vllm]' on a GPU machine, or vLLM's CPU build "
-                "(README, 'vLLM rollouts'), or use rollout.backend=hf")
+                "(docs/real-models.md, 'vLLM rollouts'), or use rollout.backend=hf")
 
 
 def _import_vllm():

@@ -1,4 +1,4 @@
-"""The embedded column-addition task as a TaskData (see tempo_bench/toy/task.py)."""
+"""The embedded column-addition task as a TaskData (see tempo_bench/tasks/addition.py)."""
 
 from __future__ import annotations
 

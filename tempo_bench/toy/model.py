@@ -70,8 +70,8 @@ class ToyModelSpec:
 
 def critic_backbone_spec() -> ToyModelSpec:
     """The critic's backbone: the same corpus and recipe at about 4x the parameters (hidden 128, 6
-    layers). A self-critic of the policy's size could not rank its answers on the toy (README, "The
-    embedded default"); the capacity gap stands in for the paper's verify-easier-than-generate."""
+    layers). A self-critic of the policy's size could not rank its answers on the toy (docs/regimes.md,
+    "The symmetric regime"); the capacity gap stands in for the paper's verify-easier-than-generate."""
     return ToyModelSpec(hidden_size=128, num_layers=6, intermediate_size=512, lr=0.002)
 
 
