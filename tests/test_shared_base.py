@@ -73,6 +73,7 @@ def test_a_shared_base_run_logs_what_a_two_copy_run_logs(tmp_path):
     compared = [k for k in shared if not k.startswith("time/")]
     assert {"critic/value_loss", "critic/probe/auroc", "reward/mean", "eval/mean_at_k"} <= set(compared)
     for key in compared:
+        assert [step for step, _ in shared[key]] == [step for step, _ in copies[key]], key  # every step logged
         for (step, a), (_, b) in zip(shared[key], copies[key]):
             assert a == pytest.approx(b, rel=1e-6, abs=1e-6, nan_ok=True), (key, step)
     # the artefacts: the policy's adapter alone, the critic's adapter and head without a base

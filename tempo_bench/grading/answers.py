@@ -28,7 +28,7 @@ _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 # One time budget per verdict (parsing both answers and comparing them), enforced with SIGALRM,
 # which only the main thread may set; elsewhere there is none, which is why grading.workers runs
 # verdicts in worker processes (each its own main thread) with a per-item timeout on top
-# (tempo_bench/grading_pool.py). math-verify's own per-call timeouts are off: they use the same signal.
+# (tempo_bench/grading/pool.py). math-verify's own per-call timeouts are off: they use the same signal.
 VERDICT_TIMEOUT_S = 5.0
 # No real answer is this long or this deeply nested; sympy can take minutes on such input.
 MAX_ANSWER_CHARS, MAX_BRACE_DEPTH = 400, 12  # brackets of any kind

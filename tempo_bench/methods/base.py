@@ -87,12 +87,6 @@ class RolloutBatch:
     advantages: torch.Tensor | None = None
 
     @classmethod
-    def graded(cls, questions: list[Question], generation: Generation, grader: Grader, step: int = 0) -> "RolloutBatch":
-        """The grade phase: answers and clusters of every group, and the visible truth of the
-        labeled ones."""
-        return cls.from_answers(questions, generation, *grader.grade_generation(generation), grader, step)
-
-    @classmethod
     def from_answers(cls, questions: list[Question], generation: Generation, answers: list, clusters: list,
                      grader: Grader, step: int = 0) -> "RolloutBatch":
         """A batch of answers and clusters graded already (by the ranks that sampled them)."""
