@@ -31,4 +31,4 @@ class OnlineCritic(CriticMethod):
             for j, c in enumerate(batch.clusters[i]):
                 row_mask[i * batch.n + j] = 1.0
                 targets[i * batch.n + j] = 1.0 if winner is not None and c == winner else -1.0
-        return ops.fit_batch(generation_batch(batch.generation, ops.pad_id), targets, row_mask, step)
+        return ops.fit_batch(generation_batch(batch.generation, ops.pad_id), targets, row_mask, step, batch.probe)

@@ -1,6 +1,7 @@
 """Critic methods on constructed batches: rewards, advantages, E-step schedule, value loss."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ from tempo_bench.core.algos import (
     em_group_advantages,
     em_token_advantages,
 )
+from tempo_bench.critic.ops import StepProbe
+from tempo_bench.policy.batch import generation_batch
 from tempo_bench.methods.tempo import Tempo
 from tempo_bench.tasks import AnswerKey
 
@@ -82,23 +85,31 @@ class RecordingOps:
     def __init__(self, probes=()):
         self.calls, self.probes = [], list(probes)
 
-    def estep(self, step):
+    def estep(self, step, probe):
+        assert isinstance(probe, StepProbe), "the E-step gets the step's probe (it may draw its samples)"
         self.calls.append(("estep", step))
         return {"critic/estep": 1.0}
 
-    def probe(self, step):
+    def probe(self, step, probe):
+        assert isinstance(probe, StepProbe)
         return self.probes[step - 1]
 
-    def fit_batch(self, batch, targets, row_mask, step):
+    def fit_batch(self, batch, targets, row_mask, step, probe):
+        assert isinstance(probe, StepProbe), "a fit clears the step's probe scores"
         self.calls.append(("fit", targets.tolist(), row_mask.tolist()))
         return {}
+
+
+def a_step():
+    """What a critic schedule reads of a step's batch when it needs no rollouts: its probe."""
+    return SimpleNamespace(probe=StepProbe())
 
 
 @pytest.mark.parametrize("k,expected", [(1, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), (5, [5, 10]), (None, [])])
 def test_interval_schedule_fires_every_k_steps(k, expected):
     method, ops = Tempo(Tempo.Options(recal_interval=k), n_train=2), RecordingOps()
     for step in range(1, 11):
-        method.update_critic(step, None, ops)
+        method.update_critic(step, a_step(), ops)
     assert ops.calls == [("estep", s) for s in expected]
 
 
@@ -115,7 +126,7 @@ def test_drift_trigger_fires_exactly_when_probe_degrades():
     ]
     method = Tempo(Tempo.Options(recal_trigger="drift", drift_ece_increase=0.05, drift_auroc_drop=0.05), n_train=2)
     ops = RecordingOps(probes)
-    fired = [step for step in range(1, 8) if method.update_critic(step, None, ops).get("critic/drift_fired")]
+    fired = [step for step in range(1, 8) if method.update_critic(step, a_step(), ops).get("critic/drift_fired")]
     assert fired == [3, 5]
     assert ops.calls == [("estep", 3), ("estep", 5)]
 
@@ -158,3 +169,32 @@ def test_clipped_value_loss_by_hand_and_mask():
     changed = values.clone()
     changed[1] = torch.tensor([100.0, -100.0])  # masked row: no effect
     assert clipped_value_loss(changed, old, returns, mask, 0.1).item() == pytest.approx(0.245)
+
+
+def test_a_steps_probe_samples_are_drawn_once_and_rescored_only_after_the_critic_learns(tmp_path):
+    """The probe is state of the step (RolloutBatch.probe), not of CriticOps: an E-step draws the
+    probe's samples in its own generate call; the critic_probe phase then only scores them; with
+    no E-step the phase draws them; scores are reused until the critic learns."""
+    from tempo_bench.config import load_config
+    from tempo_bench.core.loggers import MemoryLogger
+    from tempo_bench.run.run import build_run
+
+    config = load_config("toy-smoke", ["method=tempo", "critic.warmup_epochs=0", "critic.estep_questions=2",
+                                       "critic.probe_questions=2", f"out={tmp_path}", "threads=1"])
+    ops = build_run(config, MemoryLogger(), out_dir=tmp_path / "run").critic_ops
+    calls, generate = [], ops.backend.generate
+    ops.backend.generate = lambda prompts, sampling: calls.append(len(prompts)) or generate(prompts, sampling)
+
+    with_estep = StepProbe()
+    ops.estep(1, with_estep)
+    assert calls == [2 + 2] and with_estep.rollouts is not None  # E-step and probe questions, one call
+    scores = ops.probe(1, with_estep)
+    assert calls == [4] and ops.probe(1, with_estep) is scores  # scored once, nothing drawn
+
+    alone = StepProbe()
+    ops.probe(2, alone)
+    assert calls == [4, 2]  # no E-step this step: the probe draws its own samples
+    before = alone.scores
+    batch = generation_batch(alone.rollouts[0], ops.pad_id)
+    ops.fit_batch(batch, torch.ones(len(batch.input_ids)), torch.ones(len(batch.input_ids)), 2, alone)
+    assert alone.scores is None and ops.probe(2, alone) != before and calls == [4, 2]  # rescored, not redrawn

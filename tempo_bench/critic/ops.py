@@ -6,6 +6,11 @@
   online critic's pseudo-labels);
 - ``probe``: the critic's calibration and within-question AUROC on a held-out labeled probe of
   current-policy rollouts (diagnostics, and the drift trigger of adaptive recalibration).
+
+A step's probe is a :class:`StepProbe` that travels in the step's batch (``RolloutBatch.probe``):
+its samples are drawn at most once per step, by the E-step in its own generate call or by the
+first use, and its scores are cleared whenever the critic learns. Nothing here keeps state from
+one step to the next.
 """
 
 from __future__ import annotations
@@ -56,6 +61,16 @@ def rollout_labeled(
 
 
 @dataclass
+class StepProbe:
+    """The held-out labeled probe at one step: the current policy's samples of the probe questions
+    with their true correctness [G, n] (None until drawn) and the current critic's critic/probe/*
+    scores of them (None until scored, and again after the critic learns)."""
+
+    rollouts: tuple[Generation, np.ndarray] | None = None
+    scores: dict[str, float] | None = None
+
+
+@dataclass
 class CriticOps:
     critic: Critic
     backend: RolloutBackend
@@ -70,33 +85,26 @@ class CriticOps:
     # the run's compute counter, shared: E-step rollouts and critic passes add to it
     tokens: dict[str, int] = field(default_factory=lambda: {"tokens/critic": 0, "tokens/estep_rollout": 0})
     estep_count: int = 0
-    _probe_cache: tuple[int, dict] | None = None
-    _probe_rollouts: tuple[int, Generation, np.ndarray] | None = None  # (step, probe samples, truth)
 
     def _rollout_labeled(self, questions: list[LabeledQuestion], n: int) -> tuple[Generation, np.ndarray]:
         return rollout_labeled(self.backend, questions, n, self.sampling, self.grader)
 
-    def _has_probe_rollouts(self, step: int) -> bool:
-        """Probe samples of the policy of ``step`` exist (the policy does not change within a step
-        after the M-step, so the E-step's call and the later probe share them)."""
-        return self._probe_rollouts is not None and self._probe_rollouts[0] == step
-
-    def estep(self, step: int) -> dict[str, float]:
+    def estep(self, step: int, probe: StepProbe | None = None) -> dict[str, float]:
         """Recalibrate on fresh current-policy rollouts of ``cfg.estep_questions`` labeled
-        questions drawn from the pool (seeded by step)."""
+        questions drawn from the pool (seeded by step). The step's ``probe`` samples the same
+        policy: where it is due and not drawn yet, its samples come from the E-step's own generate
+        call (the per-token cost of a sampling loop is paid once)."""
         rng = random.Random(step_seed(self.seed, step, Stream.ESTEP_QUESTIONS))
         questions = rng.sample(self.pool, min(self.cfg.estep_questions, len(self.pool)))
-        # the probe of this step samples the same policy: one generate call for both (the per-token
-        # cost of a sampling loop is paid once)
-        with_probe = (step % self.cfg.probe_every == 0 and self.cfg.probe_samples == self.cfg.estep_samples
-                      and bool(self.probe_questions) and not self._has_probe_rollouts(step))
+        with_probe = (probe is not None and probe.rollouts is None and step % self.cfg.probe_every == 0
+                      and self.cfg.probe_samples == self.cfg.estep_samples and bool(self.probe_questions))
         extra = self.probe_questions if with_probe else []
         with torch.random.fork_rng():
             torch.manual_seed(step_seed(self.seed, step, Stream.ESTEP_ROLLOUT))
             generation, correct = self._rollout_labeled(questions + extra, self.cfg.estep_samples)
         if with_probe:
             probe_ids = range(len(questions), len(questions) + len(extra))
-            self._probe_rollouts = (step, generation.prompts(probe_ids), correct[len(questions):])
+            probe.rollouts = (generation.prompts(probe_ids), correct[len(questions):])
             generation, correct = generation.prompts(range(len(questions))), correct[: len(questions)]
         self.tokens["tokens/estep_rollout"] += generation.num_tokens
         batch = generation_batch(generation, self.pad_id)
@@ -107,13 +115,16 @@ class CriticOps:
         self.estep_count += 1
         if self.log_text is not None:
             self.log_text(json.dumps(_reliability(before, after, correct)), f"critic/reliability_step_{step:05d}.json")
-        self._probe_cache = None
+        if probe is not None:
+            probe.scores = None  # the critic learned
         return {**stats, "critic/estep": 1.0, "critic/estep_accuracy": float(correct.mean())}
 
-    def fit_batch(self, batch: TrainBatch, targets: torch.Tensor, row_mask: torch.Tensor, step: int) -> dict[str, float]:
+    def fit_batch(self, batch: TrainBatch, targets: torch.Tensor, row_mask: torch.Tensor, step: int,
+                  probe: StepProbe | None = None) -> dict[str, float]:
         """Fit on rows of the current batch with the method's own targets [B] (+1/-1)."""
         stats = self._fit(batch, targets, row_mask, self.cfg.online_epochs, step)
-        self._probe_cache = None
+        if probe is not None:
+            probe.scores = None  # the critic learned
         return stats
 
     def _fit(self, batch, targets, row_mask, epochs: int, step: int, old_values=None) -> dict[str, float]:
@@ -123,21 +134,19 @@ class CriticOps:
         self.tokens["tokens/critic"] += stats.pop("tokens/critic_step")
         return stats
 
-    def probe(self, step: int) -> dict[str, float]:
-        """critic/probe/* on fresh current-policy rollouts of the probe questions (computed at
-        most once per step and critic state)."""
-        if self._probe_cache is not None and self._probe_cache[0] == step:
-            return self._probe_cache[1]
-        if not self._has_probe_rollouts(step):
+    def probe(self, step: int, probe: StepProbe) -> dict[str, float]:
+        """critic/probe/* of the current critic on the step's probe samples: drawn now if no
+        E-step drew them (seeded by step), scored now if the critic learned since."""
+        if probe.rollouts is None:
             with torch.random.fork_rng():
                 torch.manual_seed(step_seed(self.seed, step, Stream.PROBE_ROLLOUT))
-                self._probe_rollouts = (step, *self._rollout_labeled(self.probe_questions, self.cfg.probe_samples))
-        _, generation, correct = self._probe_rollouts
-        _, final = self.critic.score(generation_batch(generation, self.pad_id))
-        values = critic_quality(final.reshape(correct.shape).numpy(), correct)
-        result = {f"critic/probe/{k}": v for k, v in values.items()}
-        self._probe_cache = (step, result)
-        return result
+                probe.rollouts = self._rollout_labeled(self.probe_questions, self.cfg.probe_samples)
+        if probe.scores is None:
+            generation, correct = probe.rollouts
+            _, final = self.critic.score(generation_batch(generation, self.pad_id))
+            values = critic_quality(final.reshape(correct.shape).numpy(), correct)
+            probe.scores = {f"critic/probe/{k}": v for k, v in values.items()}
+        return probe.scores
 
 
 def _reliability(before: torch.Tensor, after: torch.Tensor, correct: np.ndarray) -> dict:

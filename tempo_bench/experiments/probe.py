@@ -20,7 +20,7 @@ import numpy as np
 
 from tempo_bench.core import metrics as M
 from tempo_bench.core.loggers import MemoryLogger
-from tempo_bench.critic.ops import critic_quality
+from tempo_bench.critic.ops import StepProbe, critic_quality
 from tempo_bench.policy.batch import generation_batch
 from tempo_bench.rollout import SamplingParams
 from tempo_bench.run.run import build_run
@@ -61,12 +61,13 @@ def _measure(run, k: int, estep_rounds: int) -> dict:
                    "pass_at_k": M.pass_at_k(truth, k)},
         "majority_vote_auroc_within": M.auroc_within(cluster_frequency(clusters), truth),
         "critic_start": critic_on_test(),
-        "critic_start_probe": {k2.split("/")[-1]: v for k2, v in ops.probe(0).items()},
+        "critic_start_probe": {k2.split("/")[-1]: v for k2, v in ops.probe(0, StepProbe()).items()},
     }
-    for round_ in range(1, estep_rounds + 1):
-        ops.estep(round_)
+    for round_ in range(1, estep_rounds + 1):  # each round a step of its own, probe samples drawn with it
+        ops.estep(round_, StepProbe())
     result["critic_recalibrated"] = critic_on_test()
-    result["critic_recalibrated_probe"] = {k2.split("/")[-1]: v for k2, v in ops.probe(estep_rounds + 1).items()}
+    probe = ops.probe(estep_rounds + 1, StepProbe())
+    result["critic_recalibrated_probe"] = {k2.split("/")[-1]: v for k2, v in probe.items()}
     result["estep_rounds"] = estep_rounds
     return result
 

@@ -14,13 +14,14 @@ metrics code computes it from the AnswerKey, apart from the batch. Only a method
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from tempo_bench.core.algos import group_normalized_advantages
+from tempo_bench.critic.ops import StepProbe
 from tempo_bench.grading.answers import Grader
 from tempo_bench.policy.batch import TrainBatch
 from tempo_bench.rollout.base import Generation
@@ -85,6 +86,8 @@ class RolloutBatch:
     rows: list[int] | None = None
     train: TrainBatch | None = None
     advantages: torch.Tensor | None = None
+    # critic and critic_probe phases: the held-out labeled probe of this step's policy
+    probe: StepProbe = field(default_factory=StepProbe)
 
     @classmethod
     def from_answers(cls, questions: list[Question], generation: Generation, answers: list, clusters: list,

@@ -72,11 +72,11 @@ class Tempo(CriticMethod):
         return None
 
     def update_critic(self, step, batch, ops):
-        probe = ops.probe(step) if self.options.recal_trigger == "drift" else None
+        probe = ops.probe(step, batch.probe) if self.options.recal_trigger == "drift" else None
         reason = self.estep_due(step, probe)
         if reason is None:
             return {"critic/estep": 0.0}
-        stats = ops.estep(step)
+        stats = ops.estep(step, batch.probe)
         self.reference = None  # re-measured at the next probe
         if self.options.recal_trigger == "drift":
             stats["critic/drift_fired"] = 1.0

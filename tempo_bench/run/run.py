@@ -132,8 +132,8 @@ class Run:
             with timer.phase("critic"):
                 critic_stats = method.update_critic(step, batch, ops)
             if step % config.critic.probe_every == 0:
-                with timer.phase("critic_probe"):
-                    critic_stats.update(critic_diagnostics(ops, batch, truth, step))
+                with timer.phase("critic_probe"):  # the probe's samples: the E-step's, or drawn now
+                    critic_stats.update(critic_diagnostics(ops.probe(step, batch.probe), batch, truth))
         # counted once the step is through (a step stopped by a non-finite value counts nothing)
         self.tokens["tokens/rollout"] += generation.num_tokens
         self.tokens["tokens/policy"] += batch.train.num_tokens if batch.train is not None else 0

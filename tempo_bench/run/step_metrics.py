@@ -22,10 +22,11 @@ def true_correctness(batch: RolloutBatch, answer_key, grader: Grader) -> np.ndar
                     dtype=bool)
 
 
-def critic_diagnostics(ops, batch: RolloutBatch, truth: np.ndarray, step: int) -> dict[str, float]:
-    """critic/probe/* (held-out labeled probe), critic/test/* (this step's unlabeled rows, hidden
-    labels) and their gap: the critic's transfer gap."""
-    values = dict(ops.probe(step))
+def critic_diagnostics(probe_scores: dict[str, float], batch: RolloutBatch, truth: np.ndarray) -> dict[str, float]:
+    """critic/probe/* (the held-out labeled probe's scores, as the critic_probe phase made them),
+    critic/test/* (this step's unlabeled rows, hidden labels) and their gap: the critic's transfer
+    gap."""
+    values = dict(probe_scores)
     groups = batch.unlabeled_groups
     if groups and batch.final_values is not None:
         test = critic_quality(batch.final_values[groups].numpy(), truth[groups])
