@@ -20,13 +20,13 @@ import pandas as pd
 
 from tempo_bench.core import metrics as M
 from tempo_bench.core.tracking import tracking_client
+from tempo_bench.experiments.results import PARTIAL
 
 COLUMNS = ["run_id", "run_name", "method", "task", "seed", "trial", "step", "tokens", "metric", "value"]
 # the compute axis: every token a method spent (rollouts, policy training, critic training and
 # the E-steps' own rollouts), cumulative
 TOKEN_KEYS = ["tokens/rollout", "tokens/policy", "tokens/critic", "tokens/estep_rollout", "tokens/confidence"]
 FINISHED = {"FINISHED", "FAILED", "KILLED"}  # ended: their cached rows stay valid
-PARTIAL = " (partial)"  # the method label of a run that did not finish, with include_partial
 
 
 def _client(tracking_uri: str | None):

@@ -192,3 +192,64 @@ def test_out_of_range_seeds_are_config_errors(tmp_path, capsys, seeds, expected)
     out = tmp_path / "o"
     assert expected in error_of(capsys, ["run", "--preset", "toy-smoke", *seeds, "--out", str(out), *QUICK])
     assert not out.exists()
+
+
+def test_small_input_mistakes_are_one_line_errors(tmp_path, capsys):
+    """train.lr=inf passed validation and failed at step 2 without naming lr; a YAML error inside
+    --set was a 7-line parser dump; `--methods ''` silently ran the defaults."""
+    out = tmp_path / "o"
+    err = error_of(capsys, ["run", "--preset", "toy-smoke", "--set", "train.lr=inf", "--out", str(out), *QUICK])
+    assert "train.lr: Input should be a finite number" in err
+    err = error_of(capsys, ["run", "--preset", "toy-smoke", "--set", "train.lr=[1", "--out", str(out), *QUICK])
+    assert err.count("\n") == 1 and "override 'train.lr=[1': value is not valid YAML (expected ',' or ']'" in err
+    err = error_of(capsys, ["compare", "--preset", "toy-smoke", "--methods", "", "--seeds", "0", "--out", str(out)])
+    assert "--methods names no method" in err
+    (tmp_path / "a-file").write_text("")
+    err = error_of(capsys, ["compare", "--preset", "toy-smoke", "--methods", "oracle", "--seeds", "0", "--out", str(out),
+                            "--table", str(tmp_path / "a-file" / "table.md")])
+    assert "cannot write to the --table folder" in err  # was found only after all the training
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("uri,expected", [
+    ("file:///tmp/mlruns-here", "is an MLflow file store, which MLflow no longer writes by default"),
+    ("mlruns", "is an MLflow file store"),
+    ("foo://bar", "unknown scheme 'foo'"),  # both were MLflow tracebacks after the run was set up
+])
+def test_tracking_uris_mlflow_cannot_use_are_named_before_any_work(tmp_path, capsys, monkeypatch, uri, expected):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    out = tmp_path / "o"
+    assert expected in error_of(capsys, ["run", "--preset", "toy-smoke", "--tracking-uri", uri, "--out", str(out), *QUICK])
+
+
+def test_figures_reads_what_exists_and_labels_unfinished_runs(tmp_path, capsys, created_store):
+    """A mistyped store path made a new, empty store (then "no experiment"); with
+    --include-partial a killed run's label "tempo (partial)" was looked up as a method (KeyError)."""
+    from mlflow.tracking import MlflowClient
+
+    typo = tmp_path / "typo" / "mlflow.db"
+    err = error_of(capsys, ["figures", "--experiment", "x", "--tracking-uri", f"sqlite:///{typo}", "--out", str(tmp_path / "f")])
+    assert f"no MLflow store at {typo}" in err and not typo.parent.exists()
+
+    created_store(tmp_path / "store")
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("compare-x")
+    for method, finished in (("standard_ttt", True), ("tempo", False)):  # tempo: killed, still RUNNING
+        run = client.create_run(experiment, tags={"method": method, "seed": "0"}, run_name=f"{method}-s0")
+        for step, value in ((0, 0.2), (5, 0.3)):
+            client.log_metric(run.info.run_id, "eval/mean_at_k", value, step=step)
+        if finished:
+            client.set_terminated(run.info.run_id)
+    assert main(["figures", "--experiment", "compare-x", "--tracking-uri", uri, "--out", str(tmp_path / "f"),
+                 "--include-partial"]) == 0
+    assert "| tempo (partial) | 1 | 0.300" in (tmp_path / "f" / "results.md").read_text()
+
+
+def test_an_empty_search_space_is_named(tmp_path, capsys):
+    """It was reported as a grid-size mismatch (n_trials=2 but the grid holds 1 point)."""
+    spec = yaml.safe_load((Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml").read_text())
+    spec["space"] = {}
+    path = tmp_path / "empty.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert "space: Dictionary should have at least 1 item" in error_of(capsys, ["sweep", str(path), "--out", str(tmp_path)])

@@ -58,13 +58,17 @@ def _compare_workers(text: str, device: str, runs: int) -> int:
 
 def cmd_compare(args) -> int:
     try:
-        methods = parse_methods(args.methods) if args.methods else default_methods()
+        methods = parse_methods(args.methods) if args.methods is not None else default_methods()
         seeds = parse_seeds(args.seeds)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     overrides = list(args.overrides) + (
         [f"train.budget_tokens={args.budget_tokens}"] if args.budget_tokens else [])
     config = load_config(args.preset, overrides)  # the preset's own settings (each run adds its method and seed)
+    for folder, what in ((Path(args.table).parent if args.table else None, "--table folder"),
+                         (args.figures, "--figures folder")):
+        if folder:  # before the training, not after it (the results would be lost with a traceback)
+            ensure_writable(folder, what)
     workers = _compare_workers(args.workers, config.model.device, len(methods) * len(seeds))
     outcomes, uri = run_compare(args.preset, methods, seeds, overrides, args.tracking_uri, args.out,
                                 args.experiment, workers, resume=args.resume,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tempo_bench.analysis.report import write_report
 from tempo_bench.core.errors import ConfigError
-from tempo_bench.core.tracking import check_tracking, ensure_writable
+from tempo_bench.core.tracking import check_tracking, ensure_writable, sqlite_path
 
 
 def add_parser(sub) -> None:
@@ -34,7 +34,12 @@ def cmd_figures(args) -> int:
             raise ConfigError(f"no MLflow store at {store}; pass --tracking-uri (e.g. sqlite:///OUT/mlflow.db "
                               "of the run's --out folder)")
         uri = f"sqlite:///{store.resolve()}"
-    check_tracking(uri)
+    store = sqlite_path(uri)
+    if store is not None:  # figures only reads: a mistyped path is an error (it made a new, empty store)
+        if not store.is_file():
+            raise ConfigError(f"no MLflow store at {store}; pass the sqlite:///OUT/mlflow.db of the runs' --out folder")
+    else:
+        check_tracking(uri)
     if not 0 <= args.collapse_tolerance <= 1:
         raise ConfigError(f"--collapse-tolerance takes a value in [0, 1], got {args.collapse_tolerance}")
     ensure_writable(args.out)

@@ -81,8 +81,11 @@ def apply_override(data: dict, assignment: str) -> None:
         node = child
     try:
         node[parts[-1]] = yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {assignment!r}: value is not valid YAML ({err})") from None
+    except yaml.YAMLError as err:  # one line, not the parser's dump
+        mark = getattr(err, "problem_mark", None)
+        where = f" at character {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"override {assignment!r}: value is not valid YAML ({problem}{where})") from None
 
 
 def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

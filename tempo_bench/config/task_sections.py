@@ -14,7 +14,8 @@ from tempo_bench.tasks.real import is_task_file, load_task_file, task_spec
 class Strict(BaseModel):
     """A config section: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are never a setting (train.lr=inf passed and failed at step 2 without naming lr)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ToyTaskConfig(Strict):

@@ -105,8 +105,15 @@ def check_tracking(uri: str, timeout_s: float | None = None) -> None:
     elif uri.startswith(("postgresql", "mysql", "mssql")):
         check_database(uri, timeout_s, "MLflow tracking database")
     elif uri.startswith("file:") or "://" not in uri:
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+            # MLflow 3 refuses its file store with a traceback after the run has been set up
+            raise StorageError(f"{uri} is an MLflow file store, which MLflow no longer writes by default; use "
+                               "sqlite:///<folder>/mlflow.db (or set MLFLOW_ALLOW_FILE_STORE=true)")
         ensure_writable(Path(unquote(urlparse(uri).path) if uri.startswith("file:") else uri),
                         "MLflow file store")
+    elif not uri.startswith(("databricks", "uc")):
+        raise StorageError(f"tracking URI {uri!r}: unknown scheme {urlparse(uri).scheme!r}; use http(s)://, "
+                           "sqlite:///, postgresql://, mysql:// or mssql://")
 
 
 @contextmanager
@@ -130,8 +137,12 @@ def store_lock(uri: str, timeout_s: float = 300.0):
 
 
 def tracking_client(uri: str):
-    """An MlflowClient on ``uri`` whose store exists (created, if new, by one process at a time)."""
+    """An MlflowClient on ``uri`` whose store exists (created, if new, by one process at a time;
+    an existing sqlite store is opened without the lock, so a read-only one can be read)."""
     from mlflow.tracking import MlflowClient
 
+    path = sqlite_path(uri)
+    if path is not None and path.is_file():
+        return MlflowClient(tracking_uri=uri)
     with store_lock(uri):
         return MlflowClient(tracking_uri=uri)

@@ -48,7 +48,9 @@ def parse_methods(text: str) -> list[str]:
         return method_names()
     methods = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in method_names()]
-    if unknown or not methods:
+    if not methods:  # `--methods ''` (an empty shell variable) ran the defaults without a word
+        raise ValueError(f"--methods names no method; available: {', '.join(method_names())}, or 'all'")
+    if unknown:
         raise ValueError(f"unknown methods {unknown}; available: {', '.join(method_names())}, or 'all'")
     return methods
 

@@ -93,13 +93,18 @@ def summarise(result, window: int = 5, collapse_tolerance: float = 0.05) -> dict
     return out
 
 
+PARTIAL = " (partial)"  # the label suffix of a run that did not finish (figures --include-partial)
+
+
 def results_cells(outcomes: list[Outcome]) -> list[dict]:
     """One row per method: the method label, its seed count, and per TABLE column the mean over
     seeds with its 95% stratified-bootstrap interval, as (mean, low, high)."""
     rows = []
     for method in dict.fromkeys(o.method for o in outcomes):
         done = [o for o in outcomes if o.method == method and o.error is None]
-        row = {"method": method + (" (test labels)" if uses_test_labels(method) else ""), "seeds": len(done)}
+        # a label such as "tempo (partial)" (figures --include-partial) names the method before it
+        labels = uses_test_labels(method.removesuffix(PARTIAL))
+        row = {"method": method + (" (test labels)" if labels else ""), "seeds": len(done)}
         for column, key, where in TABLE:
             values = [o.values.get(f"{key}@{where}", math.nan) for o in done]
             row[column] = (_collapse_cell(values) if where == "collapse" else _step_cell(values) if where == "best_step"

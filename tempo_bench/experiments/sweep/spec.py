@@ -60,7 +60,7 @@ class SweepSpec(_Strict):
     preset: str
     study: str = Field(..., description="default study name (--study overrides)")
     overrides: list[str] = Field(default_factory=list, description="fixed KEY=VALUE overrides")
-    space: dict[str, ParamSpec]
+    space: dict[str, ParamSpec] = Field(..., min_length=1, description="the settings a trial draws (at least one)")
     objective: ObjectiveSpec = ObjectiveSpec()
     n_trials: int = Field(10, ge=1)
     sampler: SamplerSpec = SamplerSpec()
