@@ -165,6 +165,33 @@ def test_a_second_process_on_a_live_run_is_refused_and_the_run_is_untouched(tmp_
     assert_each_step_once(db, run.info.run_id, steps)
 
 
+def test_killing_compares_parent_leaves_no_worker_behind(tmp_path, created_store):
+    """`compare --workers 2` whose parent is killed with SIGKILL (no chance to stop its workers):
+    they ran on for good (about 700 MB each). Now each gets SIGTERM from the kernel: its run ends
+    as KILLED in the store, and the worker exits."""
+    created_store(tmp_path)
+    db = tmp_path / "mlflow.db"
+    proc = subprocess.Popen(cli("compare", "--preset", "toy-smoke", "--set", "eval.size=4", "--methods",
+                                "standard_ttt,oracle", "--seeds", "0", "--workers", "2", "--set", "train.steps=40",
+                                "--out", str(tmp_path)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(logged_steps(db)) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert proc.poll() is None and len(workers) >= 2, "both runs should be training"
+    proc.kill()  # the parent alone, as the OOM killer or `kill -9 <pid>` would
+    proc.wait()
+    deadline = time.time() + STOP_WITHIN_S
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+              for pid in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
+             and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
+    assert not alive, f"workers {alive} outlived their parent by {STOP_WITHIN_S} s"
+    assert {run.info.status for run in runs_of(db, "compare-toy-smoke")} == {"KILLED"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig,workers", [(signal.SIGINT, "2"), (signal.SIGKILL, "1")], ids=["sigint-2-workers", "sigkill-sequential"])
 def test_compare_interrupted_then_resumed_counts_every_run_once(tmp_path, created_store, sig, workers):

@@ -69,8 +69,26 @@ def init_worker() -> None:
     global _INTERRUPT_SIGNAL
     _INTERRUPT_SIGNAL = signal.SIGTERM
     signal.signal(signal.SIGTERM, _on_terminate)
+    _terminate_with_parent()
     deliver_swallowed_interrupts()
     quiet_libraries()
+
+
+def _terminate_with_parent() -> None:
+    """Ask Linux to send this worker SIGTERM when its parent dies (a parent killed with SIGKILL
+    cannot stop its workers, which then ran on for good, about 700 MB each): the run in progress
+    ends as interrupted, an idle worker exits. Elsewhere ParentWatch notices at the next step."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request: nobody would send the signal
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @contextmanager
@@ -174,6 +192,8 @@ class ParentWatch:
 
     def __call__(self, step, evals) -> None:
         if os.getppid() != self.parent:
+            global _TERMINATED
+            _TERMINATED = True  # the worker exits once the run's cleanup is done (exit_if_terminated)
             print(f"parent process {self.parent} is gone: stopping after step {step}", file=sys.stderr)
             raise KeyboardInterrupt
 
