@@ -165,6 +165,25 @@ def test_a_second_process_on_a_live_run_is_refused_and_the_run_is_untouched(tmp_
     assert_each_step_once(db, run.info.run_id, steps)
 
 
+def test_a_run_killed_before_its_first_checkpoint_is_closed_by_the_resume(tmp_path, created_store, capsys):
+    """A kill before the first checkpoint left the MLflow run RUNNING for good; `--resume` (which
+    starts the run afresh) now marks that attempt KILLED, and the new attempt finishes."""
+    from tempo_bench.commands.cli import main
+
+    created_store(tmp_path)
+    db = tmp_path / "mlflow.db"
+    args = ["run", *SMOKE, "--method", "standard_ttt", "--set", "train.steps=3", "--set", "train.checkpoint_every=0",
+            "--out", str(tmp_path)]
+    proc = start(cli(*args[:-2], "--set", "train.steps=50", "--out", str(tmp_path)))
+    interrupt_when(proc, lambda: len(logged_steps(db)) == 1, signal.SIGKILL)
+    (killed,) = runs_of(db, "tempo-bench")
+    assert killed.info.status == "RUNNING" and checkpointed_step(tmp_path / "tempo-bench") == 0
+    assert main([*args, "--resume"]) == 0
+    assert "is marked KILLED" in capsys.readouterr().out
+    statuses = {run.info.run_id: run.info.status for run in runs_of(db, "tempo-bench")}
+    assert statuses.pop(killed.info.run_id) == "KILLED" and list(statuses.values()) == ["FINISHED"]
+
+
 def test_killing_compares_parent_leaves_no_worker_behind(tmp_path, created_store):
     """`compare --workers 2` whose parent is killed with SIGKILL (no chance to stop its workers):
     they ran on for good (about 700 MB each). Now each gets SIGTERM from the kernel: its run ends

@@ -107,6 +107,7 @@ def _run(args, config, ranks: Ranks) -> int:
     if args.resume and not resume and ranks.main:  # one command line for a job that may be requeued
         print(f"  --resume: no checkpointed run {run_name_of(config.method, config.seed)!r} under "
               f"{Path(config.out) / config.log.experiment} yet; starting it")
+        _close_abandoned_attempts(config, uri)
     logger, run_dir = _on_rank_zero(ranks, lambda: _open_logger(resumable, config, uri))
     try:
         with logger, stop_at_step_end_on_sigterm():
@@ -117,6 +118,33 @@ def _run(args, config, ranks: Ranks) -> int:
     if ranks.main:
         _print_summary(result, uri)
     return 0
+
+
+def _close_abandoned_attempts(config, uri: str) -> None:
+    """Attempts of this run killed before their first checkpoint stay RUNNING in the store for
+    good: --resume, which starts the run afresh, marks them KILLED (a folder without a checkpoint
+    that no live process holds; its name ends in the MLflow run id's first 8 characters)."""
+    from tempo_bench.core.tracking import tracking_client
+
+    folders = [d for d in (Path(config.out) / config.log.experiment).glob(f"{run_name_of(config.method, config.seed)}-*")
+               if d.is_dir() and latest_checkpoint(d) is None]
+    free = []
+    for folder in folders:
+        try:
+            check_run_folder_free(folder)
+            free.append(folder.name.rsplit("-", 1)[-1])
+        except ConfigError:  # a live process holds it
+            continue
+    if not free:
+        return
+    client = tracking_client(uri)
+    experiment = client.get_experiment_by_name(config.log.experiment)
+    if experiment is None:
+        return
+    for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'"):
+        if run.info.run_id[:8] in free:
+            client.set_terminated(run.info.run_id, "KILLED")
+            print(f"  --resume: the attempt {run.info.run_id[:8]} (killed before its first checkpoint) is marked KILLED")
 
 
 def _open_logger(resumable: Path | None, config, uri: str) -> tuple[MLflowLogger, Path]:
