@@ -1,6 +1,7 @@
 """One error path for bad input: every expected failure is one `error:` line naming the file and
 line, the URL or the folder, exit code 2, quickly, and before any MLflow run is created."""
 
+import json
 import time
 from pathlib import Path
 
@@ -253,3 +254,16 @@ def test_an_empty_search_space_is_named(tmp_path, capsys):
     path = tmp_path / "empty.yaml"
     path.write_text(yaml.safe_dump(spec))
     assert "space: Dictionary should have at least 1 item" in error_of(capsys, ["sweep", str(path), "--out", str(tmp_path)])
+
+
+def test_a_question_longer_than_the_models_context_is_named_before_any_run(tmp_path, capsys):
+    """A 10 MB question was accepted and memory grew past 6 GB; any prompt that cannot fit the
+    model's context with the longest response is a DataError naming it (the toy's context: 192)."""
+    source = tmp_path / "long.jsonl"
+    rows = [{"question": "1+1?", "answer": "2"}, {"question": "1" * 400 + "+1?", "answer": "2"}]
+    source.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "out"
+    err = error_of(capsys, ["run", "--preset", "toy-smoke", "--method", "standard_ttt", "--set", "train.steps=1", "--set", "eval.size=2",
+                            "--quiet", "--out", str(out), "--set", f"task={{name: gsm8k, source: {source}, labeled_size: 0}}"])
+    assert "question 'test-1' of task 'gsm8k' is" in err and "exceeds the model's context of 192 tokens" in err
+    assert no_runs(out)

@@ -74,4 +74,26 @@ def check_rollout(config) -> None:
     tokenizer = load_tokenizer(config.model.path)
     tasks = [load_task_data(config.task), *(load_eval_task(extra) for extra in config.eval.tasks)]
     prompted = [prompted_task(task, tokenizer, config.model) for task in tasks]
+    check_context(config, tokenizer, prompted)
     get_backend(config.rollout.backend).check(config, longest_prompt(tokenizer, *prompted))
+
+
+def check_context(config, tokenizer, tasks: list[TaskData]) -> None:
+    """Every prompt plus the longest response fits the model's context (a 10 MB question was
+    accepted and grew memory past 6 GB): a DataError naming the question, before any run."""
+    from transformers import AutoConfig
+
+    model_config = AutoConfig.from_pretrained(resolve_model_path(config.model.path)).get_text_config()
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if limit is None:
+        return
+    room = limit - config.longest_response()
+    for task in tasks:
+        for question in (*task.test, *task.labeled):
+            if len(question.prompt) <= room:  # a token is at least one character: no need to tokenize
+                continue
+            tokens = len(tokenizer(question.prompt, add_special_tokens=False)["input_ids"])
+            if tokens > room:
+                raise DataError(f"question {question.id!r} of task {task.name!r} is {tokens} tokens long: with "
+                                f"responses of up to {config.longest_response()} tokens it exceeds the model's "
+                                f"context of {limit} tokens (max_position_embeddings)")
