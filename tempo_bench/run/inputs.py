@@ -96,4 +96,5 @@ def check_context(config, tokenizer, tasks: list[TaskData]) -> None:
             if tokens > room:
                 raise DataError(f"question {question.id!r} of task {task.name!r} is {tokens} tokens long: with "
                                 f"responses of up to {config.longest_response()} tokens it exceeds the model's "
-                                f"context of {limit} tokens (max_position_embeddings)")
+                                f"context of {limit} tokens (max_position_embeddings): use a model with a longer "
+                                "context (model.path) or shorter questions")
