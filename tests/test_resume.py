@@ -178,3 +178,18 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(t
     run, history = histories(tmp_path)
     assert run.info.status == "FINISHED"
     assert [s for s, _ in history["reward/mean"]] == [1, 2, 3, 4]
+
+
+def test_a_run_folder_moved_with_its_store_resumes_and_says_where_its_artifacts_go(tmp_path, capsys):
+    """`--out` may change on resume (it computes nothing): the moved run continues in the same
+    MLflow run; MLflow keeps the artifact folder's absolute path, which the resume points out."""
+    short = [a if a != f"train.steps={STEPS}" else "train.steps=2" for a in ARGS]
+    assert main(["run", *short, "--out", str(tmp_path / "before")]) == 0
+    (tmp_path / "before").rename(tmp_path / "after")
+    longer = [a if a != "train.steps=2" else "train.steps=3" for a in short]
+    capsys.readouterr()
+    assert main(["run", *longer, "--out", str(tmp_path / "after"), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "artifacts are recorded at" in out and "was the folder moved?" in out
+    run, metrics = histories(tmp_path / "after")
+    assert run.info.status == "FINISHED" and [s for s, _ in metrics["time/step"]] == [1, 2, 3]

@@ -154,11 +154,25 @@ def _open_logger(resumable: Path | None, config, uri: str) -> tuple[MLflowLogger
     if resumable is not None:
         run_dir = resumable
         run_id = check_resumable(latest_checkpoint(run_dir), config)["run_id"]
-        return MLflowLogger(uri, config.log.experiment, run_name, run_id=run_id, spool_path=run_dir / SPOOL), run_dir
+        logger = MLflowLogger(uri, config.log.experiment, run_name, run_id=run_id, spool_path=run_dir / SPOOL)
+        _warn_if_moved(logger, out)
+        return logger, run_dir
     logger = MLflowLogger(uri, config.log.experiment, run_name, artifact_root=out / "mlartifacts")
     run_dir = out / config.log.experiment / f"{run_name}-{logger.run_id[:8]}"
     logger.spool_path = run_dir / SPOOL
     return logger, run_dir
+
+
+def _warn_if_moved(logger: MLflowLogger, out: Path) -> None:
+    """MLflow records a run's artifact folder as an absolute path: a run folder moved with its
+    store resumes, but its artifacts still go to the old place. Say so rather than split silently."""
+    from urllib.parse import urlparse
+
+    artifacts = logger.client.get_run(logger.run_id).info.artifact_uri
+    path = Path(urlparse(artifacts).path) if artifacts.startswith(("file:", "/")) else None
+    if path is not None and not path.resolve().is_relative_to(out.resolve()):
+        print(f"  note: this run's artifacts are recorded at {path} (outside --out {out}: was the folder moved?); "
+              "the resumed run writes its artifacts there too")
 
 
 def _on_rank_zero(ranks: Ranks, open_logger) -> tuple[object, Path]:
