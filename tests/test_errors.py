@@ -267,3 +267,26 @@ def test_a_question_longer_than_the_models_context_is_named_before_any_run(tmp_p
                             "--quiet", "--out", str(out), "--set", f"task={{name: gsm8k, source: {source}, labeled_size: 0}}"])
     assert "question 'test-1' of task 'gsm8k' is" in err and "exceeds the model's context of 192 tokens" in err
     assert no_runs(out)
+
+
+def test_a_full_disk_ends_the_run_with_one_error_and_the_resume_command(tmp_path, capsys, monkeypatch):
+    """A full disk (a checkpoint that cannot be written, a store that cannot record the run's
+    end) was a traceback; it is one error line with the command that continues the run."""
+    import errno
+
+    from tempo_bench.core import loggers
+    from tempo_bench.run import run as run_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o" / "checkpoint"))
+
+    monkeypatch.setattr(run_module, "save_checkpoint", full)
+    close = loggers.MLflowLogger.close
+    monkeypatch.setattr(loggers.MLflowLogger, "close", lambda self, status="FINISHED": close(self, status) if status ==
+                        "FINISHED" else (_ for _ in ()).throw(RuntimeError("(sqlite3.OperationalError) database or disk is full")))
+    assert main(["run", "--preset", "toy-smoke", "--set", "train.checkpoint_every=1", "--out", str(tmp_path / "o"),
+                 *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.splitlines()[-2].startswith("error: ")
+    assert "no space left on the device holding" in err and "--resume" in err
+    assert "warning: could not record the run's end in the store: (sqlite3.OperationalError) database or disk is full" in err

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import shlex
 from pathlib import Path
 
 from tempo_bench.commands.describe import describe_run
 from tempo_bench.config import load_config
-from tempo_bench.core.errors import ConfigError, Interrupted
+from tempo_bench.core.errors import ConfigError, Interrupted, StorageError
 from tempo_bench.core.loggers import (
     SPOOL,
     MemoryLogger,
@@ -115,6 +116,11 @@ def _run(args, config, ranks: Ranks) -> int:
                              resume=resume, ranks=ranks)
     except KeyboardInterrupt:
         raise Interrupted(_resume_hint(args.argv, run_dir, config)) from None
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise StorageError(f"no space left on the device holding {err.filename or run_dir}: free some, then "
+                           f"continue from the last checkpoint with\n  {command_line(args.argv, resume=True)}") from None
     if ranks.main:
         _print_summary(result, uri)
     return 0

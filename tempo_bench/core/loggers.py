@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -57,8 +58,13 @@ class Logger(ABC):
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             self.close("FINISHED")
-        else:
+            return False
+        try:  # the run's own error is what the user needs; a store that cannot take the status
             self.close("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+        except Exception as err:  # (a full disk) must not replace it with a traceback of its own
+            lines = str(err).strip().splitlines() or [type(err).__name__]
+            print(f"warning: could not record the run's end in the store: {next((x for x in lines if 'Error' in x), lines[0])}",
+                  file=sys.stderr)
         return False
 
 
