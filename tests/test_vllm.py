@@ -281,7 +281,9 @@ def test_what_vllm_cannot_serve_is_an_error_before_any_work(tiny_llama, tmp_path
     if _on_cpu():
         assert "no kernel for head_dim 16" in refused()  # the toy
     ours = f"model.path={tiny_llama}"
-    assert "longer than model.path=" in refused(ours, "rollout.max_new_tokens=600")  # 512 positions
+    # 512 positions: prompts plus responses that cannot fit are refused for every backend (run/inputs.py)
+    assert "exceeds the model's context of 512 tokens" in refused(ours, "rollout.max_new_tokens=600")
+    assert "longer than model.path=" in refused(ours, "rollout.vllm.max_model_len=1024")  # vLLM's own setting
     assert "rollout.vllm.max_model_len=20 is shorter" in refused(ours, "rollout.vllm.max_model_len=20")
     assert "lora.r=600 exceeds vLLM's largest LoRA rank" in refused(ours, "lora.r=600")
     assert "use rollout.vllm.sync=lora" in refused(ours, "rollout.vllm.sync=merged", "rollout.vllm.tensor_parallel_size=2")
