@@ -74,7 +74,7 @@ def gain_vs_gap(points: pd.DataFrame):
     for _, p in points.iterrows():  # labels of points that coincide are stacked, not overprinted
         near = sum(abs(p.gap - x) < 0.05 and abs(p.gain - y) < 0.05 for x, y in placed)
         placed.append((p.gap, p.gain))
-        right = p.gap > points.gap.mean()  # labels point inwards, away from the axes
+        right = p.gap > (points.gap.min() + points.gap.max()) / 2  # labels point inwards, away from the axes
         ax.annotate(p.setting, (p.gap, p.gain), textcoords="offset points", xytext=(-5 if right else 5, 4 - 11 * near),
                     fontsize=7, ha="right" if right else "left")
     ax.axhline(0, color="grey", lw=0.8, ls="--")

@@ -48,7 +48,9 @@ if [[ $step == all || $step == settings ]]; then
   # the verifier's knowledge not read out: a fresh value head on its backbone (probe: 0.567)
   tempo-bench compare --preset toy --set critic.head_init=random --experiment compare-toy-value-head \
     --methods standard_ttt,tempo --seeds 0,1,2 --out "$OUT" --resume
-  python -m tempo_bench.analysis.regimes --tracking-uri "$URI" --out $DOCS
+  # from another folder: in the repository root, `python -m` would import the source tree's
+  # tempo_bench, which lacks the installed tempo_bench.analysis (a non-editable install)
+  (docs="$(pwd)/$DOCS" && cd "$(mktemp -d)" && python -m tempo_bench.analysis.regimes --tracking-uri "$URI" --out "$docs")
 fi
 if [[ $step == demo ]]; then
   # the README's first command, timed (its figures and table committed under docs/regimes/demo)
