@@ -69,12 +69,12 @@ def init_worker() -> None:
     global _INTERRUPT_SIGNAL
     _INTERRUPT_SIGNAL = signal.SIGTERM
     signal.signal(signal.SIGTERM, _on_terminate)
-    _terminate_with_parent()
+    terminate_with_parent()
     deliver_swallowed_interrupts()
     quiet_libraries()
 
 
-def _terminate_with_parent() -> None:
+def terminate_with_parent() -> None:
     """Ask Linux to send this worker SIGTERM when its parent dies (a parent killed with SIGKILL
     cannot stop its workers, which then ran on for good, about 700 MB each): the run in progress
     ends as interrupted, an idle worker exits. Elsewhere ParentWatch notices at the next step."""

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 from multiprocessing.pool import Pool
 
+from tempo_bench.core.processes import terminate_with_parent
 from tempo_bench.grading.answers import GENERIC, NUMERIC, Grader
 from tempo_bench.tasks.real import get_task
 
@@ -31,6 +32,7 @@ def grader_by_name(name: str) -> Grader:
 
 def _init_worker() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"  # workers parse text; they must not compete for cores
+    terminate_with_parent()  # a run killed with SIGKILL leaves no grading process behind
 
 
 def _ready(name: str) -> bool:
