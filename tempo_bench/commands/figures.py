@@ -27,17 +27,13 @@ def add_parser(sub) -> None:
 
 
 def cmd_figures(args) -> int:
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri is None:
-        store = Path("runs") / "mlflow.db"
-        if not store.is_file():
-            raise ConfigError(f"no MLflow store at {store}; pass --tracking-uri (e.g. sqlite:///OUT/mlflow.db "
-                              "of the run's --out folder)")
-        uri = f"sqlite:///{store.resolve()}"
+    uri = (args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+           or f"sqlite:///{(Path('runs') / 'mlflow.db').resolve()}")
     store = sqlite_path(uri)
     if store is not None:  # figures only reads: a mistyped path is an error (it made a new, empty store)
         if not store.is_file():
-            raise ConfigError(f"no MLflow store at {store}; pass the sqlite:///OUT/mlflow.db of the runs' --out folder")
+            raise ConfigError(f"no MLflow store at {store}; pass --tracking-uri sqlite:///OUT/mlflow.db of the "
+                              "runs' --out folder")
     else:
         check_tracking(uri)
     if not 0 <= args.collapse_tolerance <= 1:

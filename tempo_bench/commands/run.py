@@ -24,6 +24,8 @@ from tempo_bench.run.checkpoint import (
     find_resumable,
     latest_checkpoint,
     load_state,
+    run_folder,
+    run_folders,
 )
 from tempo_bench.run.distributed import Ranks, check_same_config, launched_ranks
 from tempo_bench.run.distributed import finish as finish_ranks
@@ -129,16 +131,16 @@ def _run(args, config, ranks: Ranks) -> int:
 def _close_abandoned_attempts(config, uri: str) -> None:
     """Attempts of this run killed before their first checkpoint stay RUNNING in the store for
     good: --resume, which starts the run afresh, marks them KILLED (a folder without a checkpoint
-    that no live process holds; its name ends in the MLflow run id's first 8 characters)."""
+    that no live process holds, named after its MLflow run: run_folder)."""
     from tempo_bench.core.tracking import tracking_client
 
-    folders = [d for d in (Path(config.out) / config.log.experiment).glob(f"{run_name_of(config.method, config.seed)}-*")
-               if d.is_dir() and latest_checkpoint(d) is None]
-    free = []
-    for folder in folders:
+    root, run_name = Path(config.out) / config.log.experiment, run_name_of(config.method, config.seed)
+    free = set()
+    for folder in run_folders(root, run_name):
         try:
-            check_run_folder_free(folder)
-            free.append(folder.name.rsplit("-", 1)[-1])
+            if latest_checkpoint(folder) is None:
+                check_run_folder_free(folder)
+                free.add(folder)
         except ConfigError:  # a live process holds it
             continue
     if not free:
@@ -148,9 +150,10 @@ def _close_abandoned_attempts(config, uri: str) -> None:
     if experiment is None:
         return
     for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'"):
-        if run.info.run_id[:8] in free:
+        folder = run_folder(root, run_name, run.info.run_id)
+        if folder in free:
             client.set_terminated(run.info.run_id, "KILLED")
-            print(f"  --resume: the attempt {run.info.run_id[:8]} (killed before its first checkpoint) is marked KILLED")
+            print(f"  --resume: the attempt {folder.name} (killed before its first checkpoint) is marked KILLED")
 
 
 def _open_logger(resumable: Path | None, config, uri: str) -> tuple[MLflowLogger, Path]:
@@ -164,7 +167,7 @@ def _open_logger(resumable: Path | None, config, uri: str) -> tuple[MLflowLogger
         _warn_if_moved(logger, out)
         return logger, run_dir
     logger = MLflowLogger(uri, config.log.experiment, run_name, artifact_root=out / "mlartifacts")
-    run_dir = out / config.log.experiment / f"{run_name}-{logger.run_id[:8]}"
+    run_dir = run_folder(out / config.log.experiment, run_name, logger.run_id)
     logger.spool_path = run_dir / SPOOL
     return logger, run_dir
 

@@ -120,7 +120,7 @@ def _check_labeled_pool(config: RunConfig) -> None:
     except ValueError as err:  # settings that are valid alone but not together
         raise ConfigError(str(err)) from None
     probe = config.critic.probe_questions if cls.uses_critic else 0
-    if (cls.uses_critic or method.step_shape(config.train.prompts_per_step).labeled) and config.task.labeled_size <= probe:
+    if method.needs_labeled_pool(config.train.prompts_per_step) and config.task.labeled_size <= probe:
         raise ConfigError(
             f"method {config.method!r} needs labeled questions, but task.labeled_size="
             f"{config.task.labeled_size} leaves none after the critic's probe ({probe}); "

@@ -36,7 +36,7 @@ from tempo_bench.experiments.results import (
 )
 from tempo_bench.methods.catalog import method_names
 from tempo_bench.run.caches import RunCaches
-from tempo_bench.run.checkpoint import latest_checkpoint
+from tempo_bench.run.checkpoint import latest_checkpoint, run_folder
 from tempo_bench.run.inputs import check_inputs, check_rollout
 from tempo_bench.run.memory_plan import check_plan
 from tempo_bench.run.provenance import run_name_of
@@ -153,7 +153,7 @@ def plan_jobs(client, experiment_id: str, configs: dict, identity_of, run_root: 
                 job.reuse = Outcome(method, seed, finished[0].info.run_id, summarise_history(evals, steps,
                                                                                        config.eval.collapse_tolerance))
             else:
-                folder = run_root / f"{run_name_of(method, seed)}-{same[0].info.run_id[:8]}"
+                folder = run_folder(run_root, run_name_of(method, seed), same[0].info.run_id)
                 if latest_checkpoint(folder) is not None:
                     job.resume_run_id = same[0].info.run_id
         jobs.append(job)
@@ -235,11 +235,11 @@ def _run_one(job: Job, uri: str, experiment: str, out_dir: str, progress: bool, 
     try:
         with interruptible_run():
             if job.resume_run_id is not None:
-                run_dir = Path(out_dir) / experiment / f"{name}-{job.resume_run_id[:8]}"
+                run_dir = run_folder(Path(out_dir) / experiment, name, job.resume_run_id)
                 logger = MLflowLogger(uri, experiment, name, run_id=job.resume_run_id, spool_path=run_dir / SPOOL)
             else:
                 logger = MLflowLogger(uri, experiment, name, artifact_root=Path(out_dir) / "mlartifacts")
-                run_dir = Path(out_dir) / experiment / f"{name}-{logger.run_id[:8]}"
+                run_dir = run_folder(Path(out_dir) / experiment, name, logger.run_id)
                 logger.spool_path = run_dir / SPOOL
             outcome.run_id = logger.run_id
             with logger:

@@ -149,6 +149,11 @@ class Method(ABC):
         return StepShape(self.unlabeled_per_step(prompts_per_step), self.labeled_per_step(),
                          self.samples_per_prompt(), self.n_train)
 
+    def needs_labeled_pool(self, prompts_per_step: int) -> bool:
+        """Whether runs of this method draw from the labeled pool D_L (a critic's E-steps and
+        probe, or labeled rows in the batch)."""
+        return self.uses_critic or self.step_shape(prompts_per_step).labeled > 0
+
     def samples_per_prompt(self) -> int:
         """How many responses to sample per question (>= n_train; extra ones only vote)."""
         return self.n_train

@@ -147,9 +147,20 @@ def check_run_folder_free(run_dir: Path) -> None:
         pass
 
 
+def run_folder(root: Path, run_name: str, run_id: str) -> Path:
+    """Where an attempt of a run keeps its checkpoints, under ``root`` (<out>/<experiment>): named
+    by the run and its MLflow run id's first 8 characters."""
+    return root / f"{run_name}-{run_id[:8]}"
+
+
+def run_folders(root: Path, run_name: str) -> list[Path]:
+    """Every attempt's folder of ``run_name`` under ``root`` (<out>/<experiment>)."""
+    return [d for d in root.glob(f"{run_name}-*") if d.is_dir()]
+
+
 def find_resumable(out: Path, experiment: str, run_name: str) -> Path | None:
     """The most recently checkpointed run folder of ``run_name`` in ``experiment``."""
-    candidates = [d for d in (out / experiment).glob(f"{run_name}-*") if latest_checkpoint(d) is not None]
+    candidates = [d for d in run_folders(out / experiment, run_name) if latest_checkpoint(d) is not None]
     return max(candidates, key=lambda d: (d / "checkpoints" / "latest").stat().st_mtime) if candidates else None
 
 

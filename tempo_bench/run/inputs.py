@@ -42,7 +42,7 @@ def check_inputs(config) -> None:
 def split_labeled(task: TaskData, config: RunConfig, method: Method) -> tuple[list[LabeledQuestion], list[LabeledQuestion]]:
     """(pool, probe): the probe's labeled questions are held out of the pool that E-steps and
     labeled M-step rows draw from."""
-    needs_labels = method.uses_critic or method.step_shape(config.train.prompts_per_step).labeled > 0
+    needs_labels = method.needs_labeled_pool(config.train.prompts_per_step)
     probe_size = config.critic.probe_questions if method.uses_critic else 0
     pool, probe = task.labeled[probe_size:], task.labeled[:probe_size]
     if needs_labels and not pool:
