@@ -49,6 +49,30 @@ def test_pointbiserial_equals_pearson_and_nan_when_constant():
     assert math.isnan(M.pointbiserial(r, np.ones(5)))
 
 
+def test_separation_is_cohens_d_by_hand_and_inverts():
+    # class means 0.8 (correct) and 0.3 (wrong), population sds 0.1 and 0.2, p = 3/5
+    correct_r, wrong_r = np.array([0.7, 0.8, 0.9]), np.array([0.1, 0.5])
+    r, y = np.concatenate([correct_r, wrong_r]), np.array([1, 1, 1, 0, 0])
+    pooled = math.sqrt((3 * correct_r.var() + 2 * wrong_r.var()) / 5)
+    d = M.separation_from_pointbiserial(M.pointbiserial(r, y), 3 / 5)
+    assert d == pytest.approx((0.8 - 0.3) / pooled)
+    assert M.pointbiserial_from_separation(d, 3 / 5) == pytest.approx(M.pointbiserial(r, y))
+
+
+def test_separation_keeps_still_while_pointbiserial_shrinks_near_all_correct():
+    # one reward distribution per class (d = 2), the share of correct samples rising: pb falls, d does not
+    rng = np.random.default_rng(0)
+    pbs, ds = [], []
+    for p in (0.5, 0.9, 0.98):
+        y = rng.random(200_000) < p
+        r = np.where(y, 2.0, 0.0) + rng.standard_normal(y.size)
+        pbs.append(M.pointbiserial(r, y))
+        ds.append(float(M.separation_from_pointbiserial(pbs[-1], y.mean())))
+    assert pbs[0] > 0.65 and pbs[2] < 0.3  # 0.71 -> 0.27
+    assert ds == pytest.approx([2.0, 2.0, 2.0], abs=0.05)
+    assert np.isnan(M.separation_from_pointbiserial([0.5, 0.5], [0.0, 1.0])).all()
+
+
 def test_auroc_pooled_and_within():
     rewards = np.array([[0.9, 0.2, 0.5], [0.1, 0.8, 0.3], [0.5, 0.5, 0.5]])
     correct = np.array([[1, 0, 0], [1, 0, 1], [1, 1, 1]], dtype=bool)

@@ -140,6 +140,28 @@ def pointbiserial(rewards: np.ndarray, correct: np.ndarray) -> float:
     return float(pointbiserialr(y, r).statistic)
 
 
+def separation_from_pointbiserial(pb, accuracy):
+    """Cohen's d of the reward between correct and wrong samples (difference of class means over
+    the pooled within-class standard deviation, population moments), recovered exactly from the
+    point-biserial correlation pb and the fraction correct p of the same samples:
+    d = pb / (sqrt(1 - pb^2) * sqrt(p (1 - p))). Unlike pb, d does not shrink as p nears 0 or 1
+    for a reward that separates the classes equally well. Arrays of any one shape; NaN where
+    p is 0 or 1 or |pb| is 1."""
+    pb, p = np.asarray(pb, dtype=float), np.asarray(accuracy, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = pb / (np.sqrt(1 - pb**2) * np.sqrt(p * (1 - p)))
+    return np.where(np.isfinite(d), d, np.nan)
+
+
+def pointbiserial_from_separation(d, accuracy):
+    """The inverse of separation_from_pointbiserial: the point-biserial correlation a reward of
+    separation d (Cohen's d) shows where a fraction p of the samples is correct,
+    d sqrt(p (1 - p)) / sqrt(1 + d^2 p (1 - p))."""
+    d, p = np.asarray(d, dtype=float), np.asarray(accuracy, dtype=float)
+    spread = d**2 * p * (1 - p)
+    return d * np.sqrt(p * (1 - p)) / np.sqrt(1 + spread)
+
+
 def auroc(rewards: np.ndarray, correct: np.ndarray) -> float:
     """Pooled AUROC of reward as a detector of correct samples; NaN with one class only."""
     y = np.ravel(correct).astype(int)
