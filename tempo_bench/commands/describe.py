@@ -29,7 +29,9 @@ def describe_run(config) -> str:
     lines = [
         "# resolved config", yaml.safe_dump(config.model_dump(), sort_keys=False).rstrip(), "",
         "# would load",
-        f"policy:   {model}, {config.model.dtype} on {_describe_device(config.model.device)}, LoRA r={config.lora.r}"
+        f"policy:   {model}, {config.model.dtype} on {_describe_device(config.model.device)}, "
+        + (f"LoRA r={config.lora.r}" if config.train.mode == "lora" else
+           f"full fine-tuning ({'FSDP-sharded' if config.train.sharding == 'fsdp' else 'a replica per rank'})")
         + (", gradient checkpointing" if config.model.gradient_checkpointing else ""),
         f"critic:   {_describe_critic(config) if cls.uses_critic else 'none'}",
         f"task:     {_describe_task(config.task)}",

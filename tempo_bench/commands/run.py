@@ -79,7 +79,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(describe_run(config))
         return 0
-    ranks = launched_ranks(config.model.device)  # one, unless torchrun started several (docs/real-models.md, "Scaling out")
+    ranks = launched_ranks(config.model.device, config.train.sharding)  # one, unless torchrun started several (docs/real-models.md, "Scaling out")
     try:
         return _run(args, config, ranks)
     finally:
@@ -238,6 +238,8 @@ def _print_summary(result, uri: str) -> None:
         mean_step = sum(result.steps[s]["time/step"] for s in steps) / len(steps)
         print(f"Mean step time {mean_step:.2f} s (without evaluation); tokens generated for "
               f"training: {s1['tokens/rollout']:,}")
-    print(f"\nRun {result.run_id}; adapter in {result.out_dir / 'adapter'}")
+    trained = next((result.out_dir / name for name in ("adapter", "model") if (result.out_dir / name).is_dir()),
+                   result.out_dir)
+    print(f"\nRun {result.run_id}; trained {'adapter' if trained.name == 'adapter' else 'weights'} in {trained}")
     if uri.startswith("sqlite:///"):
         print(f"Browse it: mlflow ui --backend-store-uri {uri}")

@@ -103,6 +103,13 @@ class RolloutConfig(Strict):
 
 
 class TrainConfig(Strict):
+    mode: Literal["lora", "full"] = Field("lora", description="what the policy trains: a LoRA adapter (lora.*) or every "
+                                          "parameter (full fine-tuning, the paper's setting)")
+    sharding: Literal["replicate", "fsdp"] = Field(
+        "replicate", json_schema_extra=SPEED_ONLY, description="under torchrun: a whole policy on every rank (replicate), "
+        "or its parameters, gradients and optimiser state sharded over the ranks with FSDP2 (fsdp; train.mode=full)")
+    offload: bool = Field(False, json_schema_extra=SPEED_ONLY, description="fsdp: keep the shards in host memory "
+                          "between uses (slower; for models whose shards do not fit on the GPUs)")
     steps: int = Field(20, ge=1, json_schema_extra=EXTENT)
     prompts_per_step: int = Field(16, ge=1, description="unlabeled questions per step")
     lr: float = Field(1e-3, gt=0)
@@ -246,14 +253,32 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _shared_base_possible(self):
         if self.critic.share_base and not self._critic_can_share_base():
-            raise ValueError("critic.share_base: true needs a LoRA self-critic that starts fresh (critic.lora: true, "
-                             f"critic.path unset or {self.model.path!r}, critic.init unset); got critic.lora="
+            raise ValueError("critic.share_base: true needs a LoRA policy (train.mode: lora) and a LoRA self-critic that "
+                             "starts fresh (critic.lora: true, "
+                             f"critic.path unset or {self.model.path!r}, critic.init unset); got train.mode={self.train.mode}, critic.lora="
                              f"{self.critic.lora}, critic.path={self.critic.path!r}, critic.init={self.critic.init!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _layout_possible(self):
+        if self.train.sharding == "fsdp" and self.train.mode != "full":
+            raise ValueError("train.sharding=fsdp shards a fully fine-tuned policy: set train.mode=full (a LoRA run "
+                             "replicates the base model and sums the adapter's gradients: train.sharding=replicate)")
+        if self.train.mode == "full" and self.rollout.backend == "vllm" and self.rollout.vllm.sync == "lora":
+            raise ValueError("rollout.vllm.sync=lora serves a LoRA adapter, and train.mode=full trains every weight: "
+                             "set rollout.vllm.sync=merged (the whole weights streamed into the engine)")
+        if self.train.offload and self.train.sharding != "fsdp":
+            raise ValueError("train.offload moves FSDP shards to host memory: it needs train.sharding=fsdp")
         return self
 
     def _critic_can_share_base(self) -> bool:
         critic = self.critic
-        return critic.lora and critic.path in (None, self.model.path) and critic.init is None
+        return (self.train.mode == "lora" and critic.lora and critic.path in (None, self.model.path)
+                and critic.init is None)
+
+    def policy_lora(self):
+        """The policy's LoRA settings, or None when it trains every parameter (train.mode=full)."""
+        return self.lora if self.train.mode == "lora" else None
 
     def critic_shares_base(self) -> bool:
         """Whether the critic is a second adapter on the policy's base (critic.share_base)."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tempo_bench.policy.sharding import grad_norm_value
 from tempo_bench.rollout.base import Generation
 
 
@@ -108,7 +109,12 @@ def accumulated_step(optimizer, params: list[torch.nn.Parameter], parts: Iterabl
     gradients and statistics are summed over ranks before clipping."""
     optimizer.zero_grad(set_to_none=True)
     stats: dict[str, float] = {}
+    parts = list(parts) if ranks is None else ranks.align(list(parts))
     for part in parts:
+        if part is None:  # a sharded policy's pass this rank has no rows for: one row, weighed 0
+            padding, _, _ = loss_of(torch.zeros(1, dtype=torch.long))
+            (padding * 0.0).backward()
+            continue
         loss, units, part_stats = loss_of(part)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{what} is {loss.item()}")
@@ -121,6 +127,6 @@ def accumulated_step(optimizer, params: list[torch.nn.Parameter], parts: Iterabl
     if ranks is not None and ranks.distributed:
         ranks.sum_gradients(params)
         stats = ranks.sum_values(stats)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(params, grad_clip))
     optimizer.step()
     return stats, grad_norm

@@ -200,6 +200,11 @@ def merged_lora_weights(policy, every_weight: bool = False) -> Iterator[tuple[st
             yield base_name, param.detach()
 
 
+def is_lora(model) -> bool:
+    """Whether the policy trains a LoRA adapter (a peft model), not every weight (train.mode=full)."""
+    return hasattr(model, "peft_config")
+
+
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 

@@ -11,6 +11,9 @@ KV cache, because ``generate`` spends compute where a TTT step does not need it.
 - Merged weights (``merge_lora``): sampling runs on a copy of the base model whose LoRA-targeted
   weights are W + scale * B A, refreshed by ``sync_weights`` after each policy update: one matmul
   per layer instead of three. Costs a second copy of the base model's weights.
+- A policy sharded over ranks (FSDP, ``train.sharding: fsdp``) cannot sample: every rank samples
+  from a plain copy whose weights are gathered from the shards at every ``sync_weights`` (a
+  collective, so eagerly, on every rank, never inside a rank-0-only evaluation).
 
 Samples follow the policy's distribution at ``temperature`` (with ``top_p`` filtering when below
 1); ``logprobs`` are log-softmax(logits / temperature) of the sampled tokens (greedy: temperature 1),
@@ -25,6 +28,7 @@ import inspect
 
 import torch
 
+from tempo_bench.policy import sharding
 from tempo_bench.policy.model import merged_lora_weights
 from tempo_bench.rollout import llama_decode
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
@@ -41,6 +45,9 @@ class HFBackend(RolloutBackend):
         self._merged = None  # the inference copy, rebuilt lazily after sync_weights
         self._stale = True
         self._fused = None  # the fused decode step's weights (llama_decode), rebuilt after sync_weights
+        self._gathered = sharding.sampling_copy(model) if sharding.is_sharded(model) else None
+        if self._gathered is not None:
+            self.sync_weights()
 
     @classmethod
     def create(cls, config, policy, tokenizer, out_dir, longest_prompt: int | None = None) -> "HFBackend":
@@ -49,6 +56,11 @@ class HFBackend(RolloutBackend):
     def sync_weights(self) -> None:
         self._stale = True
         self._fused = None
+        if self._gathered is not None:  # a collective: now, while every rank is here
+            with torch.no_grad():
+                params = dict(self._gathered.named_parameters())
+                for name, weight in sharding.full_weights(self.model):
+                    params[name].copy_(weight)
 
     def _fused_weights(self, model):
         """The fused Llama step's weights for ``model`` where it applies and is wanted (built once
@@ -60,7 +72,10 @@ class HFBackend(RolloutBackend):
         return self._fused
 
     def _sampler(self):
-        """The module to sample from: the training model itself, or its merged copy."""
+        """The module to sample from: the training model itself, its merged copy, or the copy
+        gathered from its shards."""
+        if self._gathered is not None:
+            return self._gathered
         if not self.merge_lora:
             return self.model
 

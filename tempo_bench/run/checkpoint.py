@@ -1,7 +1,8 @@
 """Run checkpoints: everything a run needs to continue exactly where it stopped.
 
-A checkpoint is a folder ``<run>/checkpoints/step_NNNNNN/`` with the policy adapter, the policy
-optimiser's state, the critic and its optimiser (critic methods), and ``state.json`` (step, MLflow
+A checkpoint is a folder ``<run>/checkpoints/step_NNNNNN/`` with the policy adapter and the policy
+optimiser's state (train.mode=full: both in ``policy/``, a torch.distributed.checkpoint that any
+number of ranks can read; every rank of a sharded policy writes its shards), the critic and its optimiser (critic methods), and ``state.json`` (step, MLflow
 run id, counters, the method's own state, the metrics so far). Each run's sampling is reseeded
 per step from (seed, step), so no RNG state needs saving. A checkpoint is written to a temporary
 folder and renamed into place; ``latest`` is replaced atomically after it: a kill at any moment
@@ -24,20 +25,32 @@ from tempo_bench.config import flatten
 from tempo_bench.core.effects import fixed_for_resume, resumable_settings
 from tempo_bench.core.errors import ConfigError
 from tempo_bench.core.seeds import SEEDING
-from tempo_bench.policy.model import save_adapter
+from tempo_bench.policy.model import is_lora, save_adapter
+from tempo_bench.policy.sharding import export_full, restore_full, save_full
 
 KEEP = 2  # checkpoints kept per run
 
 
-def save_checkpoint(run_dir: Path, step: int, policy, optimizer, critic, state: dict) -> Path:
+def save_checkpoint(run_dir: Path, step: int, policy, optimizer, critic, state: dict, ranks=None) -> Path | None:
+    """Write the checkpoint of ``step`` (rank 0; with a sharded policy every rank calls this and
+    writes its shards, rank 0 the rest). Returns its folder (None on the other ranks)."""
+    main = ranks is None or ranks.main
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp_step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_adapter(policy, tmp / "adapter")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    if is_lora(policy):
+        save_adapter(policy, tmp / "adapter")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    else:
+        if ranks is not None:
+            ranks.barrier()  # the folder exists before any rank writes into it
+        save_full(policy, optimizer, tmp / "policy")  # returns on every rank once all shards are written
+        if not main:
+            return None
     if critic is not None:
         critic.save(tmp / "critic")
     (tmp / "state.json").write_text(json.dumps({**state, "step": step, "seeding": SEEDING}))
@@ -75,13 +88,17 @@ def damage(path: Path) -> str | None:
         json.loads((path / "state.json").read_text())
     except (OSError, ValueError) as err:
         return f"state.json: {err}"
-    for tensors in [path / "adapter" / "adapter_model.safetensors", *sorted(path.glob("critic/**/*.safetensors"))]:
+    full = (path / "policy").is_dir()
+    if full and not (path / "policy" / ".metadata").is_file():  # written last, by rank 0
+        return "policy/.metadata: missing (the policy's shards were not all written)"
+    adapter = [] if full else [path / "adapter" / "adapter_model.safetensors"]
+    for tensors in [*adapter, *sorted(path.glob("critic/**/*.safetensors"))]:
         try:
             with safe_open(str(tensors), framework="pt"):
                 pass
         except Exception as err:  # noqa: BLE001 (safetensors raises its own and OS errors)
             return f"{tensors.relative_to(path)}: {err}"
-    if not zipfile.is_zipfile(path / "optimizer.pt"):
+    if not full and not zipfile.is_zipfile(path / "optimizer.pt"):
         return "optimizer.pt: missing or truncated"
     return None
 
@@ -111,9 +128,13 @@ def load_state(path: Path) -> dict:
 
 
 def restore_policy(path: Path, policy, optimizer) -> None:
+    """The policy and its optimiser as the checkpoint at ``path`` holds them."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    if (path / "policy").is_dir():
+        restore_full(policy, optimizer, path / "policy")
+        return
     set_peft_model_state_dict(policy, load_file(str(path / "adapter" / "adapter_model.safetensors")))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
 
@@ -199,3 +220,12 @@ def _check_critic_layout(path: Path, state: dict, config) -> None:
     if saved != layout:
         raise ConfigError(f"cannot resume {path.parent.parent}: its critic was saved with its {saved}, this config "
                           f"gives it a {layout}; add --set critic.share_base={str(saved == 'shared base').lower()}")
+
+
+def export_policy(policy, out_dir: Path, main: bool = True) -> Path:
+    """The trained policy as the run's artefact: its LoRA adapter (``adapter/``), or every weight as
+    a standard checkpoint folder (``model/``, gathered from the shards of a sharded policy: every
+    rank calls this then, rank 0 writes)."""
+    if is_lora(policy):
+        return save_adapter(policy, out_dir / "adapter")
+    return export_full(policy, out_dir / "model", main)

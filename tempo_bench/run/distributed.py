@@ -38,6 +38,7 @@ class Ranks:
 
     rank: int = 0
     world: int = 1
+    sharded: bool = False  # the policy is FSDP-sharded (tempo_bench.policy.sharding): its passes are collectives
 
     @property
     def main(self) -> bool:
@@ -56,7 +57,21 @@ class Ranks:
         could compute a hair differently, e.g. a critic's scores)."""
         if not self.distributed:
             return compute()
+        if self.sharded:  # the sharded policy's forward passes need every rank
+            return self.broadcast(compute())
         return self.broadcast(compute() if self.main else None)
+
+    def align(self, parts: list) -> list:
+        """A sharded policy: this rank's micro-batches padded with None to the most any rank has,
+        so that every rank runs the same number of (collective) passes; else ``parts``."""
+        if not self.sharded:
+            return parts
+        most = max(self.gather(len(parts)))
+        return parts + [None] * (most - len(parts))
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
 
     def gather_graded(self, local, graded: tuple[list, list]) -> tuple:
         """(generation, answers, clusters) of the whole step from every rank's share, in rank order."""
@@ -96,7 +111,7 @@ class Ranks:
     def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Sum the gradients of ``params`` over ranks, in one flat buffer (a parameter without a
         gradient on this rank, because it had no rows, counts as zero)."""
-        if not self.distributed:
+        if not self.distributed or self.sharded:  # FSDP's reduce-scatter has summed them
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1).float() for g in grads])
@@ -117,9 +132,10 @@ class Ranks:
         return totals
 
 
-def launched_ranks(device: str = "auto") -> Ranks:
+def launched_ranks(device: str = "auto", sharding: str = "replicate") -> Ranks:
     """The ranks torchrun (or any launcher setting RANK and WORLD_SIZE) started; the process group
-    is joined here (NCCL for a model on CUDA, gloo on CPU). A plain launch is one rank."""
+    is joined here (NCCL for a model on CUDA, gloo on CPU). A plain launch is one rank (and
+    train.sharding=fsdp on one rank is a plain model)."""
     world = launched_world_size()
     if world == 1:
         return Ranks()
@@ -131,13 +147,18 @@ def launched_ranks(device: str = "auto") -> Ranks:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_S))
-    return Ranks(rank, world)
+    return Ranks(rank, world, sharded=sharding == "fsdp")
 
 
 def check_same_config(ranks: Ranks, config) -> None:
     """Every rank was given the same config, and one a data-parallel run can do; else the same
     error on every rank (never a hang at the first collective)."""
     if not ranks.distributed:
+        from tempo_bench.policy.model import spread_over_gpus
+
+        if config.train.sharding == "fsdp" and spread_over_gpus(config.model):
+            raise ConfigError("train.sharding=fsdp on one process with several GPUs: the model would be spread over "
+                              "them with device_map instead; launch one rank per GPU with torchrun")
         return
     from tempo_bench.config import flatten
 

@@ -165,8 +165,11 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
     notes: list[str] = []
 
     lora_bytes = ADAM_BYTES / GiB / gpus  # an adapter's weights live beside their layer's
-    resident = {"policy weights": policy.params * width / GiB / gpus,
-                "policy LoRA+AdamW": policy.lora_params(config.lora.r, config.lora.target_modules) * lora_bytes}
+    resident = {"policy weights": policy.params * width / GiB / gpus}
+    if config.train.mode == "lora":
+        resident["policy LoRA+AdamW"] = policy.lora_params(config.lora.r, config.lora.target_modules) * lora_bytes
+    else:
+        resident.update(_full_policy(config, policy, width, gpus, ranks, notes))
     critic = None
     if method_class(config.method).uses_critic:
         self_critic = config.critic.path in (None, config.model.path)
@@ -199,6 +202,24 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
         if phase.total > card:
             notes.append(f"does not fit: {phase.name} needs {phase.total:.1f} GiB per GPU of {card:.0f} GiB")
     return MemoryPlan(card, gpus, phases, notes)
+
+
+def _full_policy(config, policy, width: int, gpus: int, ranks: int, notes: list[str]) -> dict[str, float]:
+    """Full fine-tuning: gradients (model dtype) and AdamW's two moments (fp32) beside the weights;
+    with FSDP each rank holds 1/ranks of all three, plus one decoder layer gathered whole during its
+    pass and the plain copy it samples from (tempo_bench.policy.sharding); offload moves the shards
+    to host memory."""
+    state = policy.params * (width + 8) / GiB / gpus
+    if config.train.sharding != "fsdp" or ranks == 1:
+        return {"policy grads+AdamW": state}
+    weights = policy.params * width / GiB
+    shards = {"policy weights": weights / ranks, "policy grads+AdamW": state / ranks,
+              "FSDP gathered layer": weights / policy.layers, "sampling copy (gathered)": weights}
+    if config.train.offload:
+        notes.append(f"train.offload: {shards['policy weights'] + shards['policy grads+AdamW']:.1f} GiB of shards per "
+                     "rank in host memory, not on the GPU")
+        shards["policy weights"] = shards["policy grads+AdamW"] = 0.0
+    return shards
 
 
 def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, notes: list[str],

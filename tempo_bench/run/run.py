@@ -33,18 +33,14 @@ from tempo_bench.grading.pool import make_grader
 from tempo_bench.methods.base import Method, RolloutBatch
 from tempo_bench.methods.catalog import method_class
 from tempo_bench.policy.batch import generation_batch
-from tempo_bench.policy.model import (
-    load_policy,
-    load_tokenizer,
-    save_adapter,
-    trainable_parameters,
-)
+from tempo_bench.policy.model import load_policy, load_tokenizer, trainable_parameters
+from tempo_bench.policy.sharding import shard
 from tempo_bench.policy.scoring import confidence_scores
 from tempo_bench.policy.update import policy_update
 from tempo_bench.rollout import SamplingParams, get_backend
 from tempo_bench.rollout.base import RolloutBackend
 from tempo_bench.run.caches import RunCaches, initial_eval_key
-from tempo_bench.run.checkpoint import check_resumable, latest_checkpoint, restore_policy, save_checkpoint
+from tempo_bench.run.checkpoint import check_resumable, export_policy, latest_checkpoint, restore_policy, save_checkpoint
 from tempo_bench.run.checkpoint import hold_run_folder, set_aside_damaged
 from tempo_bench.run.distributed import Ranks, share_sampling
 from tempo_bench.run.evaluation import evaluate, evaluate_extras, question_accuracy, question_table
@@ -179,7 +175,7 @@ class Run:
             yield
         except FloatingPointError as err:
             where = f"step {step}, phase {timer.current!r}: {err}"
-            if step > 1 and self.ranks.main:
+            if step > 1 and self.ranks.main and not self.ranks.sharded:  # (a sharded save needs every rank)
                 self.checkpoint(step - 1)
                 where += f"; checkpoint of step {step - 1} saved in {self.out_dir / 'checkpoints'}"
             raise FloatingPointError(where) from None
@@ -241,7 +237,7 @@ class Run:
                  "question_accuracy": self.result.question_accuracy,
                  "critic_counters": {"estep_count": ops.estep_count} if ops else None,
                  "critic_layout": self.config.critic_layout() if ops else None}
-        save_checkpoint(self.out_dir, step, self.policy, self.optimizer, ops.critic if ops else None, state)
+        save_checkpoint(self.out_dir, step, self.policy, self.optimizer, ops.critic if ops else None, state, self.ranks)
 
     def resume(self) -> int:
         """Load the latest checkpoint of the run's folder; returns the step it holds."""
@@ -266,11 +262,11 @@ class Run:
         print(f"resuming {self.out_dir.name} after step {state['step']} (checkpoint {path.name})")
         return state["step"]
 
-    def finish(self, over_budget: bool, steps_done: int) -> None:
+    def finish(self, over_budget: bool, steps_done: int, policy_dir: Path) -> None:
         """What the analysis reads to tell a run that ran its course from one that stopped early,
-        and the trained adapter and critic as artefacts."""
+        and the trained policy (export_policy's folder) and critic as artefacts."""
         self.logger.set_tags({"stop_reason": "token budget" if over_budget else "steps", "steps_done": str(steps_done)})
-        self.logger.log_artifacts(save_adapter(self.policy, self.out_dir / "adapter"), "adapter")
+        self.logger.log_artifacts(policy_dir, policy_dir.name)
         if len(self.result.question_accuracy) == 2:  # which test questions the run gained and lost
             self.logger.log_text(question_table(self.result.question_accuracy), "per_question.csv")
         if self.critic_ops is not None:
@@ -288,7 +284,8 @@ class Run:
         checkpoints and the token budget; ``on_step(step, eval_metrics_or_None)`` after each."""
         config = self.config
         first_step = self.resume() + 1 if resume else 1
-        main = self.ranks.main  # only rank 0 evaluates, logs and checkpoints
+        main = self.ranks.main  # only rank 0 evaluates, logs and checkpoints (every rank writes its shards)
+        saves = main or self.ranks.sharded
         if not resume and main:
             self.start()
             self.log(self.evaluate(0), 0)
@@ -305,8 +302,8 @@ class Run:
             bar.set_postfix(reward=f"{values['reward/mean']:.2f}", maj_ratio=f"{values['ttt/majority_ratio']:.2f}")
             last = over_budget or step == config.train.steps
             stopping = stop_requested() and not last  # SIGTERM: a scheduler is about to stop the job
-            if main and config.train.checkpoint_every and (step % config.train.checkpoint_every == 0 or last
-                                                           or stopping):
+            if saves and config.train.checkpoint_every and (step % config.train.checkpoint_every == 0 or last
+                                                            or stopping):
                 self.checkpoint(step)
             if stopping:
                 raise KeyboardInterrupt  # the command's interruption path: run KILLED, the resume hint
@@ -315,8 +312,9 @@ class Run:
             if over_budget:
                 print(f"token budget reached after step {step} ({self.spent_tokens():,} >= {config.train.budget_tokens:,})")
                 break
+        policy_dir = export_policy(self.policy, self.out_dir, main) if saves else None
         if main:
-            self.finish(over_budget, step)
+            self.finish(over_budget, step, policy_dir)
         return self.result
 
 
@@ -347,7 +345,9 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
     grader = make_grader(task.grader, config.grading.workers, config.grading.timeout_s)
     backend = None
     try:  # a failure past this point closes the grading workers and the engine it opened
-        policy = load_policy(config.model, config.lora, caches.base_models)
+        policy = load_policy(config.model, config.policy_lora(), caches.base_models)
+        if ranks.sharded:
+            shard(policy, getattr(torch, config.model.dtype), config.train.offload)
         backend = get_backend(config.rollout.backend).create(config, policy, tokenizer, out_dir,
                                                              longest_prompt=longest_prompt(tokenizer, task, *extras))
         optimizer = torch.optim.AdamW(trainable_parameters(policy), lr=config.train.lr,

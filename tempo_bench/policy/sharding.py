@@ -1,0 +1,115 @@
+"""Full fine-tuning of the policy (``train.mode: full``) and its parameters sharded over ranks with
+torch's FSDP2 (``train.sharding: fsdp`` under torchrun), the layout verl, TRL/accelerate and
+torchtitan use for models beyond one GPU.
+
+- Sharding: ``fully_shard`` on every decoder layer, then on the whole model (embeddings, final
+  norm and head), parameters in the model's dtype, gradients reduced in float32; optionally held
+  in host memory between uses (``train.offload``). Every forward and backward pass of the sharded
+  model is a collective, so every rank runs each one (tempo_bench.policy.batch pads a rank with
+  fewer micro-batches with zero-weight ones).
+- Gradients: the reduce-scatter *sums* over ranks (divide factor 1), as the replicated layout's
+  ``Ranks.sum_gradients`` does: each rank's loss is already weighted by its share of the global
+  minibatch.
+- Sampling: ranks sample different questions for different numbers of tokens, which a sharded
+  model cannot do (its collectives would not line up); each rank samples from a plain copy whose
+  weights are gathered from the shards one parameter at a time after every update
+  (``full_weights``), the role vLLM's per-rank engine plays in verl and TRL.
+- Checkpoints: torch.distributed.checkpoint, keyed by parameter name, so a run resumes on another
+  number of ranks (2 -> 1 is tested); on one process the same format is written without a process
+  group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The transformer blocks of a causal LM (the units FSDP shards and gathers one at a time)."""
+    inner = getattr(model, "model", model)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__} has no .model.layers: train.sharding=fsdp does not know its blocks")
+    return list(layers)
+
+
+def shard(model, model_dtype: torch.dtype, offload: bool = False):
+    """``model`` with every decoder layer and the whole sharded over the process group (in place)."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    options = {"mp_policy": MixedPrecisionPolicy(param_dtype=model_dtype, reduce_dtype=torch.float32)}
+    if offload:
+        options["offload_policy"] = CPUOffloadPolicy()
+    for layer in decoder_layers(model):
+        fully_shard(layer, **options)
+    fully_shard(model, **options)
+    for module in model.modules():
+        if hasattr(module, "set_gradient_divide_factor"):
+            module.set_gradient_divide_factor(1.0)  # a sum over ranks (module docstring)
+            module.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)
+    return model
+
+
+def is_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, whole tensor) of every parameter, gathered from the shards one at a time (a collective:
+    every rank iterates the same parameters in the same order); a plain model's as they are."""
+    for name, param in model.named_parameters():
+        yield name, (param.full_tensor() if hasattr(param, "full_tensor") else param).detach()
+
+
+def sampling_copy(model) -> torch.nn.Module:
+    """A plain, frozen model of ``model``'s architecture (on the device of its local shards), to
+    be filled with full_weights; its buffers (rotary tables) are computed by the constructor."""
+    from transformers import AutoModelForCausalLM
+
+    first = next(model.parameters())
+    local = first.to_local() if hasattr(first, "to_local") else first
+    with torch.random.fork_rng(devices=[]):  # its random init must not move the run's random stream
+        copy = AutoModelForCausalLM.from_config(model.config, dtype=local.dtype)
+    return copy.to(local.device).requires_grad_(False).eval()
+
+
+def grad_norm_value(norm) -> float:
+    """clip_grad_norm_'s result as a float (a DTensor for sharded gradients)."""
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def save_full(model, optimizer, folder: Path) -> None:
+    """Model and optimiser state as a distributed checkpoint (every rank of a sharded model calls it)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
+
+
+def restore_full(model, optimizer, folder: Path) -> None:
+    """Load save_full's checkpoint into ``model`` and ``optimizer``, resharded to this run's ranks."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optim": optim_state}
+    dcp.load(state, checkpoint_id=str(folder))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def export_full(model, folder: Path, main: bool) -> Path:
+    """The trained policy as a standard checkpoint folder (``save_pretrained``, loadable by vLLM and
+    lm-eval): the weights are gathered on every rank, written by rank 0."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(folder, state_dict=state)
+    return folder

@@ -1,0 +1,122 @@
+"""Full fine-tuning (train.mode=full) and the policy sharded over ranks with FSDP2
+(train.sharding=fsdp; torchrun, gloo on CPU): a 2-rank sharded run logs what a 1-rank run of the
+same global batch logs and ends with the same weights; its checkpoints resume on 2 ranks and on 1;
+layouts that cannot work are config errors."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from tempo_bench.config import load_config
+from tempo_bench.core.errors import ConfigError
+from tempo_bench.run.checkpoint import latest_checkpoint, load_state
+from tempo_bench.run.memory_plan import plan_memory
+
+from test_distributed import ENV, REL, ABS, RESUMED_NOISE, histories, torchrun
+
+FULL = ["run", "--preset", "toy-smoke", "--method", "tempo", "--quiet", "--set", "threads=1", "--set", "eval.size=4",
+        "--set", "rollout.seeding=question", "--set", "train.checkpoint_every=1", "--set", "train.mode=full",
+        "--set", "train.lr=1e-5", "--set", "train.minibatches=2"]
+# measured (2 steps, this CPU): the sharded run's logged values differ from the 1-rank run's only
+# by float summation order: policy/approx_kl 8e-5 relative (a difference of nearly equal
+# log-probabilities), policy/loss 3e-6, grad_norm 4e-7; the final weights by 2e-8
+NOISE = {"policy/approx_kl": (1e-3, 1e-9), "policy/loss": (1e-4, 1e-7), "policy/grad_norm": (1e-4, 1e-6)}
+WEIGHTS_ATOL = 1e-6
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tempo_bench.commands.cli", *args]
+
+
+def ran(command: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def assert_same_logs(single, other, noise=NOISE):
+    compared = [k for k in single if not k.startswith("time/")]
+    assert set(other) == set(single)
+    assert {"reward/mean", "policy/loss", "critic/value_loss", "eval/mean_at_k"} <= set(compared)
+    for key in compared:
+        assert [s for s, _ in other[key]] == [s for s, _ in single[key]], key  # every step logged once
+        rel, abs_ = noise.get(key, (REL, ABS))
+        for (step, a), (_, b) in zip(single[key], other[key]):
+            assert b == pytest.approx(a, rel=rel, abs=abs_, nan_ok=True), (key, step)
+
+
+def final_weights(out):
+    (folder,) = (out / "tempo-bench").glob("tempo-s0-*/model")
+    (tensors,) = folder.glob("*.safetensors")
+    return load_file(str(tensors))
+
+
+def test_full_fine_tuning_trains_every_weight_and_resumes_as_if_uninterrupted(tmp_path, created_store):
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    created_store(whole), created_store(halves)
+    ran(cli(*FULL, "--set", "train.steps=3", "--out", str(whole)))
+    ran(cli(*FULL, "--set", "train.steps=2", "--out", str(halves)))
+    ran(cli(*FULL, "--set", "train.steps=3", "--out", str(halves), "--resume"))
+    assert_same_logs(histories(whole)[1], histories(halves)[1], {**NOISE, **RESUMED_NOISE})
+    trained, resumed = final_weights(whole), final_weights(halves)
+    from tempo_bench.policy.model import resolve_model_path
+
+    start = load_file(str(next(iter(__import__("pathlib").Path(resolve_model_path("toy")).glob("*.safetensors")))))
+    moved = [name for name in start if name in trained and not (trained[name] == start[name]).all()]
+    assert len(moved) == len(start), "full fine-tuning left weights untouched"  # every weight, not an adapter
+    assert max(float((trained[k] - resumed[k]).abs().max()) for k in trained) < WEIGHTS_ATOL
+
+
+@pytest.mark.slow
+def test_two_sharded_ranks_equal_one_rank_and_resume_on_two_and_on_one(tmp_path, created_store):
+    """One 3-step 1-rank run; a 2-rank FSDP run stopped after step 2 and resumed on 2 ranks; its
+    step-2 checkpoint resumed on 1 rank: all three log the same values and end with the same weights."""
+    one, two, moved = tmp_path / "one", tmp_path / "two", tmp_path / "moved"
+    created_store(one), created_store(two)
+    sharded = [*FULL, "--set", "train.sharding=fsdp"]
+    ran(cli(*FULL, "--set", "train.steps=3", "--out", str(one)))
+    ran(torchrun(*sharded, "--set", "train.steps=2", "--out", str(two)))
+    (folder,) = (two / "tempo-bench").glob("tempo-s0-*")
+    checkpoint = latest_checkpoint(folder)
+    assert load_state(checkpoint)["step"] == 2 and (checkpoint / "policy" / ".metadata").is_file()
+    shutil.copytree(two, moved)
+    done = ran(torchrun(*sharded, "--set", "train.steps=3", "--out", str(two), "--resume"))
+    assert "on 2 ranks" in done.stdout
+    ran(cli(*FULL, "--set", "train.steps=3", "--set", "train.sharding=replicate", "--out", str(moved), "--resume"))
+    single = histories(one)[1]
+    for other in (two, moved):
+        assert_same_logs(single, histories(other)[1], {**NOISE, **RESUMED_NOISE})
+        reference, weights = final_weights(one), final_weights(other)
+        assert max(float((reference[k] - weights[k]).abs().max()) for k in reference) < WEIGHTS_ATOL
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.sharding=fsdp"], "train.sharding=fsdp shards a fully fine-tuned policy: set train.mode=full"),
+    (["train.mode=full", "train.offload=true"], "train.offload moves FSDP shards to host memory"),
+    (["train.mode=full", "critic.share_base=true"], "critic.share_base: true needs a LoRA policy"),
+    (["train.mode=full", "rollout.backend=vllm", "rollout.vllm.sync=lora"], "rollout.vllm.sync=lora serves a LoRA adapter"),
+])
+def test_layouts_that_cannot_work_are_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("toy-smoke", overrides)
+
+
+def test_the_plan_shards_a_full_fine_tuning_run_over_its_ranks():
+    config = load_config("qwen3-14b-aime24", ["train.mode=full", "train.sharding=fsdp", "critic.share_base=false",
+                                                "rollout.backend=hf"])
+    replica = {p.name: p for p in plan_memory(config.model_copy(update={"train": config.train.model_copy(
+        update={"sharding": "replicate"})}), cuda_gpus=1, card_gb=80.0, ranks=8).phases}["policy training"]
+    sharded = {p.name: p for p in plan_memory(config, cuda_gpus=1, card_gb=80.0, ranks=8).phases}["policy training"]
+    # by hand: 14.8e9 parameters; bf16 weights 2 bytes, grads 2 + AdamW 8 per parameter, over 8 ranks
+    params = replica.items["policy weights"] * 2**30 / 2
+    assert sharded.items["policy weights"] == pytest.approx(replica.items["policy weights"] / 8)
+    assert sharded.items["policy grads+AdamW"] == pytest.approx(params * 10 / 2**30 / 8)
+    assert sharded.items["sampling copy (gathered)"] == pytest.approx(replica.items["policy weights"])
+    # what sharding saves here is the policy's own state; the critic (own base) and the sampling copy
+    # are still whole on every rank, so this run does not fit 80 GB yet (the note of issue 31)
+    saved = replica.items["policy weights"] + replica.items["policy grads+AdamW"] - sharded.items["policy weights"] \
+        - sharded.items["policy grads+AdamW"] - sharded.items["FSDP gathered layer"] - sharded.items["sampling copy (gathered)"]
+    assert replica.total - sharded.total == pytest.approx(saved) and saved > 100
