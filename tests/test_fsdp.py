@@ -3,7 +3,9 @@
 same global batch logs and ends with the same weights; its checkpoints resume on 2 ranks and on 1;
 layouts that cannot work are config errors."""
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -15,7 +17,7 @@ from tempo_bench.core.errors import ConfigError
 from tempo_bench.run.checkpoint import latest_checkpoint, load_state
 from tempo_bench.run.memory_plan import plan_memory
 
-from test_distributed import ENV, REL, ABS, RESUMED_NOISE, histories, torchrun
+from test_distributed import ABS, ENV, REL, RESUMED_NOISE, histories, kill_one_rank_after_a_checkpoint, torchrun
 
 FULL = ["run", "--preset", "toy-smoke", "--method", "tempo", "--quiet", "--set", "threads=1", "--set", "eval.size=4",
         "--set", "rollout.seeding=question", "--set", "train.checkpoint_every=1", "--set", "train.mode=full",
@@ -71,19 +73,27 @@ def test_full_fine_tuning_trains_every_weight_and_resumes_as_if_uninterrupted(tm
 
 
 @pytest.mark.slow
-def test_two_sharded_ranks_equal_one_rank_and_resume_on_two_and_on_one(tmp_path, created_store):
-    """One 3-step 1-rank run; a 2-rank FSDP run stopped after step 2 and resumed on 2 ranks; its
-    step-2 checkpoint resumed on 1 rank: all three log the same values and end with the same weights."""
+def test_two_sharded_ranks_killed_resume_on_two_and_on_one_as_one_rank_runs(tmp_path, created_store):
+    """One 3-step 1-rank run; a 2-rank FSDP run of the same global batch, one rank SIGKILLed after a
+    checkpoint; its folder resumed on 2 ranks, and a copy of it on 1 rank: both log what the 1-rank
+    run logs, every step once, and end with its weights."""
     one, two, moved = tmp_path / "one", tmp_path / "two", tmp_path / "moved"
     created_store(one), created_store(two)
-    sharded = [*FULL, "--set", "train.sharding=fsdp"]
+    sharded = [*FULL, "--set", "train.sharding=fsdp", "--set", "train.steps=3"]
     ran(cli(*FULL, "--set", "train.steps=3", "--out", str(one)))
-    ran(torchrun(*sharded, "--set", "train.steps=2", "--out", str(two)))
+    proc = subprocess.Popen(torchrun(*sharded, "--out", str(two)), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        kill_one_rank_after_a_checkpoint(proc, two)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     (folder,) = (two / "tempo-bench").glob("tempo-s0-*")
     checkpoint = latest_checkpoint(folder)
-    assert load_state(checkpoint)["step"] == 2 and (checkpoint / "policy" / ".metadata").is_file()
+    assert load_state(checkpoint)["step"] < 3 and (checkpoint / "policy" / ".metadata").is_file()
     shutil.copytree(two, moved)
-    done = ran(torchrun(*sharded, "--set", "train.steps=3", "--out", str(two), "--resume"))
+    done = ran(torchrun(*sharded, "--out", str(two), "--resume"))
     assert "on 2 ranks" in done.stdout
     ran(cli(*FULL, "--set", "train.steps=3", "--set", "train.sharding=replicate", "--out", str(moved), "--resume"))
     single = histories(one)[1]
@@ -120,3 +130,20 @@ def test_the_plan_shards_a_full_fine_tuning_run_over_its_ranks():
     saved = replica.items["policy weights"] + replica.items["policy grads+AdamW"] - sharded.items["policy weights"] \
         - sharded.items["policy grads+AdamW"] - sharded.items["FSDP gathered layer"] - sharded.items["sampling copy (gathered)"]
     assert replica.total - sharded.total == pytest.approx(saved) and saved > 100
+
+
+def test_offload_needs_a_gpu_and_host_memory_for_the_shards():
+    from tempo_bench.run.distributed import Ranks, check_same_config
+
+    with pytest.raises(ConfigError, match="train.offload moves FSDP shards from the GPU.*on the CPU"):
+        check_same_config(Ranks(), load_config("toy-smoke", ["train.mode=full", "train.sharding=fsdp",
+                                                             "train.offload=true", "model.device=cpu"]))
+    config = load_config("qwen3-14b-aime24", ["train.mode=full", "train.sharding=fsdp", "train.offload=true",
+                                              "critic.share_base=false", "rollout.backend=hf"])
+    roomy = plan_memory(config, cuda_gpus=1, card_gb=80.0, ranks=8, host_gb=2000.0)
+    small = plan_memory(config, cuda_gpus=1, card_gb=80.0, ranks=8, host_gb=64.0)
+    training = {p.name: p for p in roomy.phases}["policy training"]
+    assert training.items["policy weights"] == training.items["policy grads+AdamW"] == 0.0  # in host memory
+    # 8 ranks on this machine, each 1/8 of 14.8e9 x (2 + 10) bytes: 165 GiB in all, more than 64
+    assert not any("train.offload keeps" in n for n in roomy.problems())
+    assert any("train.offload keeps 165." in n and "has 64.0 GiB" in n for n in small.problems())

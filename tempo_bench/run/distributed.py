@@ -153,6 +153,11 @@ def launched_ranks(device: str = "auto", sharding: str = "replicate") -> Ranks:
 def check_same_config(ranks: Ranks, config) -> None:
     """Every rank was given the same config, and one a data-parallel run can do; else the same
     error on every rank (never a hang at the first collective)."""
+    from tempo_bench.policy.model import resolve_device
+
+    if config.train.offload and resolve_device(config.model.device) == "cpu":
+        raise ConfigError("train.offload moves FSDP shards from the GPU to host memory, and this model is on the CPU: "
+                          "leave train.offload off")
     if not ranks.distributed:
         from tempo_bench.policy.model import spread_over_gpus
 

@@ -27,6 +27,8 @@ What each phase holds (GiB = 2**30 bytes; estimates, stated so they can be check
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 
 from tempo_bench.core.assets import ASSETS
@@ -145,12 +147,13 @@ class MemoryPlan:
 
 
 def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = None,
-                ranks: int | None = None) -> MemoryPlan:
+                ranks: int | None = None, host_gb: float | None = None) -> MemoryPlan:
     """The plan of ``config`` (a RunConfig). ``cuda_gpus`` / ``card_gb``: what is visible here
     (default: asked of torch.cuda). The card checked against: model.gpu_memory_gb (the card the
     config is sized for, default 80 GiB), or the visible card where that is smaller. ``ranks``:
     the data-parallel ranks sharing a step's rollouts, one GPU each (default: torchrun's
-    WORLD_SIZE, else 1)."""
+    WORLD_SIZE, else 1). ``host_gb``: this machine's memory, which train.offload's shards must fit
+    (default: asked of the OS)."""
     ranks = ranks or launched_world_size()
     visible, physical = _visible_card() if cuda_gpus is None else (cuda_gpus, card_gb)
     card = config.model.card_gb(physical)
@@ -169,7 +172,7 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
     if config.train.mode == "lora":
         resident["policy LoRA+AdamW"] = policy.lora_params(config.lora.r, config.lora.target_modules) * lora_bytes
     else:
-        resident.update(_full_policy(config, policy, width, gpus, ranks, notes))
+        resident.update(_full_policy(config, policy, width, gpus, ranks, notes, host_gb))
     critic = None
     if method_class(config.method).uses_critic:
         self_critic = config.critic.path in (None, config.model.path)
@@ -204,7 +207,8 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
     return MemoryPlan(card, gpus, phases, notes)
 
 
-def _full_policy(config, policy, width: int, gpus: int, ranks: int, notes: list[str]) -> dict[str, float]:
+def _full_policy(config, policy, width: int, gpus: int, ranks: int, notes: list[str],
+                 host_gb: float | None) -> dict[str, float]:
     """Full fine-tuning: gradients (model dtype) and AdamW's two moments (fp32) beside the weights;
     with FSDP each rank holds 1/ranks of all three, plus one decoder layer gathered whole during its
     pass and the plain copy it samples from (tempo_bench.policy.sharding); offload moves the shards
@@ -216,8 +220,13 @@ def _full_policy(config, policy, width: int, gpus: int, ranks: int, notes: list[
     shards = {"policy weights": weights / ranks, "policy grads+AdamW": state / ranks,
               "FSDP gathered layer": weights / policy.layers, "sampling copy (gathered)": weights}
     if config.train.offload:
-        notes.append(f"train.offload: {shards['policy weights'] + shards['policy grads+AdamW']:.1f} GiB of shards per "
-                     "rank in host memory, not on the GPU")
+        per_rank = shards["policy weights"] + shards["policy grads+AdamW"]
+        node = per_rank * int(os.environ.get("LOCAL_WORLD_SIZE", ranks))  # this machine's ranks' shards
+        host = host_gb if host_gb is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
+        notes.append(f"train.offload: {per_rank:.1f} GiB of shards per rank in host memory, not on the GPU")
+        if node > host:
+            notes.append(f"does not fit: train.offload keeps {node:.1f} GiB of shards in this machine's memory, which "
+                         f"has {host:.1f} GiB; use more machines or leave train.offload off")
         shards["policy weights"] = shards["policy grads+AdamW"] = 0.0
     return shards
 
