@@ -13,6 +13,8 @@ Definitions (each a function below, each tested on constructed curves):
 - exploited at step t: over the ``span`` steps before t, the reward's belief in the trained answers
   (critic: P(correct) = (V + 1) / 2; majority vote: the share rewarded) rose by at least ``margin``
   while the true accuracy of those answers fell by at least ``margin`` (both rolling means).
+- blind at step t: over the same span the truth fell by at least 2 ``margin`` while the belief fell
+  by less than ``margin`` (the reward missed the fall).
 - the metric or the critic: the point-biserial correlation shrinks as the share of correct answers
   nears 0 or 1 even for a reward that separates right from wrong as well as before. Its exact
   base-rate-free counterpart, Cohen's d (core.metrics.separation_from_pointbiserial), and the
@@ -97,6 +99,15 @@ def exploited_steps(run: pd.DataFrame, span: int = 20, margin: float = 0.05) -> 
 
 
 QUALITY = ["reward/pointbiserial", "reward/auroc", "reward/auroc_within", "d", "pb_if_unchanged"]
+
+
+def blind_steps(run: pd.DataFrame, span: int = 20, margin: float = 0.05) -> list[int]:
+    """Steps at which the reward missed a fall of the truth (module docstring); run as in
+    exploited_steps."""
+    run = run.set_index("step").sort_index()
+    belief_fall = run.belief.shift(span) - run.belief
+    truth_fall = run.truth.shift(span) - run.truth
+    return [int(s) for s in run.index[(truth_fall >= 2 * margin) & (belief_fall < margin)]]
 
 
 def separation_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -200,9 +211,10 @@ def _start_end(frame: pd.DataFrame, column: str) -> str:
     return f"{start:.2f} -> {end:.2f}"
 
 
-def _exploited(frame: pd.DataFrame, span: int, margin: float) -> str:
+def _flagged(frame: pd.DataFrame, detector, span: int, margin: float) -> str:
+    """"k/n (from step a, b)": the runs ``detector`` flags at some step, and the first step of each."""
     frame = rolling(frame, ["belief", "truth"])
-    firsts = [steps[0] for _, run in frame.groupby("run_id") if (steps := exploited_steps(run, span, margin))]
+    firsts = [steps[0] for _, run in frame.groupby("run_id") if (steps := detector(run, span, margin))]
     runs = frame.run_id.nunique()
     return f"{len(firsts)}/{runs}" + (f" (from step {', '.join(map(str, sorted(firsts)))})" if firsts else "")
 
@@ -232,7 +244,8 @@ def summary_rows(df: pd.DataFrame, window: int = 50, span: int = 20, margin: flo
             "pooled AUROC": _start_end(sep, "reward/auroc"), "AUROC-within": _start_end(sep, "reward/auroc_within"),
             "trained accuracy": _start_end(sep, "train/accuracy"),
             "over-confidence": _start_end(belief, "overconfidence"),
-            "exploited runs": _exploited(belief, span, margin) if method in REWARDED and not belief.empty else "-",
+            **{column: _flagged(belief, detector, span, margin) if method in REWARDED and not belief.empty else "-"
+               for column, detector in (("exploited runs", exploited_steps), ("blind runs", blind_steps))},
         })
     return rows
 

@@ -48,6 +48,13 @@ def test_exploitation_is_belief_up_while_truth_falls_over_the_span():
     assert flagged[0] == 45 and flagged == list(range(45, flagged[-1] + 1)) and flagged[-1] in (84, 85)
     # belief and truth rising together: a good reward, never exploited
     assert LH.exploited_steps(run_of(belief, np.clip(belief - 0.1, 0, 1)), 20, 0.05) == []
+    # blind once the truth has fallen 0.10 over 20 steps (step 50, lost to rounding: 51) while the
+    # belief did not fall; a flat belief over a falling truth is blind, not exploited
+    assert LH.blind_steps(run_of(belief, truth), 20, 0.05)[0] == 51
+    flat = run_of(np.full(100, 0.7), truth)
+    assert LH.exploited_steps(flat, 20, 0.05) == [] and LH.blind_steps(flat, 20, 0.05)[0] == 51
+    # the belief falling with the truth: not blind
+    assert LH.blind_steps(run_of(truth - 0.1, truth), 20, 0.05) == []
 
 
 def tidy(runs: dict[tuple[str, int], dict[str, np.ndarray]]) -> pd.DataFrame:
@@ -64,10 +71,10 @@ def constructed_experiment() -> pd.DataFrame:
     """TEMPO: accuracy of the trained answers rising 0.5 -> 0.98, a critic whose separation stays
     d = 2 (its point-biserial shrinks only by the base rate) and whose belief is the truth. Fixed
     critic: separation falling 2 -> 0.5; the truth rising 0.5 -> 0.8 by step 100, then falling
-    0.004 a step while the critic's belief keeps rising 0.003 a step."""
+    0.006 a step while the critic's belief keeps rising 0.003 a step."""
     steps = np.arange(1, 201)
     acc = 0.5 + 0.48 * np.minimum(steps / 100, 1.0)
-    fixed_truth = np.where(steps < 100, 0.5 + 0.003 * steps, 0.8 - 0.004 * (steps - 100))
+    fixed_truth = np.where(steps < 100, 0.5 + 0.003 * steps, 0.8 - 0.006 * (steps - 100))
     fixed_belief = np.where(steps < 100, fixed_truth, np.minimum(0.8 + 0.003 * (steps - 100), 1.0))
     runs = {}
     for seed in (0, 1):
@@ -102,6 +109,7 @@ def test_summary_reports_plateau_exploitation_and_separation():
     assert rows["TEMPO"]["plateau: step (mean@k)"].startswith("100 (")
     assert rows["TEMPO"]["exploited runs"] == "0/2"
     assert rows["fixed critic"]["exploited runs"].startswith("2/2 (from step ")
+    assert rows["fixed critic"]["blind runs"].startswith("2/2 (from step ") and rows["TEMPO"]["blind runs"] == "0/2"
     assert rows["TEMPO"]["separation d"] == "2.00 -> 2.00"
     assert rows["fixed critic"]["separation d"] == "1.97 -> 0.53"  # by hand: 2 - 1.5 (s - 1) / 199 averaged over s = 1-10 and 191-200
     assert rows["TEMPO"]["over-confidence"] == "0.00 -> 0.00"
@@ -115,3 +123,27 @@ def test_main_writes_the_summary_and_every_figure(tmp_path, monkeypatch, capsys)
         assert f"{stem}.png" in names and f"{stem}.pdf" in names
     assert "| TEMPO |" in (tmp_path / "summary.md").read_text()
     assert "verifier regime (toy)" in capsys.readouterr().out
+
+
+def test_critic_swap_crosses_start_and_final_critics_and_answers(tmp_path, created_store):
+    """A fixed critic never changes, so its final critic ranks both answer sets exactly as its
+    starting critic does; an online critic's final critic, trained for two steps, does not."""
+    from tempo_bench.analysis import critic_swap as CS
+    from tempo_bench.commands.cli import main
+
+    created_store(tmp_path)
+    assert main(["compare", "--preset", "toy-smoke", "--methods", "fixed_critic,online_critic", "--seeds", "0",
+                 "--out", str(tmp_path),
+                 "--experiment", "swap", "--set", "train.steps=2", "--set", "eval.size=8", "--set", "threads=1"]) == 0
+    table = CS.collect(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path, ["swap"], k=4)
+    online, table = table[table.method == "online_critic"], table[table.method == "fixed_critic"]
+    moved = online.set_index(["critic", "answers"]).d
+    assert moved[("start", "start")] != pytest.approx(moved[("final", "start")])
+    assert len(table) == 4 and set(zip(table.critic, table.answers)) == {(c, a) for c in ("start", "final")
+                                                                          for a in ("start", "final")}
+    cell = table.set_index(["critic", "answers"])
+    for answers in ("start", "final"):
+        for column in ("auroc_within", "auroc", "d", "accuracy"):
+            a, b = cell.loc[("start", answers), column], cell.loc[("final", answers), column]
+            assert (np.isnan(a) and np.isnan(b)) or a == pytest.approx(b), (answers, column)
+    assert "| swap | fixed_critic | 1 | start | start |" in CS.markdown(table)
