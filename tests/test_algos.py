@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from tempo_bench.core.algos import (
@@ -56,6 +57,25 @@ def test_token_logprobs_and_entropy_match_loop():
             p = [v / sum(z) for v in z]
             assert math.isclose(lp[b, t].item(), math.log(p[targets[b, t]]), rel_tol=1e-5)
             assert math.isclose(ent[b, t].item(), -sum(q * math.log(q) for q in p), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_entries", [2 * 5, 3 * 2 * 5, 10**6])  # one position, 3, all 7 at once
+def test_chunked_logprobs_and_entropy_equal_the_whole_ones_with_their_gradient(chunk_entries):
+    from tempo_bench.core.algos import token_logprobs_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 5, dtype=torch.float64).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(5, (2, 7))
+    weights = torch.randn(2, 7)
+    whole = token_logprobs(logits.float() / 0.7, targets)
+    (whole * weights).sum().backward()
+    expected_grad, logits.grad = logits.grad.clone(), None
+    logp, ent = token_logprobs_entropy(logits, targets, temperature=0.7, chunk_entries=chunk_entries)
+    (logp * weights).sum().backward()
+    assert torch.equal(logp, whole) and not ent.requires_grad  # per position: the same arithmetic
+    assert torch.equal(ent, token_entropy(logits.detach().float() / 0.7))
+    assert torch.equal(logits.grad, expected_grad)
+    assert token_logprobs_entropy(logits, targets, entropy=False)[1] is None
 
 
 def _naive_ppo(logp, old, adv, mask, lo, hi):

@@ -46,6 +46,49 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+# float32 entries of one chunk of logits in token_logprobs_entropy (2^26: 256 MiB), so that a
+# 151,936-entry vocabulary is never whole in float32 for more than ~440 positions at once
+CHUNK_ENTRIES = 1 << 26
+
+
+def _chunk_stats(inputs: torch.Tensor, targets: torch.Tensor, temperature: float, project, entropy: bool):
+    logp_all = torch.log_softmax(project(inputs).float() / temperature, dim=-1)
+    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    if not entropy:
+        return logp, None
+    with torch.no_grad():
+        return logp, -(logp_all.exp() * logp_all).sum(-1)
+
+
+def token_logprobs_entropy(inputs: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                           entropy: bool = True, project=None, vocab: int | None = None,
+                           chunk_entries: int = CHUNK_ENTRIES):
+    """log p(target_t) at ``temperature`` and (detached) the entropy of each next-token
+    distribution, over chunks of positions: [B, T, D], [B, T] -> ([B, T], [B, T] or None).
+
+    ``inputs`` are logits (D = V, any float dtype), or with ``project`` (e.g. a language-model
+    head, [..., D] -> [..., V]; ``vocab`` = V) the hidden states it maps to logits. The values are
+    those of token_logprobs(logits.float() / temperature, targets) and token_entropy, but the
+    logits (with ``project``) and their float32 log-softmax exist for one chunk of B x c positions
+    at a time (B * c * V <= chunk_entries), in the forward pass and again, recomputed, in the
+    backward pass (each chunk is checkpointed): nothing of vocabulary size outlives its chunk."""
+    from torch.utils.checkpoint import checkpoint
+
+    project = project or (lambda x: x)
+    rows, width = targets.shape
+    step = max(1, chunk_entries // max(1, rows * (vocab or inputs.shape[-1])))
+    logps, entropies = [], []
+    for start in range(0, width, step):
+        part, goal = inputs[:, start:start + step], targets[:, start:start + step]
+        if torch.is_grad_enabled() and part.requires_grad:
+            logp, ent = checkpoint(_chunk_stats, part, goal, temperature, project, entropy, use_reentrant=False)
+        else:
+            logp, ent = _chunk_stats(part, goal, temperature, project, entropy)
+        logps.append(logp)
+        entropies.append(ent)
+    return torch.cat(logps, dim=1), torch.cat(entropies, dim=1) if entropy else None
+
+
 def _broadcast_advantages(advantages: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return advantages.unsqueeze(-1).expand_as(like) if advantages.dim() == 1 else advantages
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tempo_bench.core.algos import CHUNK_ENTRIES, token_logprobs_entropy
 from tempo_bench.policy.sharding import grad_norm_value
 from tempo_bench.rollout.base import Generation
 
@@ -59,11 +60,60 @@ def model_inputs(batch: TrainBatch, device) -> dict[str, torch.Tensor | None]:
 
 
 def response_logits(model, batch: TrainBatch) -> torch.Tensor:
-    """Logits predicting each response token: [B, T, V]."""
+    """Logits predicting each response token: [B, T, V]. Where the model's forward takes
+    ``logits_to_keep`` (transformers' causal LMs), the language-model head runs only from the
+    first response's first position on: no logits for the prompts before it."""
     device = next(model.parameters()).device
-    logits = model(**model_inputs(batch, device)).logits
-    index = batch.response_index.to(device).unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-    return logits.gather(1, index)
+    inputs, width = model_inputs(batch, device), batch.input_ids.shape[1]
+    index = batch.response_index
+    offset = 0
+    if _takes_logits_to_keep(model):
+        starts = torch.where(batch.mask > 0, index, width).min()  # the earliest predicting position
+        offset = int(min(starts, width - 1))
+        inputs["logits_to_keep"] = width - offset
+    logits = model(**inputs).logits
+    index = (index - offset).clamp(min=0).to(device)  # padding's index (0) is masked downstream
+    return logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+
+
+def response_logprobs(model, batch: TrainBatch, temperature: float, entropy: bool = True,
+                      chunk_entries: int = CHUNK_ENTRIES):
+    """(log p of each response token [B, T], the entropy of its distribution [B, T] or None) under
+    ``model`` at ``temperature``. Where the model allows, the language-model head is applied to the
+    response positions' final hidden states chunk by chunk (core.algos.token_logprobs_entropy): no
+    logits of vocabulary size for the whole batch, in float32 or otherwise; elsewhere (a sharded
+    model, soft-capped or scaled logits) from response_logits."""
+    targets = batch.response_ids.to(next(model.parameters()).device)
+    head = _lean_head(model)
+    if head is None:
+        return token_logprobs_entropy(response_logits(model, batch), targets, temperature, entropy,
+                                      chunk_entries=chunk_entries)
+    inputs = model_inputs(batch, targets.device)
+    hidden = model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]  # after the final norm
+    index = batch.response_index.to(targets.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+    return token_logprobs_entropy(hidden.gather(1, index), targets, temperature, entropy, project=head,
+                                  vocab=head.out_features, chunk_entries=chunk_entries)
+
+
+def _lean_head(model):
+    """The language-model head response_logprobs may apply itself, or None where the logits must
+    come from the model's own forward."""
+    from tempo_bench.policy.sharding import is_sharded
+
+    config = getattr(model, "config", None)
+    if is_sharded(model) or not _takes_logits_to_keep(model) or any(
+            getattr(config, key, None) not in (None, 1.0) for key in ("final_logit_softcapping", "logit_scale",
+                                                                         "logits_scaling")):
+        return None
+    head = model.get_output_embeddings()
+    return head if isinstance(head, torch.nn.Linear) else None
+
+
+def _takes_logits_to_keep(model) -> bool:
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft passes **kwargs on
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def micro_batches(rows: torch.Tensor, size: int | None, lengths: torch.Tensor | None = None,

@@ -8,14 +8,12 @@ from tempo_bench.core.algos import (
     LOSS_AVERAGES_OVER,
     POLICY_LOSSES,
     masked_mean,
-    token_entropy,
-    token_logprobs,
 )
 from tempo_bench.policy.batch import (
     TrainBatch,
     accumulated_step,
     micro_batches,
-    response_logits,
+    response_logprobs,
     select_rows,
 )
 from tempo_bench.policy.model import trainable_parameters
@@ -27,8 +25,7 @@ def sampled_logprobs(model, batch: TrainBatch, temperature: float, micro_rows: i
     out = torch.zeros(batch.response_ids.shape)
     for rows in micro_batches(torch.arange(batch.input_ids.shape[0]), micro_rows):
         mb = select_rows(batch, rows)
-        device = next(model.parameters()).device
-        logp = token_logprobs(response_logits(model, mb) / temperature, mb.response_ids.to(device))
+        logp, _ = response_logprobs(model, mb, temperature, entropy=False)
         out[rows, : logp.shape[1]] = logp.cpu()
     return out
 
@@ -63,19 +60,14 @@ def policy_update(
 
     def loss_of(micro: torch.Tensor):
         mb = select_rows(batch, micro)
-        logits = response_logits(model, mb) / temperature
-        logp = token_logprobs(logits, mb.response_ids.to(device))
+        logp, entropy = response_logprobs(model, mb, temperature)
         width = logp.shape[1]  # select_rows trims to the micro-batch's longest response
         mb_old = logp.detach() if old_logp is None else old_logp[micro, :width].to(device)
         mb_adv = advantages[micro] if advantages.dim() == 1 else advantages[micro, :width]
         mask = mb.mask.to(device)
         loss, loss_stats = loss_fn(logp, mb_old, mb_adv.to(device), mask, train_cfg.clip_low, train_cfg.clip_high)
-        def entropy():  # after the backward pass, when the graph's memory is free
-            with torch.no_grad():
-                return masked_mean(token_entropy(logits.detach()), mask)
-
         units = float(mb.mask.sum()) if by_tokens else float(len(micro))
-        return loss, units, {"entropy": entropy, **loss_stats}
+        return loss, units, {"entropy": masked_mean(entropy, mask), **loss_stats}
 
     stats: dict[str, list[float]] = {}
     model.train()
