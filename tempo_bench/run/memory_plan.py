@@ -16,12 +16,16 @@ What each phase holds (GiB = 2**30 bytes; estimates, stated so they can be check
   exactly that share) for its weights and KV cache while the trainer's memory stays resident; the
   engine's weights plus the KV cache of one ``RunConfig.vllm_context_len()`` sequence must fit inside that
   share. The hf backend
-  instead holds the KV cache of every sequence of a step (plus a merged sampling copy of the
-  weights when rollout.merge_lora).
+  instead holds the KV cache of every sequence of a step; its merged sampling copy of the weights
+  (rollout.merge_lora, a LoRA policy) lives from the first rollout to the end of the run, so every
+  phase counts it.
 - training: per micro-batch of ``micro_batch_rows`` full-length sequences, the activations kept
   for the backward pass (with gradient checkpointing, each layer's input plus one layer's
-  recomputed activations; without, every layer's) and the logits over the vocabulary (in the
-  model's dtype, as float32, and their log-softmax); vLLM asleep frees its share, awake keeps it.
+  recomputed activations; without, every layer's) and the logits over the vocabulary: the policy
+  computes them a chunk of at most ``CHUNK_ENTRIES`` at a time (policy.batch.response_logprobs),
+  in the model's dtype, as float32, their log-softmax, its exponential for the entropy and the
+  gradient, in the forward pass and again in the backward; vLLM asleep frees its share, awake
+  keeps it.
   The critic's training pass is the same with its own micro-batch and no vocabulary logits.
 """
 
@@ -31,6 +35,7 @@ import os
 
 from dataclasses import dataclass, field
 
+from tempo_bench.core.algos import CHUNK_ENTRIES
 from tempo_bench.core.assets import ASSETS
 from tempo_bench.core.errors import ConfigError
 from tempo_bench.core.processes import launched_world_size
@@ -169,6 +174,8 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
 
     lora_bytes = ADAM_BYTES / GiB / gpus  # an adapter's weights live beside their layer's
     resident = {"policy weights": policy.params * width / GiB / gpus}
+    if config.rollout.backend == "hf" and config.rollout.merge_lora and config.train.mode == "lora":
+        resident["merged sampling copy"] = policy.params * width / GiB  # kept from the first rollout on
     if config.train.mode == "lora":
         resident["policy LoRA+AdamW"] = policy.lora_params(config.lora.r, config.lora.target_modules) * lora_bytes
     else:
@@ -249,8 +256,6 @@ def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, note
     if ranks > 1:
         notes.append(f"each of {ranks} ranks samples {rows} of the step's {sampled} sequences")
     items = {"KV cache": kv_per_token * seq * rows / GiB}
-    if config.rollout.merge_lora:
-        items["merged sampling copy"] = policy.params * width / GiB
     return items
 
 
@@ -262,8 +267,8 @@ def _activations(shape: ModelShape, tokens: int, width: int, config, logits: boo
     else:
         kept = shape.layers * per_layer
     items = {"activations": kept / GiB}
-    if logits:  # in the model's dtype, cast to float32, and their log-softmax
-        items["logits"] = tokens * shape.vocab * (width + 8) / GiB
+    if logits:  # one chunk: model dtype, float32 copy, log-softmax, exp, gradient (response_logprobs)
+        items["logits"] = min(tokens * shape.vocab, CHUNK_ENTRIES) * (width + 16) / GiB
     return items
 
 

@@ -18,14 +18,24 @@ class PhaseTimer:
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        _wait_for_gpu()  # the previous phase's queued kernels are its time, not this one's
         start, self.current = time.perf_counter(), name
         try:
             yield
         finally:
+            _wait_for_gpu()
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
     def metrics(self) -> dict[str, float]:
         return {f"time/{name}": s for name, s in self.seconds.items()}
+
+
+def _wait_for_gpu() -> None:
+    """Wait for the CUDA work queued so far (nothing on a CPU run, or before CUDA is used)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 @dataclass
