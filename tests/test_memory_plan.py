@@ -124,3 +124,15 @@ def test_the_plans_kv_cache_counts_the_rows_the_method_samples(method, rows):
     seq = config.model.max_prompt_tokens + config.rollout.max_new_tokens
     per_token = model_shape("toy").kv_bytes_per_token(4)
     assert rollout.items["KV cache"] == pytest.approx(per_token * seq * rows / GiB)
+
+
+def test_micro_batch_tokens_set_the_training_pass_size():
+    config = load_config("qwen3-8b-aime24")
+    seq = config.model.max_prompt_tokens + config.rollout.max_new_tokens
+    phases = lambda c: {p.name: p for p in plan_memory(c, cuda_gpus=1, card_gb=80.0).phases}["policy training"]
+    by_rows = phases(config)  # micro_batch_rows=1: one full-length row per pass
+    packed = phases(load_config("qwen3-8b-aime24", [f"train.micro_batch_tokens={4 * seq}"]))
+    short = phases(load_config("qwen3-8b-aime24", ["train.micro_batch_tokens=16"]))  # rows longer than it go alone
+    assert config.train.micro_batch_rows == 1
+    assert packed.items["activations"] == pytest.approx(4 * by_rows.items["activations"], rel=0.01)
+    assert short.items["activations"] == pytest.approx(by_rows.items["activations"])

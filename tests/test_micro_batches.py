@@ -29,19 +29,34 @@ def test_policy_micro_batches_equal_whole_batch(rollouts, loss, minibatches):
     policy, batch = rollouts
     advantages = torch.linspace(-1.5, 1.5, batch.input_ids.shape[0])
     results = []
-    for micro in (None, 5):
+    longest = int(batch.attention.sum(1).max())
+    for micro, tokens in ((None, None), (5, None), (None, 3 * longest)):  # rows; tokens (packs 3+ rows)
         model = copy.deepcopy(policy)
         # SGD: the parameter change is the gradient itself (Adam would amplify float noise in
         # near-zero gradients)
         optimizer = torch.optim.SGD(trainable_parameters(model), lr=1.0)
-        cfg = TrainConfig(loss=loss, minibatches=minibatches, micro_batch_rows=micro, clip_low=3e-4, clip_high=5e-4)
+        cfg = TrainConfig(loss=loss, minibatches=minibatches, micro_batch_rows=micro, micro_batch_tokens=tokens,
+                          clip_low=3e-4, clip_high=5e-4)
         stats = policy_update(model, optimizer, batch, advantages, cfg, temperature=1.0)
         results.append((stats, [p.detach().clone() for p in trainable_parameters(model)]))
-    (whole, a), (micro, b) = results
-    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b))
+    (whole, a), *parts = results
     assert any(not torch.equal(x, y) for x, y in zip(a, trainable_parameters(policy)))  # it did update
-    assert micro["loss"] == pytest.approx(whole["loss"], abs=1e-5)
-    assert micro["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-4)
+    for micro, b in parts:
+        assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b))
+        assert micro["loss"] == pytest.approx(whole["loss"], abs=1e-5)
+        assert micro["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-4)
+
+
+def test_micro_batches_by_tokens_pack_rows_by_hand():
+    from tempo_bench.policy.batch import micro_batches
+
+    lengths = torch.tensor([5, 2, 9, 3, 4, 20])
+    # ascending: rows 1 (2), 3 (3), 4 (4), 0 (5), 2 (9), 5 (20); budget 12: [1, 3, 4] (3 x 4 = 12),
+    # then 0 alone? 0 and 2: 2 x 9 = 18 > 12 -> [0], [2], [5] (20 > 12: alone)
+    parts = micro_batches(torch.arange(6), None, lengths, tokens=12)
+    assert [p.tolist() for p in parts] == [[1, 3, 4], [0], [2], [5]]
+    # a subset of rows, and a budget that holds everything
+    assert [p.tolist() for p in micro_batches(torch.tensor([2, 0]), None, lengths, tokens=100)] == [[0, 2]]
 
 
 def test_critic_micro_batches_equal_whole_batch(rollouts):

@@ -122,6 +122,10 @@ class TrainConfig(Strict):
     minibatches: int = Field(1, ge=1, description="optimiser steps per pass")
     micro_batch_rows: int | None = Field(
         None, ge=1, json_schema_extra=SPEED_ONLY, description="rows per forward/backward, gradients accumulated (None: a whole minibatch)")
+    micro_batch_tokens: int | None = Field(
+        None, ge=1, json_schema_extra=SPEED_ONLY, description="tokens per forward/backward of the policy update: rows "
+        "sorted by length and packed while rows x longest length stays within it (verl's and TRL's knob; "
+        "replaces micro_batch_rows and length_buckets there)")
     length_buckets: int = Field(
         4, ge=1, json_schema_extra=SPEED_ONLY, description="sort each minibatch by length into this many micro-batches (less padding; "
         "the gradient is the same)")
@@ -157,6 +161,10 @@ class CriticConfig(Strict):
     minibatch_rows: int = Field(256, ge=1, description="rows per optimiser step")
     micro_batch_rows: int | None = Field(None, ge=1, json_schema_extra=SPEED_ONLY,
                                          description="rows per forward pass (None: a whole minibatch)")
+    micro_batch_tokens: int | None = Field(
+        None, ge=1, json_schema_extra=SPEED_ONLY, description="tokens per forward/backward of the policy update: rows "
+        "sorted by length and packed while rows x longest length stays within it (verl's and TRL's knob; "
+        "replaces micro_batch_rows and length_buckets there)")
     length_buckets: int = Field(4, ge=1, json_schema_extra=SPEED_ONLY,
                                 description="rows sorted by length into this many passes (less padding)")
     estep_questions: int = Field(16, ge=1, description="labeled questions rolled out per E-step")

@@ -117,16 +117,32 @@ def _takes_logits_to_keep(model) -> bool:
 
 
 def micro_batches(rows: torch.Tensor, size: int | None, lengths: torch.Tensor | None = None,
-                  buckets: int = 1) -> list[torch.Tensor]:
+                  buckets: int = 1, tokens: int | None = None) -> list[torch.Tensor]:
     """Row indices split into micro-batches of at most ``size`` rows (None: no limit). With
     ``buckets`` > 1 the rows are first sorted by ``lengths`` and cut into that many groups of
-    similar length, so that each micro-batch pads to its own longest row, not the batch's."""
+    similar length, so that each micro-batch pads to its own longest row, not the batch's. With
+    ``tokens`` (and ``lengths``), rows sorted by length are packed instead: a micro-batch takes rows
+    while its rows times its longest row's length stays within ``tokens`` (a longer row goes alone)."""
+    if tokens is not None and lengths is not None:
+        return _packed(rows[torch.argsort(lengths[rows], stable=True)], lengths, tokens)
     if buckets > 1 and lengths is not None and len(rows) > 1:
         rows = rows[torch.argsort(lengths[rows], stable=True)]
         groups = list(rows.chunk(min(buckets, len(rows))))
     else:
         groups = [rows]
     return [part for group in groups for part in (group.split(size) if size else [group]) if len(part)]
+
+
+def _packed(rows: torch.Tensor, lengths: torch.Tensor, tokens: int) -> list[torch.Tensor]:
+    parts, current = [], []
+    for row in rows.tolist():  # ascending length: the newest row is the micro-batch's longest
+        if current and (len(current) + 1) * int(lengths[row]) > tokens:
+            parts.append(current)
+            current = []
+        current.append(row)
+    if current:
+        parts.append(current)
+    return [torch.tensor(part, dtype=rows.dtype) for part in parts]
 
 
 def generation_batch(generation: Generation, pad_id: int, rows: list[int] | None = None) -> TrainBatch:

@@ -20,10 +20,12 @@ from tempo_bench.policy.model import trainable_parameters
 
 
 @torch.no_grad()
-def sampled_logprobs(model, batch: TrainBatch, temperature: float, micro_rows: int | None) -> torch.Tensor:
+def sampled_logprobs(model, batch: TrainBatch, temperature: float, micro_rows: int | None,
+                     micro_tokens: int | None = None) -> torch.Tensor:
     """log pi(response token) of every row under ``model``: [B, T] (0 past each response)."""
     out = torch.zeros(batch.response_ids.shape)
-    for rows in micro_batches(torch.arange(batch.input_ids.shape[0]), micro_rows):
+    for rows in micro_batches(torch.arange(batch.input_ids.shape[0]), micro_rows, batch.attention.sum(1), 1,
+                              micro_tokens):
         mb = select_rows(batch, rows)
         logp, _ = response_logprobs(model, mb, temperature, entropy=False)
         out[rows, : logp.shape[1]] = logp.cpu()
@@ -56,7 +58,7 @@ def policy_update(
     lengths = batch.attention.sum(1)
     old_logp = None
     if not one_update:  # several updates on one batch: the ratio needs the pre-update policy
-        old_logp = sampled_logprobs(model, batch, temperature, train_cfg.micro_batch_rows)
+        old_logp = sampled_logprobs(model, batch, temperature, train_cfg.micro_batch_rows, train_cfg.micro_batch_tokens)
 
     def loss_of(micro: torch.Tensor):
         mb = select_rows(batch, micro)
@@ -75,7 +77,8 @@ def policy_update(
         for minibatch in torch.arange(rows).chunk(train_cfg.minibatches):
             total = float(batch.mask[minibatch].sum()) if by_tokens else float(len(minibatch))
             mine = minibatch if ranks is None else ranks.split(minibatch)
-            parts = micro_batches(mine, train_cfg.micro_batch_rows, lengths, train_cfg.length_buckets)
+            parts = micro_batches(mine, train_cfg.micro_batch_rows, lengths, train_cfg.length_buckets,
+                                  train_cfg.micro_batch_tokens)
             step_stats, grad_norm = accumulated_step(optimizer, params, parts, loss_of, max(total, 1.0),
                                                      train_cfg.grad_clip, "policy loss", ranks)
             for key, value in {**step_stats, "grad_norm": grad_norm}.items():

@@ -202,8 +202,10 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
     asleep = {} if vllm is None or vllm.sleep else {"vLLM (awake)": vllm.gpu_memory_utilization * card}
     # a micro-batch of None is a whole minibatch: the step's trained rows over train.minibatches
     rows = config.train.micro_batch_rows or -(-config.step_shape().trained_rows // config.train.minibatches)
+    # micro_batch_tokens packs rows up to it; a row longer than it goes alone
+    tokens = max(config.train.micro_batch_tokens, seq) if config.train.micro_batch_tokens else rows * seq
     phases.append(Phase("policy training", {**resident, **asleep,
-                                            **_activations(policy, rows * seq, width, config, logits=True)}))
+                                            **_activations(policy, tokens, width, config, logits=True)}))
     if critic is not None:
         rows = config.critic.micro_batch_rows or config.critic.minibatch_rows
         phases.append(Phase("critic training", {**resident, **asleep,
