@@ -44,6 +44,28 @@ def test_entropy_is_zero_for_one_hot_and_responses_average_their_tokens():
     assert got["self_certainty"].item() == pytest.approx((0.0 + naive_self_certainty(probs)) / 2, rel=1e-5)
 
 
+@pytest.mark.parametrize("chunk_entries", [1, 10**9])
+def test_chunked_confidence_equals_the_whole_and_the_policy_scores_its_responses_alike(chunk_entries):
+    from tempo_bench.config import LoraConfig, ModelConfig
+    from tempo_bench.core.confidence import response_confidence_chunked
+    from tempo_bench.policy.batch import make_train_batch, response_logits
+    from tempo_bench.policy.model import load_policy
+    from tempo_bench.policy.scoring import confidence_scores
+
+    torch.manual_seed(0)
+    logits, mask = torch.randn(3, 5, 7), torch.tensor([[1.0] * 5, [1.0] * 2 + [0.0] * 3, [1.0] * 4 + [0.0]])
+    whole = response_confidence(logits / 0.7, mask)
+    chunked = response_confidence_chunked(logits, mask, 0.7, chunk_entries=chunk_entries)
+    assert all(torch.allclose(chunked[k], whole[k], rtol=1e-6, atol=1e-7) for k in whole)
+    # the policy's scores of its own responses (lean path: hidden states and head) against its logits
+    policy = load_policy(ModelConfig(), LoraConfig())
+    batch = make_train_batch([[5, 6, 7], [8, 9]], [[10, 11, 12], [13]], pad_id=0)
+    with torch.no_grad():
+        reference = response_confidence(response_logits(policy, batch).float() / 0.7, batch.mask)
+    scores = confidence_scores(policy, batch, 0.7, micro_rows=None)
+    assert all(torch.allclose(scores[k], reference[k], rtol=1e-5, atol=1e-6) for k in reference)
+
+
 def test_confidence_rewards_order_samples_as_computed_by_hand():
     batch = make_batch([["1", "2", "3"], ["4", "5", "6"]])
     batch.confidence = {"self_certainty": torch.tensor([[0.3, 0.1, 0.2], [1.0, 1.0, 4.0]]),

@@ -28,3 +28,23 @@ def response_confidence(logits: torch.Tensor, mask: torch.Tensor) -> dict[str, t
         "self_certainty": masked_mean(token_self_certainty(logits), mask, dim=1),
         "entropy": masked_mean(token_entropy(logits), mask, dim=1),
     }
+
+
+def response_confidence_chunked(inputs: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0, project=None,
+                                vocab: int | None = None, chunk_entries: int | None = None) -> dict[str, torch.Tensor]:
+    """response_confidence of the logits project(inputs) / temperature, [B, T, D] -> {name: [B]},
+    computed over chunks of positions (as core.algos.token_logprobs_entropy): the float32 logits
+    of one chunk at a time. Without gradients."""
+    from tempo_bench.core.algos import CHUNK_ENTRIES
+
+    project = project or (lambda x: x)
+    rows, width = mask.shape
+    step = max(1, (chunk_entries or CHUNK_ENTRIES) // max(1, rows * (vocab or inputs.shape[-1])))
+    parts: dict[str, list[torch.Tensor]] = {"self_certainty": [], "entropy": []}
+    with torch.no_grad():
+        for start in range(0, width, step):
+            logits = project(inputs[:, start:start + step]).float() / temperature
+            parts["self_certainty"].append(token_self_certainty(logits))
+            parts["entropy"].append(token_entropy(logits))
+    return {name: masked_mean(torch.cat(values, dim=1), mask, dim=1) for name, values in parts.items()}
+

@@ -76,23 +76,29 @@ def response_logits(model, batch: TrainBatch) -> torch.Tensor:
     return logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
 
 
+def response_states(model, batch: TrainBatch):
+    """What the response positions' next-token distributions are computed from: (inputs [B, T, D],
+    project, vocab). Where the model allows, the final hidden states (after the last norm) and the
+    language-model head to apply to them chunk by chunk, so that no vocabulary-sized tensor exists
+    for the whole batch (core.algos.token_logprobs_entropy); elsewhere (a sharded model, soft-capped
+    or scaled logits) the logits themselves, project None."""
+    head = _lean_head(model)
+    if head is None:
+        logits = response_logits(model, batch)
+        return logits, None, logits.shape[-1]
+    device = next(model.parameters()).device
+    hidden = model(**model_inputs(batch, device), output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+    index = batch.response_index.to(device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+    return hidden.gather(1, index), head, head.out_features
+
+
 def response_logprobs(model, batch: TrainBatch, temperature: float, entropy: bool = True,
                       chunk_entries: int = CHUNK_ENTRIES):
     """(log p of each response token [B, T], the entropy of its distribution [B, T] or None) under
-    ``model`` at ``temperature``. Where the model allows, the language-model head is applied to the
-    response positions' final hidden states chunk by chunk (core.algos.token_logprobs_entropy): no
-    logits of vocabulary size for the whole batch, in float32 or otherwise; elsewhere (a sharded
-    model, soft-capped or scaled logits) from response_logits."""
-    targets = batch.response_ids.to(next(model.parameters()).device)
-    head = _lean_head(model)
-    if head is None:
-        return token_logprobs_entropy(response_logits(model, batch), targets, temperature, entropy,
-                                      chunk_entries=chunk_entries)
-    inputs = model_inputs(batch, targets.device)
-    hidden = model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]  # after the final norm
-    index = batch.response_index.to(targets.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-    return token_logprobs_entropy(hidden.gather(1, index), targets, temperature, entropy, project=head,
-                                  vocab=head.out_features, chunk_entries=chunk_entries)
+    ``model`` at ``temperature``, from response_states chunk by chunk."""
+    inputs, project, vocab = response_states(model, batch)
+    return token_logprobs_entropy(inputs, batch.response_ids.to(inputs.device), temperature, entropy,
+                                  project=project, vocab=vocab, chunk_entries=chunk_entries)
 
 
 def _lean_head(model):

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import torch
 
-from tempo_bench.core.confidence import response_confidence
+from tempo_bench.core.confidence import response_confidence_chunked
 from tempo_bench.policy.batch import (
     TrainBatch,
     micro_batches,
-    response_logits,
+    response_states,
     select_rows,
 )
 
@@ -27,7 +27,8 @@ def confidence_scores(model, batch: TrainBatch, temperature: float, micro_rows: 
     try:
         for part in micro_batches(torch.arange(rows), micro_rows):
             mb = select_rows(batch, part)
-            scores = response_confidence(response_logits(model, mb).float() / temperature, mb.mask.to(device))
+            inputs, project, vocab = response_states(model, mb)
+            scores = response_confidence_chunked(inputs, mb.mask.to(device), temperature, project, vocab)
             for name, values in scores.items():
                 out[name][part] = values.cpu()
     finally:
