@@ -147,16 +147,18 @@ def accuracy_with_plateaus(settings: dict[str, pd.DataFrame], window: int = 50):
 
 
 def overconfidence(settings: dict[str, pd.DataFrame]):
-    """The reward's belief minus the truth of the trained answers against step, per setting."""
+    """Each critic's belief (P(correct) = (V + 1) / 2) minus the truth of the trained answers against
+    step, per setting (majority vote's belief, 0.9 above the truth in the verifier regime, would
+    flatten the scale: the summary table has it)."""
     fig, axes = _figure(len(settings), width=4.6)
     for ax, (label, df) in zip(axes, settings.items()):
         frame = rolling(belief_and_truth(df), ["overconfidence"])
-        for method in [m for m in _methods(df) if m in REWARDED]:
+        for method in [m for m in _methods(df) if m in CRITIC_METHODS]:
             _plot_band(ax, band(_long(frame[frame.method == method], "overconfidence"), "step"), "step", method)
         ax.axhline(0, color="grey", lw=0.8, ls=":")
-        ax.set(title=label, xlabel="training step", ylabel="believed correct - truly correct")
-    return _finish(fig, axes, f"Over-confidence of each reward on the answers it trains on (rolling mean "
-                              f"over {SMOOTH} steps; > 0: over-confident)")
+        ax.set(title=label, xlabel="training step", ylabel="critic P(correct) - truly correct")
+    return _finish(fig, axes, f"Critic over-confidence on the answers it rewards (rolling mean over {SMOOTH} "
+                              "steps; > 0: over-confident)")
 
 
 def exploitation(df: pd.DataFrame, label: str, span: int = 20, margin: float = 0.05):
