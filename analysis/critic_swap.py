@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tempo_bench.analysis.long_horizon import CRITIC_METHODS
 from tempo_bench.analysis.runs import load_run_table
 
 from tempo_bench.config import RunConfig
@@ -32,7 +33,6 @@ from tempo_bench.rollout import SamplingParams
 from tempo_bench.run.checkpoint import latest_checkpoint, load_state, restore_policy, run_folder
 from tempo_bench.run.run import build_run
 
-CRITIC_METHODS = ("fixed_critic", "online_critic", "tempo")
 SEED = 12345  # the answers' sampling seed: the same draws for every run's two policies
 
 
@@ -63,15 +63,16 @@ def swap(checkpoint: Path, k: int, out_root: Path) -> list[dict]:
     config = RunConfig(**load_state(checkpoint)["config"]).model_copy(update={"out": str(out_root)})
     run = build_run(config, MemoryLogger(), out_dir=out_root / "critic_swap")
     try:
-        start_critic = run.critic_ops.critic
         start_answers = answers_of(run, k)
         restore_policy(checkpoint, run.policy, run.optimizer)
         run.backend.sync_weights()
         final_answers = answers_of(run, k)
+        answers = {"start": start_answers, "final": final_answers}
+        # the starting critic scores before the final one is loaded: a critic sharing the policy's
+        # base keeps its adapter on that base, which loading the final critic overwrites
+        rows = [{"critic": "start", "answers": name, **ranking(run.critic_ops.critic, *a)} for name, a in answers.items()]
         final_critic = Critic.load(checkpoint / "critic", config.critic, config.model, run.policy, config.lora)
-        return [{"critic": c_name, "answers": a_name, **ranking(critic, *answers)}
-                for c_name, critic in (("start", start_critic), ("final", final_critic))
-                for a_name, answers in (("start", start_answers), ("final", final_answers))]
+        return rows + [{"critic": "final", "answers": name, **ranking(final_critic, *a)} for name, a in answers.items()]
     finally:
         run.close()
 

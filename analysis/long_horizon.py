@@ -7,9 +7,11 @@ each critic becomes, and whether a falling reward quality is the metric or the c
         --experiments long-toy,long-toy-symmetric,long-toy-4digit --out docs/long_horizon
 
 Definitions (each a function below, each tested on constructed curves):
-- plateau: the first evaluation step t whose seed-mean accuracy no evaluation in the next
-  ``window`` steps exceeds the upper end of t's 95% interval; none if every such stretch still
-  gains, or fewer than ``window`` steps follow t.
+- plateau: the first evaluation step t after step 0 whose seed-mean accuracy no evaluation in the
+  next ``window`` steps exceeds the upper end of t's 95% interval (a percentile bootstrap over
+  seeds: with 3 seeds about the best seed's value, so a gain must lift the mean above it); none if
+  every such stretch still gains, or fewer than ``window`` steps follow t. A falling curve has
+  plateaued by this definition (it stopped gaining); the table's final and best columns say which.
 - exploited at step t: over the ``span`` steps before t, the reward's belief in the trained answers
   (critic: P(correct) = (V + 1) / 2; majority vote: the share rewarded) rose by at least ``margin``
   while the true accuracy of those answers fell by at least ``margin`` (both rolling means).
@@ -46,7 +48,7 @@ def plateau(curve: pd.DataFrame, window: int = 50) -> tuple[int, float] | None:
     band: columns step, mean, high (analysis.figures.band). None: no plateau within the run."""
     curve = curve.sort_values("step").reset_index(drop=True)
     last = curve.step.max()
-    for i, row in curve.iterrows():
+    for i, row in curve[curve.step > 0].iterrows():  # from the first trained evaluation
         if row.step + window > last:
             return None
         ahead = curve[(curve.step > row.step) & (curve.step <= row.step + window)]
@@ -89,10 +91,17 @@ def belief_and_truth(df: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
+def _every_step(run: pd.DataFrame) -> pd.DataFrame:
+    """One row per step from the run's first to its last (a step not logged: NaN), so that a shift
+    by ``span`` rows is ``span`` steps."""
+    run = run.set_index("step").sort_index()
+    return run.reindex(range(int(run.index.min()), int(run.index.max()) + 1))
+
+
 def exploited_steps(run: pd.DataFrame, span: int = 20, margin: float = 0.05) -> list[int]:
     """Steps at which one run is exploited (module docstring). run: columns step, belief, truth
     (rolling means), one row per step."""
-    run = run.set_index("step").sort_index()
+    run = _every_step(run)
     rise = run.belief - run.belief.shift(span)
     fall = run.truth.shift(span) - run.truth
     return [int(s) for s in run.index[(rise >= margin) & (fall >= margin)]]
@@ -104,7 +113,7 @@ QUALITY = ["reward/pointbiserial", "reward/auroc", "reward/auroc_within", "d", "
 def blind_steps(run: pd.DataFrame, span: int = 20, margin: float = 0.05) -> list[int]:
     """Steps at which the reward missed a fall of the truth (module docstring); run as in
     exploited_steps."""
-    run = run.set_index("step").sort_index()
+    run = _every_step(run)
     belief_fall = run.belief.shift(span) - run.belief
     truth_fall = run.truth.shift(span) - run.truth
     return [int(s) for s in run.index[(truth_fall >= 2 * margin) & (belief_fall < margin)]]

@@ -17,12 +17,16 @@ def whole_path(model, batch, temperature):
 
 
 @pytest.mark.parametrize("chunk_entries", [1, 10**9])  # one position per chunk; all at once
-def test_lean_logprobs_equal_the_whole_logits_path_with_gradients(chunk_entries):
+@pytest.mark.parametrize("lora", [True, False])  # a LoRA policy; every weight trained (the head tied to the embeddings)
+def test_lean_logprobs_equal_the_whole_logits_path_with_gradients(chunk_entries, lora):
     torch.manual_seed(0)
-    model = load_policy(ModelConfig(), LoraConfig())
+    model = load_policy(ModelConfig(), LoraConfig() if lora else None)
     assert _lean_head(model) is not None  # the toy takes the lean path
-    for p in trainable_parameters(model):  # a LoRA that is not zero, so that its gradients mean something
-        p.data.normal_(0, 0.02)
+    if lora:
+        for p in trainable_parameters(model):  # a LoRA that is not zero, so that its gradients mean something
+            p.data.normal_(0, 0.02)
+    else:
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     vocab = model.config.vocab_size
     # right-padded rows of different prompt and response lengths
     batch = make_train_batch([[5, 6, 7], [8, 9], [4, 5, 6, 7, 8]], [[10, 11, 12, 13], [14], [15, 16]], pad_id=0)
@@ -46,4 +50,32 @@ def test_lean_logprobs_equal_the_whole_logits_path_with_gradients(chunk_entries)
     # summed chunk by chunk, a different float order (measured: at most 1.2e-6 of the gradient's norm)
     for a, b in zip(got, expected):
         assert float((a - b).norm()) <= (0 if chunk_entries > 10**6 else 1e-5) * float(b.norm())
-    assert vocab > 1 and logp.shape == batch.mask.shape
+    assert logp.shape == batch.mask.shape and vocab == model.get_output_embeddings().out_features
+
+
+class ScaledLogits(torch.nn.Module):
+    """A model whose logits are twice its head's output (as soft-capped or scaled models differ)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, **kwargs):
+        out = self.inner(**kwargs)
+        out.logits = out.logits * 2
+        return out
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    def get_decoder(self):
+        return self.inner.get_decoder()
+
+
+def test_a_model_whose_logits_are_not_its_heads_output_takes_the_logits_path():
+    model = ScaledLogits(load_policy(ModelConfig(), None))
+    assert _lean_head(model) is None
+    batch = make_train_batch([[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]], pad_id=0)
+    logp, _ = response_logprobs(model, batch, 1.0)
+    expected, _ = whole_path(model, batch, 1.0)
+    assert torch.equal(logp, expected)

@@ -161,10 +161,6 @@ class CriticConfig(Strict):
     minibatch_rows: int = Field(256, ge=1, description="rows per optimiser step")
     micro_batch_rows: int | None = Field(None, ge=1, json_schema_extra=SPEED_ONLY,
                                          description="rows per forward pass (None: a whole minibatch)")
-    micro_batch_tokens: int | None = Field(
-        None, ge=1, json_schema_extra=SPEED_ONLY, description="tokens per forward/backward of the policy update: rows "
-        "sorted by length and packed while rows x longest length stays within it (verl's and TRL's knob; "
-        "replaces micro_batch_rows and length_buckets there)")
     length_buckets: int = Field(4, ge=1, json_schema_extra=SPEED_ONLY,
                                 description="rows sorted by length into this many passes (less padding)")
     estep_questions: int = Field(16, ge=1, description="labeled questions rolled out per E-step")
@@ -283,6 +279,12 @@ class RunConfig(Strict):
         critic = self.critic
         return (self.train.mode == "lora" and critic.lora and critic.path in (None, self.model.path)
                 and critic.init is None)
+
+    def policy_model(self):
+        """The ModelConfig the policy is loaded with: full fine-tuning keeps float32 master weights
+        (AdamW's updates at lr ~1e-6 are below bfloat16's resolution); model.dtype is then the dtype
+        FSDP computes in and the sampling copy holds."""
+        return self.model if self.train.mode == "lora" else self.model.model_copy(update={"dtype": "float32"})
 
     def policy_lora(self):
         """The policy's LoRA settings, or None when it trains every parameter (train.mode=full)."""

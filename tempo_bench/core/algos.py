@@ -51,6 +51,12 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 CHUNK_ENTRIES = 1 << 26
 
 
+def positions_per_chunk(rows: int, vocab: int, chunk_entries: int = CHUNK_ENTRIES) -> int:
+    """How many positions of ``rows`` rows make one chunk of at most ``chunk_entries`` logits (at
+    least one: a single position of many rows can exceed it)."""
+    return max(1, chunk_entries // max(1, rows * vocab))
+
+
 def _chunk_stats(inputs: torch.Tensor, targets: torch.Tensor, temperature: float, project, entropy: bool):
     logp_all = torch.log_softmax(project(inputs).float() / temperature, dim=-1)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -76,7 +82,7 @@ def token_logprobs_entropy(inputs: torch.Tensor, targets: torch.Tensor, temperat
 
     project = project or (lambda x: x)
     rows, width = targets.shape
-    step = max(1, chunk_entries // max(1, rows * (vocab or inputs.shape[-1])))
+    step = positions_per_chunk(rows, vocab or inputs.shape[-1], chunk_entries)
     logps, entropies = [], []
     for start in range(0, width, step):
         part, goal = inputs[:, start:start + step], targets[:, start:start + step]

@@ -35,11 +35,11 @@ def response_confidence_chunked(inputs: torch.Tensor, mask: torch.Tensor, temper
     """response_confidence of the logits project(inputs) / temperature, [B, T, D] -> {name: [B]},
     computed over chunks of positions (as core.algos.token_logprobs_entropy): the float32 logits
     of one chunk at a time. Without gradients."""
-    from tempo_bench.core.algos import CHUNK_ENTRIES
+    from tempo_bench.core.algos import CHUNK_ENTRIES, positions_per_chunk
 
     project = project or (lambda x: x)
     rows, width = mask.shape
-    step = max(1, (chunk_entries or CHUNK_ENTRIES) // max(1, rows * (vocab or inputs.shape[-1])))
+    step = positions_per_chunk(rows, vocab or inputs.shape[-1], chunk_entries or CHUNK_ENTRIES)
     parts: dict[str, list[torch.Tensor]] = {"self_certainty": [], "entropy": []}
     with torch.no_grad():
         for start in range(0, width, step):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from tempo_bench.core.algos import CHUNK_ENTRIES, token_logprobs_entropy
-from tempo_bench.policy.sharding import grad_norm_value
+from tempo_bench.policy.sharding import grad_norm_value, is_sharded
 from tempo_bench.rollout.base import Generation
 
 
@@ -78,16 +78,17 @@ def response_logits(model, batch: TrainBatch) -> torch.Tensor:
 
 def response_states(model, batch: TrainBatch):
     """What the response positions' next-token distributions are computed from: (inputs [B, T, D],
-    project, vocab). Where the model allows, the final hidden states (after the last norm) and the
-    language-model head to apply to them chunk by chunk, so that no vocabulary-sized tensor exists
-    for the whole batch (core.algos.token_logprobs_entropy); elsewhere (a sharded model, soft-capped
-    or scaled logits) the logits themselves, project None."""
+    project, vocab). Where the model allows, the decoder's final hidden states (after its last
+    norm; the decoder alone, so no other layer's outputs are kept) and the language-model head to
+    apply to them chunk by chunk, so that no vocabulary-sized tensor exists for the whole batch
+    (core.algos.token_logprobs_entropy); elsewhere (a sharded model, a model whose logits are not
+    its head's output) the logits themselves, project None."""
     head = _lean_head(model)
     if head is None:
         logits = response_logits(model, batch)
         return logits, None, logits.shape[-1]
     device = next(model.parameters()).device
-    hidden = model(**model_inputs(batch, device), output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+    hidden = _base(model).get_decoder()(**model_inputs(batch, device)).last_hidden_state
     index = batch.response_index.to(device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
     return hidden.gather(1, index), head, head.out_features
 
@@ -101,25 +102,44 @@ def response_logprobs(model, batch: TrainBatch, temperature: float, entropy: boo
                                   project=project, vocab=vocab, chunk_entries=chunk_entries)
 
 
-def _lean_head(model):
-    """The language-model head response_logprobs may apply itself, or None where the logits must
-    come from the model's own forward."""
-    from tempo_bench.policy.sharding import is_sharded
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's wrapper
 
-    config = getattr(model, "config", None)
-    if is_sharded(model) or not _takes_logits_to_keep(model) or any(
-            getattr(config, key, None) not in (None, 1.0) for key in ("final_logit_softcapping", "logit_scale",
-                                                                         "logits_scaling")):
+
+def _lean_head(model):
+    """The language-model head response_states may apply to the decoder's output itself, or None
+    where the logits must come from the model's own forward: a sharded model (its root's hooks
+    gather the head), or one whose logits are not head(decoder output): soft-capped, scaled,
+    multiplied (checked once per model on a short input, not by a list of config names)."""
+    if is_sharded(model):
         return None
-    head = model.get_output_embeddings()
-    return head if isinstance(head, torch.nn.Linear) else None
+    base = _base(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Linear) or not hasattr(base, "get_decoder"):
+        return None
+    checked = model.__dict__.get("_tempo_lean_head")
+    if checked is None:
+        checked = model.__dict__["_tempo_lean_head"] = _head_reproduces_logits(model, base, head)
+    return head if checked else None
+
+
+@torch.no_grad()
+def _head_reproduces_logits(model, base, head) -> bool:
+    ids = torch.arange(1, 9).remainder(head.out_features).unsqueeze(0).to(head.weight.device)
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(input_ids=ids).logits.float()
+        lean = head(base.get_decoder()(input_ids=ids).last_hidden_state).float()
+    finally:
+        model.train(was_training)
+    return lean.shape == logits.shape and torch.allclose(lean, logits, rtol=1e-3, atol=1e-3 * float(logits.abs().max()))
 
 
 def _takes_logits_to_keep(model) -> bool:
     import inspect
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft passes **kwargs on
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    return "logits_to_keep" in inspect.signature(_base(model).forward).parameters  # (peft passes **kwargs on)
 
 
 def micro_batches(rows: torch.Tensor, size: int | None, lengths: torch.Tensor | None = None,
@@ -182,20 +202,26 @@ def accumulated_step(optimizer, params: list[torch.nn.Parameter], parts: Iterabl
     optimizer.zero_grad(set_to_none=True)
     stats: dict[str, float] = {}
     parts = list(parts) if ranks is None else ranks.align(list(parts))
+    sharded, broken = ranks is not None and ranks.sharded, None
     for part in parts:
         if part is None:  # a sharded policy's pass this rank has no rows for: one row, weighed 0
             padding, _, _ = loss_of(torch.zeros(1, dtype=torch.long))
-            (padding * 0.0).backward()
+            torch.nan_to_num(padding * 0.0).backward()
             continue
         loss, units, part_stats = loss_of(part)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{what} is {loss.item()}")
+            broken = f"{what} is {loss.item()}"
+            if not sharded:
+                raise FloatingPointError(broken)
+            loss = torch.nan_to_num(loss * 0.0)  # the other ranks are in this pass's collectives too
         share = units / total
         (loss * share).backward()
         for key, value in {"loss": loss, **part_stats}.items():
             value = value() if callable(value) else value
             stats[key] = stats.get(key, 0.0) + share * float(value.detach() if torch.is_tensor(value) else value)
         del loss
+    if sharded and ranks.any(broken is not None):  # every rank stops, not only the one that saw it
+        raise FloatingPointError(broken or f"{what} is not finite on another rank")
     if ranks is not None and ranks.distributed:
         ranks.sum_gradients(params)
         stats = ranks.sum_values(stats)

@@ -38,7 +38,13 @@ def decoder_layers(model) -> list[torch.nn.Module]:
 
 def shard(model, model_dtype: torch.dtype, offload: bool = False):
     """``model`` with every decoder layer and the whole sharded over the process group (in place)."""
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    if not hasattr(FSDPModule, "set_force_sum_reduction_for_comms"):
+        from tempo_bench.core.errors import ConfigError
+
+        raise ConfigError("train.sharding=fsdp needs a torch whose FSDP2 can sum gradients over ranks "
+                          f"(FSDPModule.set_force_sum_reduction_for_comms); this is torch {torch.__version__}")
 
     options = {"mp_policy": MixedPrecisionPolicy(param_dtype=model_dtype, reduce_dtype=torch.float32)}
     if offload:
@@ -66,16 +72,18 @@ def full_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
         yield name, (param.full_tensor() if hasattr(param, "full_tensor") else param).detach()
 
 
-def sampling_copy(model) -> torch.nn.Module:
-    """A plain, frozen model of ``model``'s architecture (on the device of its local shards), to
-    be filled with full_weights; its buffers (rotary tables) are computed by the constructor."""
+def sampling_copy(model, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A plain, frozen model of ``model``'s architecture in ``dtype`` (default: its shards'), on
+    the device of its local shards, to be filled with full_weights; built on that device (no
+    host-memory copy first) and outside the run's random stream (its initial values are
+    overwritten); its buffers (rotary tables) are computed by the constructor."""
     from transformers import AutoModelForCausalLM
 
     first = next(model.parameters())
     local = first.to_local() if hasattr(first, "to_local") else first
-    with torch.random.fork_rng(devices=[]):  # its random init must not move the run's random stream
-        copy = AutoModelForCausalLM.from_config(model.config, dtype=local.dtype)
-    return copy.to(local.device).requires_grad_(False).eval()
+    with torch.random.fork_rng(devices=[]), torch.device(local.device):
+        copy = AutoModelForCausalLM.from_config(model.config)
+    return copy.to(dtype or local.dtype).requires_grad_(False).eval()
 
 
 def grad_norm_value(norm) -> float:

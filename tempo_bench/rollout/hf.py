@@ -36,7 +36,7 @@ from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 
 class HFBackend(RolloutBackend):
     def __init__(self, model, tokenizer, max_batch_rows: int = 1024, merge_lora: bool = True,
-                 fused_decode: bool = True):
+                 fused_decode: bool = True, sampling_dtype: torch.dtype | None = None):
         self.model = model
         self.fused_decode = fused_decode  # llama_decode's step where it applies (False: a check, a bench)
         self.tokenizer = tokenizer
@@ -45,13 +45,14 @@ class HFBackend(RolloutBackend):
         self._merged = None  # the inference copy, rebuilt lazily after sync_weights
         self._stale = True
         self._fused = None  # the fused decode step's weights (llama_decode), rebuilt after sync_weights
-        self._gathered = sharding.sampling_copy(model) if sharding.is_sharded(model) else None
+        self._gathered = sharding.sampling_copy(model, sampling_dtype) if sharding.is_sharded(model) else None
         if self._gathered is not None:
             self.sync_weights()
 
     @classmethod
     def create(cls, config, policy, tokenizer, out_dir, longest_prompt: int | None = None) -> "HFBackend":
-        return cls(policy, tokenizer, merge_lora=config.rollout.merge_lora, fused_decode=config.rollout.fused_decode)
+        return cls(policy, tokenizer, merge_lora=config.rollout.merge_lora, fused_decode=config.rollout.fused_decode,
+                   sampling_dtype=getattr(torch, config.model.dtype))
 
     def sync_weights(self) -> None:
         self._stale = True

@@ -69,6 +69,11 @@ class Ranks:
         most = max(self.gather(len(parts)))
         return parts + [None] * (most - len(parts))
 
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on some rank (every rank gets the same answer: ranks that must take
+        the same path, e.g. into a collective checkpoint, decide together)."""
+        return any(self.gather(bool(flag))) if self.distributed else bool(flag)
+
     def barrier(self) -> None:
         if self.distributed:
             torch.distributed.barrier()
@@ -176,6 +181,9 @@ def check_same_config(ranks: Ranks, config) -> None:
     if config.rollout.backend != "hf":
         raise ConfigError(f"rollout.backend={config.rollout.backend!r} cannot run on several ranks yet; use "
                           "rollout.backend=hf with torchrun, or one process (vLLM's own tensor parallelism)")
+    if config.train.mode == "full" and config.train.sharding != "fsdp":
+        raise ConfigError("train.mode=full on several ranks needs train.sharding=fsdp (a whole fully fine-tuned "
+                          "replica per rank is not supported)")
     if config.rollout.seeding != "question":
         raise ConfigError("a run on several ranks needs rollout.seeding=question (per-question seeds: samples "
                           "that do not depend on the number of ranks)")

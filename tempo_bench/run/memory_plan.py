@@ -205,7 +205,8 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
     # micro_batch_tokens packs rows up to it; a row longer than it goes alone
     tokens = max(config.train.micro_batch_tokens, seq) if config.train.micro_batch_tokens else rows * seq
     phases.append(Phase("policy training", {**resident, **asleep,
-                                            **_activations(policy, tokens, width, config, logits=True)}))
+                                            **_activations(policy, tokens, width, config, logits=True,
+                                                           rows=max(1, tokens // seq))}))
     if critic is not None:
         rows = config.critic.micro_batch_rows or config.critic.minibatch_rows
         phases.append(Phase("critic training", {**resident, **asleep,
@@ -218,16 +219,19 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
 
 def _full_policy(config, policy, width: int, gpus: int, ranks: int, notes: list[str],
                  host_gb: float | None) -> dict[str, float]:
-    """Full fine-tuning: gradients (model dtype) and AdamW's two moments (fp32) beside the weights;
-    with FSDP each rank holds 1/ranks of all three, plus one decoder layer gathered whole during its
-    pass and the plain copy it samples from (tempo_bench.policy.sharding); offload moves the shards
-    to host memory."""
-    state = policy.params * (width + 8) / GiB / gpus
+    """Full fine-tuning: float32 master weights (RunConfig.policy_model), their float32 gradients
+    and AdamW's two float32 moments; with FSDP each rank holds 1/ranks of them, plus what is whole
+    in the compute dtype during a pass (the root's embeddings and head, never resharded, and two
+    decoder layers: the one computing and the one prefetched) and the plain copy it samples from
+    (tempo_bench.policy.sharding); offload moves the shards to host memory."""
+    master, state = policy.params * 4 / GiB / gpus, policy.params * 12 / GiB / gpus
     if config.train.sharding != "fsdp" or ranks == 1:
-        return {"policy grads+AdamW": state}
+        return {"policy weights": master, "policy grads+AdamW": state}
     weights = policy.params * width / GiB
-    shards = {"policy weights": weights / ranks, "policy grads+AdamW": state / ranks,
-              "FSDP gathered layer": weights / policy.layers, "sampling copy (gathered)": weights}
+    root = 2 * policy.vocab * policy.hidden * width / GiB  # embeddings and head (untied: the larger case)
+    shards = {"policy weights": master / ranks, "policy grads+AdamW": state / ranks,
+              "FSDP gathered root + 2 layers": root + 2 * (weights - root) / policy.layers,
+              "sampling copy (gathered)": weights}
     if config.train.offload:
         per_rank = shards["policy weights"] + shards["policy grads+AdamW"]
         node = per_rank * int(os.environ.get("LOCAL_WORLD_SIZE", ranks))  # this machine's ranks' shards
@@ -261,8 +265,11 @@ def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, note
     return items
 
 
-def _activations(shape: ModelShape, tokens: int, width: int, config, logits: bool) -> dict[str, float]:
-    """Activations of one micro-batch of ``tokens`` tokens kept for the backward pass."""
+def _activations(shape: ModelShape, tokens: int, width: int, config, logits: bool, rows: int = 1) -> dict[str, float]:
+    """Activations of one micro-batch of ``tokens`` tokens in ``rows`` rows kept for the backward
+    pass, and (``logits``) the policy's vocabulary-sized temporaries: one chunk of the lean pass
+    (core.algos: ``CHUNK_ENTRIES`` logits, or one position of every row where that is more), and
+    for a sharded policy, which takes the logits path, the whole micro-batch's logits besides."""
     per_layer = tokens * (4 * shape.hidden + shape.q_dim + 2 * shape.kv_dim + 4 * shape.intermediate) * width
     if config.model.gradient_checkpointing:
         kept = shape.layers * tokens * shape.hidden * width + per_layer
@@ -270,7 +277,9 @@ def _activations(shape: ModelShape, tokens: int, width: int, config, logits: boo
         kept = shape.layers * per_layer
     items = {"activations": kept / GiB}
     if logits:  # one chunk: model dtype, float32 copy, log-softmax, exp, gradient (response_logprobs)
-        items["logits"] = min(tokens * shape.vocab, CHUNK_ENTRIES) * (width + 16) / GiB
+        chunk = min(tokens * shape.vocab, max(CHUNK_ENTRIES, rows * shape.vocab))
+        whole = tokens * shape.vocab * width if config.train.sharding == "fsdp" else 0
+        items["logits"] = (chunk * (width + 16) + whole) / GiB
     return items
 
 

@@ -241,7 +241,9 @@ class Run:
 
     def resume(self) -> int:
         """Load the latest checkpoint of the run's folder; returns the step it holds."""
-        set_aside_damaged(self.out_dir)  # a warning for each checkpoint a full disk or a kill damaged
+        if self.ranks.main:  # a warning for each checkpoint a full disk or a kill damaged
+            set_aside_damaged(self.out_dir)
+        self.ranks.barrier()
         path = latest_checkpoint(self.out_dir)
         if path is None:
             raise ValueError(f"nothing to resume: no checkpoint under {self.out_dir / 'checkpoints'}")
@@ -301,7 +303,7 @@ class Run:
             self.log(values, step)
             bar.set_postfix(reward=f"{values['reward/mean']:.2f}", maj_ratio=f"{values['ttt/majority_ratio']:.2f}")
             last = over_budget or step == config.train.steps
-            stopping = stop_requested() and not last  # SIGTERM: a scheduler is about to stop the job
+            stopping = self.ranks.any(stop_requested()) and not last  # SIGTERM: a scheduler stops the job
             if saves and config.train.checkpoint_every and (step % config.train.checkpoint_every == 0 or last
                                                             or stopping):
                 self.checkpoint(step)
@@ -345,7 +347,7 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
     grader = make_grader(task.grader, config.grading.workers, config.grading.timeout_s)
     backend = None
     try:  # a failure past this point closes the grading workers and the engine it opened
-        policy = load_policy(config.model, config.policy_lora(), caches.base_models)
+        policy = load_policy(config.policy_model(), config.policy_lora(), caches.base_models)
         if ranks.sharded:
             shard(policy, getattr(torch, config.model.dtype), config.train.offload)
         backend = get_backend(config.rollout.backend).create(config, policy, tokenizer, out_dir,
