@@ -32,6 +32,9 @@ fi
 if [[ $step == all || $step == analysis ]]; then
   # plateaus, exploitation, over-confidence and "the metric or the critic?" over the three settings;
   # from another folder, so that a non-editable install's tempo_bench.analysis is the one imported
-  (docs="$(pwd)/$DOCS" && cd "$(mktemp -d)" && python -m tempo_bench.analysis.long_horizon \
-    --tracking-uri "$URI" --experiments long-toy,long-toy-symmetric,long-toy-4digit --out "$docs")
+  (docs="$(pwd)/$DOCS" && out="$(cd "$OUT" && pwd)" && cd "$(mktemp -d)" && python -m tempo_bench.analysis.long_horizon \
+    --tracking-uri "$URI" --experiments long-toy,long-toy-symmetric,long-toy-4digit --out "$docs" &&
+   # each critic run's starting and final critic on its starting and final answers (from its last checkpoint)
+   python -m tempo_bench.analysis.critic_swap --tracking-uri "$URI" --out-root "$out" \
+    --experiments long-toy,long-toy-symmetric,long-toy-4digit --out "$docs")
 fi
