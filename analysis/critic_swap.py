@@ -28,8 +28,7 @@ from tempo_bench.config import RunConfig
 from tempo_bench.core import metrics as M
 from tempo_bench.core.loggers import MemoryLogger
 from tempo_bench.critic.model import Critic, values_to_prob
-from tempo_bench.policy.batch import generation_batch
-from tempo_bench.rollout import SamplingParams
+from tempo_bench.experiments.probe import sample_test_questions
 from tempo_bench.run.checkpoint import latest_checkpoint, load_state, restore_policy, run_folder
 from tempo_bench.run.run import build_run
 
@@ -38,14 +37,10 @@ SEED = 12345  # the answers' sampling seed: the same draws for every run's two p
 
 def answers_of(run, k: int):
     """k seeded samples per evaluation question from the run's current policy: (batch, truth [G, k])."""
-    questions, sampling = run.eval_questions, run.sampling
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
-        generation = run.backend.generate([q.prompt for q in questions], SamplingParams(
-            n=k, temperature=sampling.temperature, top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens))
-    answers, _ = run.grader.grade_generation(generation)
-    truth = run.grader.correctness([run.task.answer_key.answer(q.id) for q in questions], answers)
-    return generation_batch(generation, run.pad_id), truth
+        batch, _, truth = sample_test_questions(run, k)
+    return batch, truth
 
 
 def ranking(critic: Critic, batch, truth: np.ndarray) -> dict[str, float]:

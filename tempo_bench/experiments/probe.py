@@ -44,13 +44,20 @@ def probe_asymmetry(config, k: int = 8, estep_rounds: int = 4, progress: bool = 
         run.close()
 
 
-def _measure(run, k: int, estep_rounds: int) -> dict:
-    questions, ops, sampling = run.eval_questions, run.critic_ops, run.sampling
+def sample_test_questions(run, k: int):
+    """k samples of the run's current policy per evaluation question, at the run's sampling
+    settings: (batch, answer clusters, hidden-key truth [G, k]; metrics only)."""
+    questions, sampling = run.eval_questions, run.sampling
     generation = run.backend.generate([q.prompt for q in questions], SamplingParams(
         n=k, temperature=sampling.temperature, top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens))
     answers, clusters = run.grader.grade_generation(generation)
     truth = run.grader.correctness([run.task.answer_key.answer(q.id) for q in questions], answers)
-    batch = generation_batch(generation, run.pad_id)
+    return generation_batch(generation, run.pad_id), clusters, truth
+
+
+def _measure(run, k: int, estep_rounds: int) -> dict:
+    questions, ops = run.eval_questions, run.critic_ops
+    batch, clusters, truth = sample_test_questions(run, k)
 
     def critic_on_test() -> dict:
         return critic_quality(ops.critic.score(batch)[1].reshape(len(questions), k).numpy(), truth)

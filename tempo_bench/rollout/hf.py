@@ -58,10 +58,7 @@ class HFBackend(RolloutBackend):
         self._stale = True
         self._fused = None
         if self._gathered is not None:  # a collective: now, while every rank is here
-            with torch.no_grad():
-                params = dict(self._gathered.named_parameters())
-                for name, weight in sharding.full_weights(self.model):
-                    params[name].copy_(weight)
+            _load_weights(self._gathered, sharding.full_weights(self.model))
 
     def _fused_weights(self, model):
         """The fused Llama step's weights for ``model`` where it applies and is wanted (built once
@@ -88,10 +85,7 @@ class HFBackend(RolloutBackend):
                         setattr(module, name, child.get_base_layer())
             self._merged.requires_grad_(False).eval()
         if self._stale:
-            with torch.no_grad():
-                params = dict(self._merged.named_parameters())
-                for name, weight in merged_lora_weights(self.model):
-                    params[name].copy_(weight)
+            _load_weights(self._merged, merged_lora_weights(self.model))
             self._stale = False
         return self._merged
 
@@ -119,6 +113,14 @@ class HFBackend(RolloutBackend):
         finally:
             model.train(was_training)
         return out
+
+
+@torch.no_grad()
+def _load_weights(copy: torch.nn.Module, weights) -> None:
+    """Copy (name, tensor) pairs into the same-named parameters of a sampling copy, in place."""
+    params = dict(copy.named_parameters())
+    for name, weight in weights:
+        params[name].copy_(weight)
 
 
 def _cache_keyword(model) -> str:
