@@ -20,7 +20,9 @@ from pathlib import Path
 
 
 def record(path: Path, out: Path | None, extra: list[str]) -> None:
-    out = out or Path(tempfile.mkdtemp(prefix="fingerprint-"))
+    if out is None:  # a throw-away folder, removed once its metrics are read
+        with tempfile.TemporaryDirectory(prefix="fingerprint-") as tmp:
+            return record(path, Path(tmp), extra)
     cmd = ["tempo-bench", "compare", "--preset", "toy-smoke", "--methods", "all", "--seeds", "0",
            "--workers", "1", "--set", "threads=1", "--set", "train.steps=3", "--out", str(out), *extra]
     print(" ".join(cmd), flush=True)

@@ -1,6 +1,10 @@
 """Whole-loop tests on the shipped toy model: a short run trains the LoRA adapter, logs every
 metric at every step, is reproducible, and obeys the leakage rule."""
 
+import atexit
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
 import torch
@@ -22,7 +26,8 @@ STEP_KEYS = [
     "div/distinct_2", "policy/entropy", "policy/loss", "tokens/rollout", "tokens/policy",
     "time/rollout", "time/grade", "time/reward", "time/advantage", "time/policy",
 ]
-OUT = __import__("tempfile").mkdtemp(prefix="tempo-e2e-")  # starting-critic cache of this module
+OUT = tempfile.mkdtemp(prefix="tempo-e2e-")  # starting-critic cache of this module
+atexit.register(shutil.rmtree, OUT, ignore_errors=True)
 EVAL_KEYS = ["eval/mean_at_k", "eval/maj_at_k", "eval/pass_at_k", "eval/greedy_acc",
              "eval/pass_at_1", "eval/distinct_answers"]
 
