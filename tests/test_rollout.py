@@ -160,3 +160,53 @@ def test_rollout_fused_decode_setting_chooses_the_step():
         config = load_config("toy-smoke", [f"rollout.fused_decode={setting}"])
         backend = get_backend("hf").create(config, policy, tokenizer, None)
         assert (backend._fused_weights(backend._sampler()) is not None) == fused
+
+
+def test_static_decode_buckets():
+    from tempo_bench.rollout.static_decode import bucket
+
+    assert [bucket(r) for r in (1, 2, 3, 5, 8, 9, 16, 17, 33, 128)] == [1, 2, 4, 8, 8, 16, 16, 32, 48, 128]
+
+
+def test_static_decode_draws_the_eager_loops_tokens_and_log_probs(monkeypatch):
+    """rollout.decode=static (static_decode: a preallocated cache in batch-size buckets, finished
+    rows riding along until the live ones fit a smaller bucket, EOS looked at every 8 tokens) draws
+    the tokens of today's eager loop (the toy's fused step) for per-question seeds, with its
+    log-probabilities, on prompts of different lengths and rows that end at different steps."""
+    from tempo_bench.rollout import static_decode
+
+    buckets = []
+    select = static_decode.StaticSteps.select
+    monkeypatch.setattr(static_decode.StaticSteps, "select",
+                        lambda self, index, size: buckets.append(size) or select(self, index, size))
+    torch.manual_seed(2)  # peft draws LoRA A from the global generator: a policy whose rows end early and late
+    tokenizer, policy = load_tokenizer("toy"), trained_toy_policy(scale=0.3)
+    prompts = ["Q:347+285\n", "Q:12+9\n", "Q:9999+1\n", "Q:5+5\n", "Q:123456+654321\n"]
+    sampling = SamplingParams(n=6, temperature=1.3, max_new_tokens=60, seeds=(1, 2, 3, 4, 5))
+    runs = {decode: get_backend("hf")(policy, tokenizer, decode=decode).generate(prompts, sampling)
+            for decode in ("eager", "static")}
+    eager, static = runs["eager"], runs["static"]
+    assert static.token_ids == eager.token_ids and static.finished == eager.finished
+    # float32 sums in other orders (attention over the preallocated length, other batch sizes)
+    assert max(max(abs(a - b) for a, b in zip(x, y)) for x, y in zip(static.logprobs, eager.logprobs)) < 5e-5
+    lengths = sorted(len(ids) for ids in eager.token_ids)
+    assert lengths[0] < 16 < lengths[-1] and len(set(lengths)) > 5  # rows ended at many steps
+    # the 30 rows began in the bucket of 32 and moved down as they ended
+    assert buckets and buckets == sorted(buckets, reverse=True) and buckets[0] == 16
+    greedy = SamplingParams(n=1, greedy=True, max_new_tokens=60)
+    assert get_backend("hf")(policy, tokenizer, decode="static").generate(prompts, greedy).token_ids == \
+        get_backend("hf")(policy, tokenizer).generate(prompts, greedy).token_ids
+
+
+def test_graph_capture_needs_a_gpu_and_static_decode_reaches_the_backend():
+    import pytest
+
+    from tempo_bench.config import load_config
+    from tempo_bench.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rollout.decode=graphs captures CUDA graphs.*set rollout.decode=static"):
+        get_backend("hf").check(load_config("toy-smoke", ["rollout.decode=graphs"]), 16)
+    config = load_config("toy-smoke", ["rollout.decode=static"])
+    get_backend("hf").check(config, 16)
+    backend = get_backend("hf").create(config, load_policy(ModelConfig(), LoraConfig()), load_tokenizer("toy"), None)
+    assert backend.decode == "static"

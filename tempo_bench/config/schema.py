@@ -96,6 +96,11 @@ class RolloutConfig(Strict):
     fused_decode: bool = Field(True, json_schema_extra=SPEED_ONLY, description="hf backend: decode Llama models with the fused step "
                                "(rollout/llama_decode.py; the same tokens as transformers' own forward, tested); "
                                "false: transformers' forward for every token")
+    decode: Literal["eager", "static", "graphs"] = Field(
+        "eager", description="hf backend's decode loop: eager (a growing cache, finished rows dropped as they end), "
+        "static (a preallocated cache in batch-size buckets, no host sync per token; the eager loop's tokens with "
+        "rollout.seeding=question), or graphs (static, with CUDA graphs captured per bucket; GPU only, not yet "
+        "measured on one)")
     seeding: Literal["step", "question"] = Field(
         "step", description="sampling noise: one stream per step (step), or one seed per question "
         "(question: a question's samples do not depend on the rest of the batch or on the number of ranks; "

@@ -8,6 +8,8 @@ KV cache, because ``generate`` spends compute where a TTT step does not need it.
 - A fused decode step for Llama models (``llama_decode``: fused projections, RoPE tables, a
   preallocated cache; 1.2-1.5x faster per token on the toy, the same tokens for a seed); other
   architectures use the model's own forward for each token.
+- Static shapes (``rollout.decode: static``, ``graphs`` to capture CUDA graphs over them): a
+  preallocated cache in batch-size buckets and no host sync per token (``static_decode``).
 - Merged weights (``merge_lora``): sampling runs on a copy of the base model whose LoRA-targeted
   weights are W + scale * B A, refreshed by ``sync_weights`` after each policy update: one matmul
   per layer instead of three. Costs a second copy of the base model's weights.
@@ -28,16 +30,19 @@ import inspect
 
 import torch
 
+from tempo_bench.core.errors import ConfigError
 from tempo_bench.policy import sharding
 from tempo_bench.policy.model import merged_lora_weights
-from tempo_bench.rollout import llama_decode
+from tempo_bench.rollout import llama_decode, static_decode
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 
 
 class HFBackend(RolloutBackend):
     def __init__(self, model, tokenizer, max_batch_rows: int = 1024, merge_lora: bool = True,
-                 fused_decode: bool = True, sampling_dtype: torch.dtype | None = None):
+                 fused_decode: bool = True, sampling_dtype: torch.dtype | None = None, decode: str = "eager"):
         self.model = model
+        self.decode = decode  # eager | static | graphs (rollout.decode)
+        self._compiled = {}  # graphs: the compiled step of each sampler module (its weights change in place)
         self.fused_decode = fused_decode  # llama_decode's step where it applies (False: a check, a bench)
         self.tokenizer = tokenizer
         self.max_batch_rows = max_batch_rows
@@ -52,7 +57,28 @@ class HFBackend(RolloutBackend):
     @classmethod
     def create(cls, config, policy, tokenizer, out_dir, longest_prompt: int | None = None) -> "HFBackend":
         return cls(policy, tokenizer, merge_lora=config.rollout.merge_lora, fused_decode=config.rollout.fused_decode,
-                   sampling_dtype=getattr(torch, config.model.dtype))
+                   sampling_dtype=getattr(torch, config.model.dtype), decode=config.rollout.decode)
+
+    @classmethod
+    def check(cls, config, longest_prompt: int) -> None:
+        from tempo_bench.policy.model import resolve_device
+
+        decode = config.rollout.decode
+        if decode != "eager" and not static_decode.available():
+            raise ConfigError(f"rollout.decode={decode} needs transformers' static cache layers (transformers 5): "
+                              "upgrade transformers, or set rollout.decode=eager")
+        if decode == "graphs" and not resolve_device(config.model.device).startswith("cuda"):
+            raise ConfigError("rollout.decode=graphs captures CUDA graphs and this model is not on a GPU: set "
+                              "rollout.decode=static (the same static shapes, without capture) or eager")
+
+    def _step_forward(self, model):
+        """What a static decode step calls: the model, or (graphs) its compiled forward, built once
+        per sampling module, whose weights are then only ever updated in place."""
+        if self.decode != "graphs":
+            return model
+        if id(model) not in self._compiled:
+            self._compiled[id(model)] = torch.compile(model, mode="reduce-overhead", dynamic=False)
+        return self._compiled[id(model)]
 
     def sync_weights(self) -> None:
         self._stale = True
@@ -96,7 +122,8 @@ class HFBackend(RolloutBackend):
         n = 1 if sampling.greedy else sampling.n
         out = Generation(n, prompt_ids, [], [], [], [])
         model = self._sampler()
-        fused = self._fused_weights(model)
+        fused = self._fused_weights(model) if self.decode == "eager" else None
+        forward = None if self.decode == "eager" else self._step_forward(model)
         was_training = model.training
         model.eval()
         try:
@@ -105,7 +132,7 @@ class HFBackend(RolloutBackend):
                 uniforms = None if sampling.seeds is None or sampling.greedy else seeded_uniforms(
                     sampling.seeds[start:start + per_call], n, sampling.max_new_tokens)
                 for ids, logps, finished in sample(model, prompt_ids[start:start + per_call], n, sampling,
-                                                   tok.eos_token_id, tok.pad_token_id, uniforms, fused):
+                                                   tok.eos_token_id, tok.pad_token_id, uniforms, fused, forward):
                     out.token_ids.append(ids)
                     out.logprobs.append(logps)
                     out.texts.append(tok.decode(ids, skip_special_tokens=True))
@@ -257,10 +284,11 @@ def _next_tokens(logits: torch.Tensor, sampling: SamplingParams,
 
 
 def sample(model, prompt_ids: list[list[int]], n: int, sampling: SamplingParams, eos_id: int, pad_id: int,
-           uniforms: torch.Tensor | None = None, fused=None):
+           uniforms: torch.Tensor | None = None, fused=None, static_forward=None):
     """n samples for each prompt, prompt-major: a list of (token ids, log-probs, finished), the
     EOS included when a row ended. ``uniforms`` [P * n, T]: each row's draws (seeded_uniforms);
-    ``fused``: the model's weights for the fused Llama step (None: the model's own forward)."""
+    ``fused``: the model's weights for the fused Llama step (None: the model's own forward);
+    ``static_forward``: decode with static shapes (static_decode) stepping with it."""
     device = next(model.parameters()).device
     cache_kw = _cache_keyword(model)
     width = max(len(p) for p in prompt_ids)
@@ -282,6 +310,12 @@ def sample(model, prompt_ids: list[list[int]], n: int, sampling: SamplingParams,
     logits = prefill.logits[:, -1].repeat_interleave(n, 0)
     attention = attention.repeat_interleave(n, 0)
     last_position = positions[:, -1].repeat_interleave(n, 0)
+    if static_forward is not None:
+        if _growing_layer_class() is None or not isinstance(cache.layers[0], _growing_layer_class()):
+            raise ConfigError("rollout.decode=static needs a model whose layers all use full attention (this one "
+                              "keeps sliding-window or linear-attention caches): set rollout.decode=eager")
+        return static_decode.decode(static_forward, cache_kw, [(layer.keys, layer.values) for layer in cache.layers],
+                                    attention, logits, last_position, sampling, eos_id, uniforms, _next_tokens)
     step_fn = _decode_steps(model, cache, cache_kw, attention, padded, width + sampling.max_new_tokens,
                             sampling.max_new_tokens, fused)
     del prefill, cache  # the step holds what it needs (the fused step: its own copy of the cache)
