@@ -125,7 +125,7 @@ class FakeRanks(Ranks):
         return [value, self.other]
 
 
-def test_ranks_with_different_configs_or_an_unsplittable_backend_are_errors():
+def test_ranks_with_different_configs_or_an_engine_split_over_ranks_are_errors():
     from tempo_bench.config import flatten
 
     config = load_config("toy-smoke", ["rollout.seeding=question"])
@@ -137,5 +137,8 @@ def test_ranks_with_different_configs_or_an_unsplittable_backend_are_errors():
     with pytest.raises(ConfigError, match="rollout.seeding=question"):
         check_same_config(FakeRanks(flatten(plain.model_dump())), plain)
     served = load_config("toy-smoke", ["rollout.seeding=question", "rollout.backend=vllm"])
-    with pytest.raises(ConfigError, match="rollout.backend='vllm' cannot run on several ranks"):
-        check_same_config(FakeRanks(flatten(served.model_dump())), served)
+    check_same_config(FakeRanks(flatten(served.model_dump())), served)  # an engine per rank
+    split = load_config("toy-smoke", ["rollout.seeding=question", "rollout.backend=vllm",
+                                      "rollout.vllm.tensor_parallel_size=2"])
+    with pytest.raises(ConfigError, match="tensor_parallel_size=2 on 2 ranks.*set it to 1"):
+        check_same_config(FakeRanks(flatten(split.model_dump())), split)

@@ -154,6 +154,22 @@ def test_offload_needs_a_gpu_and_host_memory_for_the_shards():
     assert any("train.offload keeps 220." in n and "has 64.0 GiB" in n for n in small.problems())
 
 
+def test_the_14b_full_fine_tuning_preset_fits_eight_80gb_gpus_by_the_plan():
+    config = load_config("qwen3-14b-aime24-full")
+    plan = plan_memory(config, cuda_gpus=1, card_gb=80.0, ranks=8, host_gb=1024.0)
+    assert not plan.problems(), plan.lines()
+    phases = {p.name: p for p in plan.phases}
+    # vLLM's engine holds its copy of the weights inside its share: no gathered sampling copy besides
+    assert all("sampling copy (gathered)" not in phase.items for phase in plan.phases)
+    assert phases["rollout"].items["vLLM share"] == pytest.approx(0.5 * plan.card_gb)
+    assert max(phase.total for phase in plan.phases) <= plan.card_gb
+    assert Ranks(0, 8).share(config.step_shape().questions) == range(0, 5)  # 30 + 10 questions, 5 per rank
+    # the same run with hf rollouts: the sampling copy (27.5 GiB) comes back and it no longer fits
+    hf = plan_memory(load_config("qwen3-14b-aime24-full", ["rollout.backend=hf"]), cuda_gpus=1, card_gb=80.0,
+                     ranks=8, host_gb=1024.0)
+    assert any("does not fit" in note for note in hf.problems())
+
+
 class PeerOf(Ranks):
     """Rank 0 of two sharded ranks whose peer answers every gather with ``peer(value)``."""
 

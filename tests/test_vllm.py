@@ -337,3 +337,34 @@ def test_a_vllm_run_killed_mid_way_resumes_and_logs_each_step_once(tiny_llama, t
     (run,) = runs_of(tmp_path / "mlflow.db", "tempo-bench")
     assert run.info.status == "FINISHED" and run.data.tags["steps_done"] == str(steps)
     assert_each_step_once(tmp_path / "mlflow.db", run.info.run_id, steps)
+
+
+# -- an engine per rank ------------------------------------------------------------------------------
+
+PER_RANK = ["run", *RUN, "--method", "tempo", "--set", "threads=1", "--set", "rollout.seeding=question",
+            "--set", "rollout.backend=vllm", "--set", "train.minibatches=2"]
+LAYOUTS = {  # a LoRA replica per rank, its adapter served; every weight trained and sharded, streamed
+    "lora": ["--set", "rollout.vllm.sync=lora"],
+    "fsdp": ["--set", "train.mode=full", "--set", "train.sharding=fsdp", "--set", "train.lr=1e-5",
+             "--set", "rollout.vllm.sync=merged"],
+}
+
+
+@served
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_an_engine_on_each_of_two_ranks_logs_what_one_rank_logs(tiny_llama, tmp_path, layout, created_store):
+    """Each rank's engine serves its half of a step's questions (per-question seeds: the samples do
+    not depend on which engine drew them) and is given the new policy after every update: a 2-rank
+    run logs what a 1-rank run of the same global batch logs, at every step (a stale engine on one
+    rank would sample step 2 from the old policy)."""
+    from test_distributed import torchrun
+    from test_fsdp import assert_same_logs, histories, ran
+
+    args = [*PER_RANK, "--set", f"model.path={tiny_llama}", *LAYOUTS[layout]]
+    one, two = tmp_path / "one", tmp_path / "two"
+    created_store(one), created_store(two)
+    ran(cli(*args, "--out", str(one)))
+    ran(torchrun(*args, "--out", str(two)))
+    (_, logged_one), (run_two, logged_two) = histories(one), histories(two)
+    assert run_two.info.status == "FINISHED"
+    assert_same_logs(logged_one, logged_two)

@@ -12,6 +12,14 @@ ways (``rollout.vllm.sync``):
   weight at a time, so no model-sized set of merged weights is ever held. One process only (no
   tensor parallelism).
 
+On several ranks (torchrun, tempo_bench.run.distributed) every rank runs an engine of its own in
+its process, as TRL's colocate mode does: vLLM's ``external_launcher`` executor joins the ranks'
+process group, and each engine (tensor parallel 1) serves its rank's share of a step's questions
+on that rank's GPU. After each update every engine is given the new policy: each rank saves its
+own copy of the adapter (``lora``; the replicas are equal), or streams the weights into its engine
+(``merged``), gathered from the shards one parameter at a time where the policy is FSDP-sharded
+(train.mode=full), which is a collective every rank joins.
+
 With ``rollout.vllm.sleep`` the engine sleeps (weights to CPU memory, KV cache freed) whenever it
 is not generating, so training and rollouts share one GPU; PyTorch's cache is emptied before each
 wake-up, or the trainer's peak, still cached, leaves vLLM too little memory to wake into. vLLM's
@@ -45,7 +53,8 @@ from pathlib import Path
 import torch
 
 from tempo_bench.core.errors import ConfigError
-from tempo_bench.policy.model import merged_lora_weights, resolve_model_path, save_adapter
+from tempo_bench.policy import sharding
+from tempo_bench.policy.model import is_lora, merged_lora_weights, resolve_model_path, save_adapter
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's kernels are built for
@@ -96,7 +105,10 @@ class VLLMBackend(RolloutBackend):
             print("note: vLLM's CPU build has no sleep mode: the engine keeps its memory while the trainer "
                   "runs (rollout.vllm.sleep applies on GPUs)", file=sys.stderr)
         llm = vllm.LLM(**kwargs)
-        return cls(policy, tokenizer, llm, cfg, Path(out_dir) / "vllm_adapters", sleeps=cfg.sleep and not on_cpu)
+        adapters = Path(out_dir) / "vllm_adapters"
+        if _several_ranks():  # each rank's engine loads its own copy: one folder per rank
+            adapters = adapters / f"rank{torch.distributed.get_rank()}"
+        return cls(policy, tokenizer, llm, cfg, adapters, sleeps=cfg.sleep and not on_cpu)
 
     @classmethod
     def check(cls, config, longest_prompt: int) -> None:
@@ -147,7 +159,7 @@ class VLLMBackend(RolloutBackend):
             # repacks its GEMM weights, where a bare load_weights finds no weight loader)
             with _quiet_reload_log():
                 self.llm.collective_rpc("reload_weights", kwargs=dict(
-                    weights_iterator=merged_lora_weights(self.policy, every_weight=True), is_checkpoint_format=True))
+                    weights_iterator=served_weights(self.policy), is_checkpoint_format=True))
             self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         finally:
             self._sleep()
@@ -168,6 +180,18 @@ class VLLMBackend(RolloutBackend):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def served_weights(policy):
+    """Every weight of the policy as a checkpoint names it, one at a time: a LoRA policy's merged
+    (W + scale * B A), a fully fine-tuned one's as trained (gathered from its shards where it is
+    sharded: a collective, so every rank streams into its engine at once)."""
+    return merged_lora_weights(policy, every_weight=True) if is_lora(policy) else sharding.full_weights(policy)
+
+
+def _several_ranks() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
 
 
 @contextmanager
@@ -212,6 +236,8 @@ def engine_arguments(config, longest_prompt: int | None, on_cpu: bool) -> dict:
         tensor_parallel_size=cfg.tensor_parallel_size, enable_sleep_mode=cfg.sleep and not on_cpu,  # CPU: refused
         enforce_eager=cfg.enforce_eager, logprobs_mode="processed_logprobs",
     )
+    if _several_ranks():  # an engine per rank, in the ranks' process group (one worker: this process)
+        kwargs["distributed_executor_backend"] = "external_launcher"
     if on_cpu:
         kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(config, model_config, context)
     else:

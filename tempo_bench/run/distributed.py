@@ -12,7 +12,9 @@ step then see the same gradient on every rank, so the replicas stay equal withou
 weights. Only rank 0 evaluates, logs to MLflow and writes checkpoints; every rank reads a
 checkpoint on ``--resume``. The critic's E-step, fits and probe run whole on every rank (not yet
 split); the scores rewards are made of come from rank 0's critic (``Ranks.from_main``), as do
-the label-free methods' confidence scores. ``torchrun`` stops every rank when one dies; a
+the label-free methods' confidence scores. With ``rollout.backend=vllm`` every rank runs an engine
+of its own (tensor parallel 1, on that rank's GPU) that serves the rank's share of the rollouts
+(tempo_bench.rollout.vllm). ``torchrun`` stops every rank when one dies; a
 collective that waits longer than ``TIMEOUT_S`` fails instead of hanging.
 """
 
@@ -178,9 +180,11 @@ def check_same_config(ranks: Ranks, config) -> None:
     if differ:
         raise ConfigError(f"the {ranks.world} ranks were launched with different configs (differing: "
                           f"{', '.join(differ[:8])}): launch every rank with the same command")
-    if config.rollout.backend != "hf":
-        raise ConfigError(f"rollout.backend={config.rollout.backend!r} cannot run on several ranks yet; use "
-                          "rollout.backend=hf with torchrun, or one process (vLLM's own tensor parallelism)")
+    tensor_parallel = config.rollout.vllm.tensor_parallel_size
+    if config.rollout.backend == "vllm" and tensor_parallel > 1:
+        raise ConfigError(f"rollout.vllm.tensor_parallel_size={tensor_parallel} on {ranks.world} ranks: each rank's "
+                          "engine serves its share of the step on that rank's one GPU; set it to 1, or run one "
+                          "process with vLLM's own tensor parallelism")
     if config.train.mode == "full" and config.train.sharding != "fsdp":
         raise ConfigError("train.mode=full on several ranks needs train.sharding=fsdp (a whole fully fine-tuned "
                           "replica per rank is not supported)")

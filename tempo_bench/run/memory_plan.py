@@ -222,16 +222,18 @@ def _full_policy(config, policy, width: int, gpus: int, ranks: int, notes: list[
     """Full fine-tuning: float32 master weights (RunConfig.policy_model), their float32 gradients
     and AdamW's two float32 moments; with FSDP each rank holds 1/ranks of them, plus what is whole
     in the compute dtype during a pass (the root's embeddings and head, never resharded, and two
-    decoder layers: the one computing and the one prefetched) and the plain copy it samples from
-    (tempo_bench.policy.sharding); offload moves the shards to host memory."""
+    decoder layers: the one computing and the one prefetched) and, with hf rollouts, the plain copy
+    it samples from (tempo_bench.policy.sharding; vLLM's engine holds its own inside its share);
+    offload moves the shards to host memory."""
     master, state = policy.params * 4 / GiB / gpus, policy.params * 12 / GiB / gpus
     if config.train.sharding != "fsdp" or ranks == 1:
         return {"policy weights": master, "policy grads+AdamW": state}
     weights = policy.params * width / GiB
     root = 2 * policy.vocab * policy.hidden * width / GiB  # embeddings and head (untied: the larger case)
     shards = {"policy weights": master / ranks, "policy grads+AdamW": state / ranks,
-              "FSDP gathered root + 2 layers": root + 2 * (weights - root) / policy.layers,
-              "sampling copy (gathered)": weights}
+              "FSDP gathered root + 2 layers": root + 2 * (weights - root) / policy.layers}
+    if config.rollout.backend == "hf":  # vLLM's engine holds its own copy, inside its share
+        shards["sampling copy (gathered)"] = weights
     if config.train.offload:
         per_rank = shards["policy weights"] + shards["policy grads+AdamW"]
         node = per_rank * int(os.environ.get("LOCAL_WORLD_SIZE", ranks))  # this machine's ranks' shards
