@@ -10,11 +10,18 @@ the tensors kept for the backward pass are those of peft's path (no merged weigh
 gradient), so it costs nothing at scale. Results equal peft's within float rounding (tested:
 outputs and gradients), not bit for bit: ``lora.fused=false`` keeps peft's forward.
 
+A bf16 (or fp16) base with float32 adapters, peft's default (``autocast_adapter_dtype``) and what
+every GPU run has, takes the node too: the adapters are cast to the base's dtype for the products,
+as autocast would, and their gradients are returned in float32 for the float32 master weights and
+AdamW. peft computes that LoRA branch in float32 instead (the input cast to float32, a [tokens, in]
+copy per layer), so the two agree to the base dtype's rounding (tested on CPU in bf16); on a GPU
+this keeps every product of a LoRA layer a bf16 matmul.
+
 Any layer or call outside the plain case (dropout, DoRA or another LoRA variant, a LoRA bias,
-several active adapters, adapters disabled or merged, autocast, mixed dtypes, a trainable base
-weight, a base layer with an accelerate hook, as when device_map offloads it) takes peft's own
-forward, checked at every call: adapters are switched at run time (a critic sharing the policy's
-base is a second adapter on the same layers).
+several active adapters, adapters disabled or merged, autocast, an input in another dtype than the
+base weight, adapters of two dtypes, a trainable base weight, a base layer with an accelerate hook,
+as when device_map offloads it) takes peft's own forward, checked at every call: adapters are
+switched at run time (a critic sharing the policy's base is a second adapter on the same layers).
 """
 
 from __future__ import annotations
@@ -27,10 +34,14 @@ import torch.nn.functional as F
 
 class LoraLinearFunction(torch.autograd.Function):
     """y = x W^T + b + scale * (x A^T) B^T for x [..., in], W [out, in], b [out] or None,
-    A [r, in], B [out, r]; W and b frozen (no gradient)."""
+    A [r, in], B [out, r]; W and b frozen (no gradient). A and B may be in a wider dtype than x
+    and W (float32 adapters on a bf16 base): the products then run in x's dtype and A's and B's
+    gradients come back in theirs."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scale: float):
+        ctx.adapter_dtype = lora_a.dtype
+        lora_a, lora_b = lora_a.to(x.dtype), lora_b.to(x.dtype)  # the same tensors when the dtypes agree
         h = F.linear(x, lora_a)  # [..., r]
         y = F.linear(x, weight, bias)
         y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), lora_b.t(), alpha=scale)
@@ -41,16 +52,16 @@ class LoraLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, lora_a, lora_b, h = ctx.saved_tensors
-        scale = ctx.scale
+        scale, adapter_dtype = ctx.scale, ctx.adapter_dtype
         g = grad.reshape(-1, grad.shape[-1])  # [N, out]
         g_h = g @ lora_b  # [N, r]: the gradient at h, before the scale
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = (g @ weight).addmm_(g_h, lora_a, alpha=scale).view(x.shape)
         if ctx.needs_input_grad[3]:
-            grad_a = (g_h.t() @ x.reshape(-1, x.shape[-1])).mul_(scale)
+            grad_a = (g_h.t() @ x.reshape(-1, x.shape[-1])).mul_(scale).to(adapter_dtype)
         if ctx.needs_input_grad[4]:
-            grad_b = (g.t() @ h.reshape(-1, h.shape[-1])).mul_(scale)
+            grad_b = (g.t() @ h.reshape(-1, h.shape[-1])).mul_(scale).to(adapter_dtype)
         return grad_x, None, None, grad_a, grad_b, None
 
 
@@ -69,7 +80,9 @@ def _plain_adapter(layer, x: torch.Tensor) -> str | None:
         return None
     if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
         return None
-    if not (x.dtype == base.weight.dtype == layer.lora_A[name].weight.dtype == layer.lora_B[name].weight.dtype):
+    adapter_dtype = layer.lora_A[name].weight.dtype
+    if x.dtype != base.weight.dtype or layer.lora_B[name].weight.dtype != adapter_dtype or \
+            torch.finfo(adapter_dtype).bits < torch.finfo(x.dtype).bits:
         return None
     return name
 
