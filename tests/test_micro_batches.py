@@ -87,3 +87,26 @@ def test_right_padded_batches_need_no_attention_mask(rollouts):
             masked = read(model(input_ids=batch.input_ids, attention_mask=batch.attention))
             unmasked = read(model(**model_inputs(batch, "cpu")))
         assert torch.allclose(masked[real], unmasked[real], atol=1e-6, rtol=0)
+
+
+def test_a_non_finite_micro_batch_loss_stops_the_step_before_the_optimiser_moves():
+    """The finiteness of the losses is read once, after the last backward pass (no host sync per
+    micro-batch): a NaN in the second of three micro-batches still stops the step, weights unmoved."""
+    from tempo_bench.policy.batch import accumulated_step
+
+    weight = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    seen = []
+
+    def loss_of(rows):
+        seen.append(int(rows[0]))
+        scale = float("nan") if int(rows[0]) == 1 else 1.0
+        return (weight * scale).sum(), 1.0, {"entropy": weight.sum().detach()}
+
+    with pytest.raises(FloatingPointError, match="policy loss is not finite"):
+        accumulated_step(optimizer, [weight], [torch.tensor([0]), torch.tensor([1]), torch.tensor([2])], loss_of,
+                         3.0, 1.0, "policy loss")
+    assert seen == [0, 1, 2] and weight.tolist() == [1.0, 2.0]
+    stats, _ = accumulated_step(optimizer, [weight], [torch.tensor([0]), torch.tensor([2])], loss_of, 2.0, 1e9,
+                                "policy loss")
+    assert stats == {"loss": 3.0, "entropy": 3.0} and weight.tolist() == [0.0, 1.0]  # float statistics, one step

@@ -200,28 +200,35 @@ def accumulated_step(optimizer, params: list[torch.nn.Parameter], parts: Iterabl
     ``ranks`` (a data-parallel run), each rank's parts are its rows of the minibatch, and the
     gradients and statistics are summed over ranks before clipping."""
     optimizer.zero_grad(set_to_none=True)
-    stats: dict[str, float] = {}
+    # no host synchronisation inside the loop (a GPU keeps queueing work): statistics add up on
+    # the device in float64 (what Python floats would give) and the finiteness of the losses is
+    # one flag, both read once after the last backward pass
+    stats: dict[str, torch.Tensor] = {}
     parts = list(parts) if ranks is None else ranks.align(list(parts))
-    sharded, broken = ranks is not None and ranks.sharded, None
+    sharded, finite = ranks is not None and ranks.sharded, None
     for part in parts:
         if part is None:  # a sharded policy's pass this rank has no rows for: one row, weighed 0
             padding, _, _ = loss_of(torch.zeros(1, dtype=torch.long))
             torch.nan_to_num(padding * 0.0).backward()
             continue
         loss, units, part_stats = loss_of(part)
-        if not torch.isfinite(loss):
-            broken = f"{what} is {loss.item()}"
-            if not sharded:
-                raise FloatingPointError(broken)
-            loss = torch.nan_to_num(loss * 0.0)  # the other ranks are in this pass's collectives too
+        finite = torch.isfinite(loss.detach()) if finite is None else finite & torch.isfinite(loss.detach())
         share = units / total
-        (loss * share).backward()
+        # a non-finite loss back-propagates zero (nan_to_num's gradient is 0 there, 1 elsewhere),
+        # so the other ranks of a sharded policy meet this pass's collectives; the step then stops
+        # below, before the optimiser moves
+        (torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * share).backward()
         for key, value in {"loss": loss, **part_stats}.items():
             value = value() if callable(value) else value
-            stats[key] = stats.get(key, 0.0) + share * float(value.detach() if torch.is_tensor(value) else value)
+            value = value.detach().double() if torch.is_tensor(value) else torch.tensor(float(value), dtype=torch.float64)
+            stats[key] = stats.get(key, 0.0) + share * value
         del loss
+    broken = None if finite is None or bool(finite) else f"{what} is not finite"
     if sharded and ranks.any(broken is not None):  # every rank stops, not only the one that saw it
         raise FloatingPointError(broken or f"{what} is not finite on another rank")
+    if broken is not None:
+        raise FloatingPointError(broken)
+    stats = {key: float(value) for key, value in stats.items()}
     if ranks is not None and ranks.distributed:
         ranks.sum_gradients(params)
         stats = ranks.sum_values(stats)
