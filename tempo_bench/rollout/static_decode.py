@@ -44,6 +44,11 @@ def bucket(rows: int) -> int:
     return -(-rows // 16) * 16
 
 
+def smaller_bucket(size: int) -> int:
+    """The bucket a batch of ``size`` rows moves down to next (0 below 1)."""
+    return size // 2 if size <= 16 else size - 16
+
+
 def available() -> bool:
     """Whether this transformers has the static cache layer this path builds on (transformers 5)."""
     try:

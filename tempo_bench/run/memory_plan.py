@@ -263,8 +263,14 @@ def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, note
     rows = -(-sampled // ranks)  # each rank samples its share of the step
     if ranks > 1:
         notes.append(f"each of {ranks} ranks samples {rows} of the step's {sampled} sequences")
-    items = {"KV cache": kv_per_token * seq * rows / GiB}
-    return items
+    if config.rollout.decode != "eager":  # static_decode preallocates for a bucket of rows
+        from tempo_bench.rollout.static_decode import bucket, smaller_bucket
+
+        size = bucket(rows)
+        notes.append(f"rollout.decode={config.rollout.decode}: a KV cache for {size} rows at full length, and one for "
+                     f"{smaller_bucket(size)} beside it while the batch moves down a bucket")
+        rows = size + smaller_bucket(size)
+    return {"KV cache": kv_per_token * seq * rows / GiB}
 
 
 def _activations(shape: ModelShape, tokens: int, width: int, config, logits: bool, rows: int = 1) -> dict[str, float]:
