@@ -6,8 +6,9 @@ loops side by side; what a GPU machine without vLLM, MLflow or hub access can ru
 Per shape (``MODEL:PROMPTSxNxTOKENS``) and method: step time and its phases, generated tokens per
 second (rollout), trained tokens per second (policy update), peak GPU memory beside the memory
 plan's figure. Then the decode loops (``rollout.decode`` eager, static and, on CUDA, graphs) on
-the first shape's rollout, with per-question seeds: generated tokens per second and whether each
-drew the eager loop's tokens. Last, issue 26's goals checked on the first shape, as ratios from
+the first shape's rollout, with per-question seeds: generated tokens per second and how many rows
+drew the eager loop's tokens (all of them on CPU in float32; in bf16 on a GPU, kernels that differ
+in the last bits can flip a near-tie token, so a few rows may differ without a bug). Last, issue 26's goals checked on the first shape, as ratios from
 this one run. Shapes run in the order given until ``--budget-s`` is spent (the rest are listed as
 skipped), so the script ends in time on a slow card.
 
@@ -187,7 +188,7 @@ def table(reports: list[dict]) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tempo_bench.benchmarks.gpu_step", description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", action="append", type=parse_shape, metavar="MODEL:PxNxT",
-                   help=f"model config, questions, samples each, new tokens; repeatable (default on CUDA: "
+                   help=f"model config, questions, samples each, new tokens; repeatable (default: "
                         f"{', '.join(GPU_SHAPES)})")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (a check of this script itself)")
     p.add_argument("--dtype", default="bfloat16")
@@ -225,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(reports[-1]), flush=True)
             if index == 0:
                 decodes = compare_decodes(models[shape[0]], shape, args)
+            print("\n" + table(reports), flush=True)  # so far: a run stopped by its timeout still shows these
     first = [r for r in reports if r["shape"] == reports[0]["shape"]]
-    print("\n" + table(reports))
     print("\n".join(["", "goals, first shape:", *goals(first, decodes), *memory_lines(reports)]
                     + ([f"skipped (--budget-s {args.budget_s:.0f} spent): {', '.join(skipped)}"] if skipped else [])))
     if args.json:

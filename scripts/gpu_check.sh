@@ -25,7 +25,7 @@ if missing:
     raise SystemExit(f"gpu_check: missing Python packages: {', '.join(missing)}")
 import sys
 import torch
-if "--device" not in sys.argv[1:] and not torch.cuda.is_available():
+if not any(a == "--device" or a.startswith("--device=") for a in sys.argv[1:]) and not torch.cuda.is_available():
     raise SystemExit(f"gpu_check: torch {torch.__version__} sees no CUDA device (--device cpu checks the script itself)")
 PY
 start=$(date +%s)

@@ -62,20 +62,23 @@ def test_plan_figures_by_hand():
     assert tokens * 151936 > 2**26 and training.items["logits"] == pytest.approx(2**26 * (2 + 16) / GiB)
 
 
-def test_static_decoding_plans_its_bucket_and_the_next_one_beside_it():
-    """rollout.decode=static preallocates the KV cache for a bucket of rows (static_decode.bucket),
-    and while the batch moves down a bucket both caches exist: 16 x 8 + 8 x 8 labeled = 192 rows
-    sit in the bucket of 192, next to the 176 it moves down to."""
-    overrides = ["rollout.backend=hf", "train.prompts_per_step=16", "rollout.n=8"]
-    eager, static = (
-        {p.name: p for p in plan_memory(load_config("qwen3-0.6b-math500", overrides + [f"rollout.decode={d}"]),
-                                        cuda_gpus=1, card_gb=80.0).phases}["rollout"].items["KV cache"]
-        for d in ("eager", "static"))
-    rows = load_config("qwen3-0.6b-math500", overrides).step_shape().sampled_rows
-    from tempo_bench.rollout.static_decode import bucket, smaller_bucket
+def test_static_decoding_plans_its_bucket_and_graphs_keep_their_cache_in_every_phase():
+    """rollout.decode=static preallocates the KV cache for the bucket of the step's rows
+    (static_decode.bucket; finished rows move within it, no second cache), and graphs keep one such
+    cache, its length rounded up to 256, in every phase."""
+    from tempo_bench.rollout.static_decode import bucket
 
-    assert static / eager == pytest.approx((bucket(rows) + smaller_bucket(bucket(rows))) / rows)
-    assert [smaller_bucket(b) for b in (1, 2, 8, 16, 32, 192)] == [0, 1, 4, 8, 16, 176]
+    overrides = ["rollout.backend=hf", "train.prompts_per_step=15", "rollout.n=8"]
+    plans = {d: {p.name: p for p in plan_memory(load_config("qwen3-0.6b-math500", overrides + [f"rollout.decode={d}"]),
+                                                cuda_gpus=1, card_gb=80.0).phases} for d in ("eager", "static", "graphs")}
+    config = load_config("qwen3-0.6b-math500", overrides)
+    rows, seq = config.step_shape().sampled_rows, config.model.max_prompt_tokens + config.rollout.max_new_tokens
+    assert (rows, bucket(rows)) == (184, 192)  # 15 x 8 + 8 x 8 labeled rows
+    eager, static = (plans[d]["rollout"].items["KV cache"] for d in ("eager", "static"))
+    assert static / eager == pytest.approx(192 / 184)
+    kept = plans["graphs"]["policy training"].items["kept KV cache (graphs)"]
+    assert kept / eager == pytest.approx(192 * (-(-seq // 256) * 256) / (184 * seq))
+    assert "KV cache" not in plans["graphs"]["rollout"].items  # counted once, as the kept cache
 
 
 def test_a_smaller_visible_card_is_what_counts():

@@ -176,9 +176,9 @@ def test_static_decode_draws_the_eager_loops_tokens_and_log_probs(monkeypatch):
     from tempo_bench.rollout import static_decode
 
     buckets = []
-    select = static_decode.StaticSteps.select
-    monkeypatch.setattr(static_decode.StaticSteps, "select",
-                        lambda self, index, size: buckets.append(size) or select(self, index, size))
+    steps = static_decode.StaticSteps.__init__
+    monkeypatch.setattr(static_decode.StaticSteps, "__init__",
+                        lambda self, forward, kw, kv, size: buckets.append(size) or steps(self, forward, kw, kv, size))
     torch.manual_seed(2)  # peft draws LoRA A from the global generator: a policy whose rows end early and late
     tokenizer, policy = load_tokenizer("toy"), trained_toy_policy(scale=0.3)
     prompts = ["Q:347+285\n", "Q:12+9\n", "Q:9999+1\n", "Q:5+5\n", "Q:123456+654321\n"]
@@ -187,15 +187,30 @@ def test_static_decode_draws_the_eager_loops_tokens_and_log_probs(monkeypatch):
             for decode in ("eager", "static")}
     eager, static = runs["eager"], runs["static"]
     assert static.token_ids == eager.token_ids and static.finished == eager.finished
+    # the 30 rows began in the bucket of 32 and moved down, in place, as they ended
+    assert buckets and buckets[0] == 32 and buckets == sorted(buckets, reverse=True) and len(buckets) > 1
     # float32 sums in other orders (attention over the preallocated length, other batch sizes)
     assert max(max(abs(a - b) for a, b in zip(x, y)) for x, y in zip(static.logprobs, eager.logprobs)) < 5e-5
     lengths = sorted(len(ids) for ids in eager.token_ids)
     assert lengths[0] < 16 < lengths[-1] and len(set(lengths)) > 5  # rows ended at many steps
-    # the 30 rows began in the bucket of 32 and moved down as they ended
-    assert buckets and buckets == sorted(buckets, reverse=True) and buckets[0] == 16
     greedy = SamplingParams(n=1, greedy=True, max_new_tokens=60)
     assert get_backend("hf")(policy, tokenizer, decode="static").generate(prompts, greedy).token_ids == \
         get_backend("hf")(policy, tokenizer).generate(prompts, greedy).token_ids
+
+
+def test_a_static_cache_kept_between_calls_gives_the_same_tokens_at_the_same_addresses():
+    """What captured graphs need (rollout.decode=graphs keeps one cache): calls of other sizes and
+    lengths reuse one storage, grown to the largest, and draw what a cache of their own draws."""
+    tokenizer, policy = load_tokenizer("toy"), trained_toy_policy(scale=0.3)
+    kept = get_backend("hf")(policy, tokenizer, decode="static", reuse_cache=True)
+    own = get_backend("hf")(policy, tokenizer, decode="static")
+    addresses = []
+    for prompts, n, tokens in ((["Q:347+285\n", "Q:12+9\n"], 6, 40), (["Q:5+5\n"], 4, 20), (["Q:1+1\n"] * 3, 5, 60)):
+        sampling = SamplingParams(n=n, temperature=1.3, max_new_tokens=tokens, seeds=tuple(range(len(prompts))))
+        assert kept.generate(prompts, sampling).token_ids == own.generate(prompts, sampling).token_ids
+        addresses.append(kept._pool.kv.keys[0].data_ptr())
+    assert addresses[0] == addresses[1]  # the smaller call fitted the kept cache
+    assert kept._pool.kv.rows == 16 and kept._pool.kv.capacity % 256 == 0  # grown once, for 15 rows
 
 
 def test_graph_capture_needs_a_gpu_and_static_decode_reaches_the_backend():
@@ -206,6 +221,9 @@ def test_graph_capture_needs_a_gpu_and_static_decode_reaches_the_backend():
 
     with pytest.raises(ConfigError, match="rollout.decode=graphs captures CUDA graphs.*set rollout.decode=static"):
         get_backend("hf").check(load_config("toy-smoke", ["rollout.decode=graphs"]), 16)
+    with pytest.raises(ConfigError, match="flash_attention_2 would not mask"):
+        get_backend("hf").check(load_config("toy-smoke", ["rollout.decode=static",
+                                                          "model.attn_implementation=flash_attention_2"]), 16)
     config = load_config("toy-smoke", ["rollout.decode=static"])
     get_backend("hf").check(config, 16)
     backend = get_backend("hf").create(config, load_policy(ModelConfig(), LoraConfig()), load_tokenizer("toy"), None)

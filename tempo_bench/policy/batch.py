@@ -214,9 +214,10 @@ def accumulated_step(optimizer, params: list[torch.nn.Parameter], parts: Iterabl
         loss, units, part_stats = loss_of(part)
         finite = torch.isfinite(loss.detach()) if finite is None else finite & torch.isfinite(loss.detach())
         share = units / total
-        # a non-finite loss back-propagates zero (nan_to_num's gradient is 0 there, 1 elsewhere),
-        # so the other ranks of a sharded policy meet this pass's collectives; the step then stops
-        # below, before the optimiser moves
+        # a non-finite loss still runs its backward pass (nan_to_num passes no gradient from it,
+        # though inf or NaN activations behind it can still make NaN gradients), so the other
+        # ranks of a sharded policy meet this pass's collectives; the step then stops below,
+        # before the optimiser moves, whatever the gradients hold
         (torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * share).backward()
         for key, value in {"loss": loss, **part_stats}.items():
             value = value() if callable(value) else value
@@ -224,7 +225,7 @@ def accumulated_step(optimizer, params: list[torch.nn.Parameter], parts: Iterabl
             stats[key] = stats.get(key, 0.0) + share * value
         del loss
     broken = None if finite is None or bool(finite) else f"{what} is not finite"
-    if sharded and ranks.any(broken is not None):  # every rank stops, not only the one that saw it
+    if ranks is not None and ranks.distributed and ranks.any(broken is not None):  # every rank stops, not one
         raise FloatingPointError(broken or f"{what} is not finite on another rank")
     if broken is not None:
         raise FloatingPointError(broken)

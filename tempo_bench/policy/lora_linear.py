@@ -12,8 +12,8 @@ outputs and gradients), not bit for bit: ``lora.fused=false`` keeps peft's forwa
 
 A bf16 (or fp16) base with float32 adapters, peft's default (``autocast_adapter_dtype``) and what
 every GPU run has, takes the node too: the adapters are cast to the base's dtype for the products,
-as autocast would, and their gradients are returned in float32 for the float32 master weights and
-AdamW. peft computes that LoRA branch in float32 instead (the input cast to float32, a [tokens, in]
+as autocast would; their gradients are computed in the base's dtype too and returned in float32
+for the float32 master weights and AdamW (not float32-accurate gradients). peft computes that LoRA branch in float32 instead (the input cast to float32, a [tokens, in]
 copy per layer), so the two agree to the base dtype's rounding (tested on CPU in bf16); on a GPU
 this keeps every product of a LoRA layer a bf16 matmul.
 
@@ -82,7 +82,7 @@ def _plain_adapter(layer, x: torch.Tensor) -> str | None:
         return None
     adapter_dtype = layer.lora_A[name].weight.dtype
     if x.dtype != base.weight.dtype or layer.lora_B[name].weight.dtype != adapter_dtype or \
-            torch.finfo(adapter_dtype).bits < torch.finfo(x.dtype).bits:
+            adapter_dtype not in (x.dtype, torch.float32):  # e.g. bf16 adapters on fp16 could overflow
         return None
     return name
 

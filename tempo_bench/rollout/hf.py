@@ -39,10 +39,13 @@ from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 
 class HFBackend(RolloutBackend):
     def __init__(self, model, tokenizer, max_batch_rows: int = 1024, merge_lora: bool = True,
-                 fused_decode: bool = True, sampling_dtype: torch.dtype | None = None, decode: str = "eager"):
+                 fused_decode: bool = True, sampling_dtype: torch.dtype | None = None, decode: str = "eager",
+                 reuse_cache: bool | None = None):
         self.model = model
         self.decode = decode  # eager | static | graphs (rollout.decode)
         self._compiled = {}  # graphs: the compiled step of each sampler module (its weights change in place)
+        # one static cache kept between calls (default: with captured graphs, which read its addresses)
+        self._pool = static_decode.CachePool() if (decode == "graphs" if reuse_cache is None else reuse_cache) else None
         self.fused_decode = fused_decode  # llama_decode's step where it applies (False: a check, a bench)
         self.tokenizer = tokenizer
         self.max_batch_rows = max_batch_rows
@@ -70,6 +73,19 @@ class HFBackend(RolloutBackend):
         if decode == "graphs" and not resolve_device(config.model.device).startswith("cuda"):
             raise ConfigError("rollout.decode=graphs captures CUDA graphs and this model is not on a GPU: set "
                               "rollout.decode=static (the same static shapes, without capture) or eager")
+        if decode == "eager":
+            return
+        if config.model.attn_implementation == "flash_attention_2":
+            # its single-query path applies no causality, so the cache's unwritten positions would count
+            raise ConfigError(f"rollout.decode={decode} attends over a preallocated cache, which "
+                              "model.attn_implementation=flash_attention_2 would not mask: use sdpa, or rollout.decode=eager")
+        from transformers import AutoConfig
+
+        from tempo_bench.policy.model import resolve_model_path
+
+        if not _full_attention_only(AutoConfig.from_pretrained(resolve_model_path(config.model.path))):
+            raise ConfigError(f"rollout.decode={decode} needs a model whose layers all use full attention (model.path="
+                              f"{config.model.path!r} has sliding-window or linear-attention layers): set rollout.decode=eager")
 
     def _step_forward(self, model):
         """What a static decode step calls: the model, or (graphs) its compiled forward, built once
@@ -77,6 +93,11 @@ class HFBackend(RolloutBackend):
         if self.decode != "graphs":
             return model
         if id(model) not in self._compiled:
+            # a graph per (bucket, cache length): more than dynamo's default 8 recompilations
+            import torch._dynamo.config as dynamo
+
+            limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
+            setattr(dynamo, limit, max(getattr(dynamo, limit), 256))
             self._compiled[id(model)] = torch.compile(model, mode="reduce-overhead", dynamic=False)
         return self._compiled[id(model)]
 
@@ -132,7 +153,8 @@ class HFBackend(RolloutBackend):
                 uniforms = None if sampling.seeds is None or sampling.greedy else seeded_uniforms(
                     sampling.seeds[start:start + per_call], n, sampling.max_new_tokens)
                 for ids, logps, finished in sample(model, prompt_ids[start:start + per_call], n, sampling,
-                                                   tok.eos_token_id, tok.pad_token_id, uniforms, fused, forward):
+                                                   tok.eos_token_id, tok.pad_token_id, uniforms, fused, forward,
+                                                   self._pool):
                     out.token_ids.append(ids)
                     out.logprobs.append(logps)
                     out.texts.append(tok.decode(ids, skip_special_tokens=True))
@@ -206,6 +228,12 @@ def _growing_layer_class():
     return GrowingLayer
 
 
+def _full_attention_only(model_config) -> bool:
+    """Whether every layer of a model with this config attends to the whole sequence."""
+    config = model_config.get_text_config(decoder=True) if hasattr(model_config, "get_text_config") else model_config
+    return all(t == "full_attention" for t in getattr(config, "layer_types", None) or [])
+
+
 def _growing_cache(model):
     """A KV cache of GrowingLayers (measured: concatenation was a third of decode time on the
     toy), or None where this transformers version or model does not allow it: the model then
@@ -215,9 +243,9 @@ def _growing_cache(model):
         return None
     from transformers.cache_utils import Cache
 
-    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
-    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or []):
+    if not _full_attention_only(model.config):
         return None  # sliding-window or linear-attention layers keep their own cache types
+    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
     try:
         return Cache(layers=[layer() for _ in range(config.num_hidden_layers)])
     except TypeError:
@@ -248,6 +276,13 @@ class _TransformersSteps:
         out = self.model(input_ids=tokens[:, None], attention_mask=self.attention if self.padded else None,
                          position_ids=positions[:, None], use_cache=True, **{self.cache_kw: self.cache})
         return out.logits[:, -1]
+
+
+def _taken_layers(cache):
+    """Each layer's (keys, values) of a prefill's cache, each freed once the consumer has read it."""
+    for layer in cache.layers:
+        yield layer.keys, layer.values
+        layer.room_k = layer.room_v = layer.keys = layer.values = None
 
 
 def _decode_steps(model, cache, cache_kw: str, attention: torch.Tensor, padded: bool, max_positions: int,
@@ -284,11 +319,12 @@ def _next_tokens(logits: torch.Tensor, sampling: SamplingParams,
 
 
 def sample(model, prompt_ids: list[list[int]], n: int, sampling: SamplingParams, eos_id: int, pad_id: int,
-           uniforms: torch.Tensor | None = None, fused=None, static_forward=None):
+           uniforms: torch.Tensor | None = None, fused=None, static_forward=None, pool=None):
     """n samples for each prompt, prompt-major: a list of (token ids, log-probs, finished), the
     EOS included when a row ended. ``uniforms`` [P * n, T]: each row's draws (seeded_uniforms);
     ``fused``: the model's weights for the fused Llama step (None: the model's own forward);
-    ``static_forward``: decode with static shapes (static_decode) stepping with it."""
+    ``static_forward``: decode with static shapes (static_decode) stepping with it, in ``pool``'s
+    cache where given (captured graphs), else in one of the call's own."""
     device = next(model.parameters()).device
     cache_kw = _cache_keyword(model)
     width = max(len(p) for p in prompt_ids)
@@ -311,11 +347,14 @@ def sample(model, prompt_ids: list[list[int]], n: int, sampling: SamplingParams,
     attention = attention.repeat_interleave(n, 0)
     last_position = positions[:, -1].repeat_interleave(n, 0)
     if static_forward is not None:
-        if _growing_layer_class() is None or not isinstance(cache.layers[0], _growing_layer_class()):
-            raise ConfigError("rollout.decode=static needs a model whose layers all use full attention (this one "
-                              "keeps sliding-window or linear-attention caches): set rollout.decode=eager")
-        return static_decode.decode(static_forward, cache_kw, [(layer.keys, layer.values) for layer in cache.layers],
-                                    attention, logits, last_position, sampling, eos_id, uniforms, _next_tokens)
+        if _growing_layer_class() is None or not isinstance(cache.layers[0], _growing_layer_class()):  # check() refuses these
+            raise ConfigError("rollout.decode=static needs a model whose layers all use full attention: set "
+                              "rollout.decode=eager")
+        shapes = [(layer.keys.shape[1], layer.keys.shape[-1], layer.values.shape[-1]) for layer in cache.layers]
+        dtype = cache.layers[0].keys.dtype
+        del prefill  # its logits and cache: the static cache is filled layer by layer, freeing each
+        return static_decode.decode(static_forward, cache_kw, shapes, dtype, _taken_layers(cache), attention, logits,
+                                    last_position, sampling, eos_id, uniforms, _next_tokens, pool)
     step_fn = _decode_steps(model, cache, cache_kw, attention, padded, width + sampling.max_new_tokens,
                             sampling.max_new_tokens, fused)
     del prefill, cache  # the step holds what it needs (the fused step: its own copy of the cache)

@@ -176,6 +176,11 @@ class VLLMBackend(RolloutBackend):
 
     def close(self) -> None:
         shutil.rmtree(self.adapter_root, ignore_errors=True)
+        if self.adapter_root.name.startswith("rank"):  # the ranks' common folder, once the last one is gone
+            try:
+                self.adapter_root.parent.rmdir()
+            except OSError:
+                pass
         self.llm = None  # the engine is freed once collected: a later run in this process starts its own
         gc.collect()
         if torch.cuda.is_available():

@@ -150,8 +150,10 @@ def launched_ranks(device: str = "auto", sharding: str = "replicate") -> Ranks:
     if not torch.distributed.is_initialized():
         from tempo_bench.policy.model import resolve_device
 
-        backend = "nccl" if resolve_device(device).startswith("cuda") else "gloo"
-        if backend == "nccl":
+        # on GPUs, NCCL for CUDA tensors and gloo for CPU ones (offloaded FSDP shards gathered for
+        # sampling or for vLLM, objects); on CPU, gloo
+        backend = "cpu:gloo,cuda:nccl" if resolve_device(device).startswith("cuda") else "gloo"
+        if backend != "gloo":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_S))
     return Ranks(rank, world, sharded=sharding == "fsdp")
@@ -180,6 +182,9 @@ def check_same_config(ranks: Ranks, config) -> None:
     if differ:
         raise ConfigError(f"the {ranks.world} ranks were launched with different configs (differing: "
                           f"{', '.join(differ[:8])}): launch every rank with the same command")
+    if config.rollout.backend not in ("hf", "vllm"):
+        raise ConfigError(f"rollout.backend={config.rollout.backend!r} has not been made to run on several ranks: use "
+                          "hf or vllm with torchrun")
     tensor_parallel = config.rollout.vllm.tensor_parallel_size
     if config.rollout.backend == "vllm" and tensor_parallel > 1:
         raise ConfigError(f"rollout.vllm.tensor_parallel_size={tensor_parallel} on {ranks.world} ranks: each rank's "

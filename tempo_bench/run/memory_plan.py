@@ -176,6 +176,7 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
     resident = {"policy weights": policy.params * width / GiB / gpus}
     if config.rollout.backend == "hf" and config.rollout.merge_lora and config.train.mode == "lora":
         resident["merged sampling copy"] = policy.params * width / GiB  # kept from the first rollout on
+    resident.update(_kept_graph_cache(config, policy, seq, width, ranks, notes))
     if config.train.mode == "lora":
         resident["policy LoRA+AdamW"] = policy.lora_params(config.lora.r, config.lora.target_modules) * lora_bytes
     else:
@@ -263,14 +264,27 @@ def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, note
     rows = -(-sampled // ranks)  # each rank samples its share of the step
     if ranks > 1:
         notes.append(f"each of {ranks} ranks samples {rows} of the step's {sampled} sequences")
-    if config.rollout.decode != "eager":  # static_decode preallocates for a bucket of rows
-        from tempo_bench.rollout.static_decode import bucket, smaller_bucket
+    if config.rollout.decode == "graphs":  # its cache is kept between rollouts: counted in every phase
+        return {}
+    if config.rollout.decode == "static":  # static_decode preallocates for the bucket of rows
+        from tempo_bench.rollout.static_decode import bucket
 
-        size = bucket(rows)
-        notes.append(f"rollout.decode={config.rollout.decode}: a KV cache for {size} rows at full length, and one for "
-                     f"{smaller_bucket(size)} beside it while the batch moves down a bucket")
-        rows = size + smaller_bucket(size)
+        notes.append(f"rollout.decode=static: a KV cache for {bucket(rows)} rows (the bucket of {rows})")
+        rows = bucket(rows)
     return {"KV cache": kv_per_token * seq * rows / GiB}
+
+
+def _kept_graph_cache(config, policy: ModelShape, seq: int, width: int, ranks: int, notes: list[str]) -> dict[str, float]:
+    """rollout.decode=graphs keeps one static KV cache between rollouts (its captured graphs read
+    its addresses): the bucket of a rank's rows at the step's length rounded up (static_decode)."""
+    if config.rollout.backend != "hf" or config.rollout.decode != "graphs":
+        return {}
+    from tempo_bench.rollout.static_decode import CAPACITY_STEP, bucket
+
+    rows = bucket(-(-config.step_shape().sampled_rows // ranks))
+    length = -(-seq // CAPACITY_STEP) * CAPACITY_STEP
+    notes.append(f"rollout.decode=graphs: a KV cache for {rows} rows x {length} positions kept in every phase")
+    return {"kept KV cache (graphs)": policy.kv_bytes_per_token(width) * length * rows / GiB}
 
 
 def _activations(shape: ModelShape, tokens: int, width: int, config, logits: bool, rows: int = 1) -> dict[str, float]:
