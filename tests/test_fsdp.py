@@ -131,6 +131,8 @@ def test_the_plan_shards_a_full_fine_tuning_run_over_its_ranks():
     root = 2 * shape.vocab * shape.hidden * 2
     assert sharded.items["FSDP gathered root + 2 layers"] == pytest.approx(
         (root + 2 * (shape.params * 2 - root) / shape.layers) / 2**30)
+    # the weights reach the sampler one parameter at a time, the largest (embeddings) gathered in float32
+    assert sharded.items["one gathered float32 parameter"] == pytest.approx(shape.vocab * shape.hidden * 4 / 2**30)
     assert one.items["policy weights"] == pytest.approx(shape.params * 4 / 2**30)  # one rank: all of it
     # what sharding saves is the policy's own state; the critic (own base) and the sampling copy stay
     # whole on every rank, so this run does not fit 80 GB yet (docs/real-models.md, "Scaling out")

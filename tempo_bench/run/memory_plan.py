@@ -232,7 +232,9 @@ def _full_policy(config, policy, width: int, gpus: int, ranks: int, notes: list[
     weights = policy.params * width / GiB
     root = 2 * policy.vocab * policy.hidden * width / GiB  # embeddings and head (untied: the larger case)
     shards = {"policy weights": master / ranks, "policy grads+AdamW": state / ranks,
-              "FSDP gathered root + 2 layers": root + 2 * (weights - root) / policy.layers}
+              "FSDP gathered root + 2 layers": root + 2 * (weights - root) / policy.layers,
+              # the weights reach the sampler one parameter at a time, each gathered whole in float32
+              "one gathered float32 parameter": policy.vocab * policy.hidden * 4 / GiB}
     if config.rollout.backend == "hf":  # vLLM's engine holds its own copy, inside its share
         shards["sampling copy (gathered)"] = weights
     if config.train.offload:
