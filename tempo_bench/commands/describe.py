@@ -20,6 +20,9 @@ def describe_run(config) -> str:
     model = _describe_model(config.model.path)
     rollout = config.rollout
     backend = rollout.backend
+    if backend == "hf" and rollout.decode != "eager":
+        backend += f" ({rollout.decode} decoding: a preallocated cache in batch-size buckets"
+        backend += ", CUDA graphs captured per bucket)" if rollout.decode == "graphs" else ")"
     if backend == "vllm":
         v = rollout.vllm
         context = v.max_model_len or f"longest prompt + {rollout.max_new_tokens}"
