@@ -51,10 +51,11 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 CHUNK_ENTRIES = 1 << 26
 
 
-def positions_per_chunk(rows: int, vocab: int, chunk_entries: int = CHUNK_ENTRIES) -> int:
-    """How many positions of ``rows`` rows make one chunk of at most ``chunk_entries`` logits (at
-    least one: a single position of many rows can exceed it)."""
-    return max(1, chunk_entries // max(1, rows * vocab))
+def position_chunks(rows: int, width: int, vocab: int, chunk_entries: int = CHUNK_ENTRIES) -> list[slice]:
+    """The positions 0..width-1 of ``rows`` rows as slices of at most ``chunk_entries`` logits each
+    (at least one position: a single position of many rows can exceed it)."""
+    step = max(1, chunk_entries // max(1, rows * vocab))
+    return [slice(start, start + step) for start in range(0, width, step)]
 
 
 def _chunk_stats(inputs: torch.Tensor, targets: torch.Tensor, temperature: float, project, entropy: bool):
@@ -81,11 +82,9 @@ def token_logprobs_entropy(inputs: torch.Tensor, targets: torch.Tensor, temperat
     from torch.utils.checkpoint import checkpoint
 
     project = project or (lambda x: x)
-    rows, width = targets.shape
-    step = positions_per_chunk(rows, vocab or inputs.shape[-1], chunk_entries)
     logps, entropies = [], []
-    for start in range(0, width, step):
-        part, goal = inputs[:, start:start + step], targets[:, start:start + step]
+    for cols in position_chunks(*targets.shape, vocab or inputs.shape[-1], chunk_entries):
+        part, goal = inputs[:, cols], targets[:, cols]
         if torch.is_grad_enabled() and part.requires_grad:
             logp, ent = checkpoint(_chunk_stats, part, goal, temperature, project, entropy, use_reentrant=False)
         else:

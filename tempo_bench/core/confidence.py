@@ -35,15 +35,13 @@ def response_confidence_chunked(inputs: torch.Tensor, mask: torch.Tensor, temper
     """response_confidence of the logits project(inputs) / temperature, [B, T, D] -> {name: [B]},
     computed over chunks of positions (as core.algos.token_logprobs_entropy): the float32 logits
     of one chunk at a time. Without gradients."""
-    from tempo_bench.core.algos import CHUNK_ENTRIES, positions_per_chunk
+    from tempo_bench.core.algos import CHUNK_ENTRIES, position_chunks
 
     project = project or (lambda x: x)
-    rows, width = mask.shape
-    step = positions_per_chunk(rows, vocab or inputs.shape[-1], chunk_entries or CHUNK_ENTRIES)
     parts: dict[str, list[torch.Tensor]] = {"self_certainty": [], "entropy": []}
     with torch.no_grad():
-        for start in range(0, width, step):
-            logits = project(inputs[:, start:start + step]).float() / temperature
+        for cols in position_chunks(*mask.shape, vocab or inputs.shape[-1], chunk_entries or CHUNK_ENTRIES):
+            logits = project(inputs[:, cols]).float() / temperature
             parts["self_certainty"].append(token_self_certainty(logits))
             parts["entropy"].append(token_entropy(logits))
     return {name: masked_mean(torch.cat(values, dim=1), mask, dim=1) for name, values in parts.items()}

@@ -3,6 +3,7 @@ micro-batches; and the one gradient-accumulation step the policy and the critic 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -137,9 +138,15 @@ def _head_reproduces_logits(model, base, head) -> bool:
 
 
 def _takes_logits_to_keep(model) -> bool:
+    return _forward_takes(type(_base(model)), "logits_to_keep")  # (peft passes **kwargs on)
+
+
+@functools.cache
+def _forward_takes(model_class, name: str) -> bool:
+    """Whether ``model_class.forward`` has a parameter ``name`` (read once per class)."""
     import inspect
 
-    return "logits_to_keep" in inspect.signature(_base(model).forward).parameters  # (peft passes **kwargs on)
+    return name in inspect.signature(model_class.forward).parameters
 
 
 def micro_batches(rows: torch.Tensor, size: int | None, lengths: torch.Tensor | None = None,
