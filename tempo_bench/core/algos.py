@@ -42,7 +42,11 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of each next-token distribution: [B, T, V] -> [B, T]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    return entropy_of_logp(torch.log_softmax(logits.float(), dim=-1))
+
+
+def entropy_of_logp(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy of distributions given as log-probabilities: [..., V] -> [...]."""
     return -(logp.exp() * logp).sum(-1)
 
 
@@ -64,7 +68,7 @@ def _chunk_stats(inputs: torch.Tensor, targets: torch.Tensor, temperature: float
     if not entropy:
         return logp, None
     with torch.no_grad():
-        return logp, -(logp_all.exp() * logp_all).sum(-1)
+        return logp, entropy_of_logp(logp_all)
 
 
 def token_logprobs_entropy(inputs: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from tempo_bench.core.errors import ConfigError
+from tempo_bench.policy.model import unwrapped
 
 POLICY_ADAPTER = "default"  # peft's name for the first adapter
 CRITIC_ADAPTER = "critic"
@@ -32,7 +33,7 @@ HEAD_FILE = "value_head.safetensors"
 def backbone_of(model) -> torch.nn.Module:
     """The transformer under a causal-LM or token-classification head (``model.model`` for Llama,
     Qwen3 and OLMo), where a peft model's wrapped model is unwrapped first."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrapped(model)
     return getattr(inner, inner.base_model_prefix)
 
 

@@ -3,13 +3,13 @@ micro-batches; and the one gradient-accumulation step the policy and the critic 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 
 from tempo_bench.core.algos import CHUNK_ENTRIES, token_logprobs_entropy
+from tempo_bench.policy.model import forward_takes, unwrapped
 from tempo_bench.policy.sharding import grad_norm_value, is_sharded
 from tempo_bench.rollout.base import Generation
 
@@ -68,7 +68,7 @@ def response_logits(model, batch: TrainBatch) -> torch.Tensor:
     inputs, width = model_inputs(batch, device), batch.input_ids.shape[1]
     index = batch.response_index
     offset = 0
-    if _takes_logits_to_keep(model):
+    if forward_takes(model, "logits_to_keep"):
         starts = torch.where(batch.mask > 0, index, width).min()  # the earliest predicting position
         offset = int(min(starts, width - 1))
         inputs["logits_to_keep"] = width - offset
@@ -89,7 +89,7 @@ def response_states(model, batch: TrainBatch):
         logits = response_logits(model, batch)
         return logits, None, logits.shape[-1]
     device = next(model.parameters()).device
-    hidden = _base(model).get_decoder()(**model_inputs(batch, device)).last_hidden_state
+    hidden = unwrapped(model).get_decoder()(**model_inputs(batch, device)).last_hidden_state
     index = batch.response_index.to(device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
     return hidden.gather(1, index), head, head.out_features
 
@@ -103,10 +103,6 @@ def response_logprobs(model, batch: TrainBatch, temperature: float, entropy: boo
                                   project=project, vocab=vocab, chunk_entries=chunk_entries)
 
 
-def _base(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's wrapper
-
-
 def _lean_head(model):
     """The language-model head response_states may apply to the decoder's output itself, or None
     where the logits must come from the model's own forward: a sharded model (its root's hooks
@@ -114,7 +110,7 @@ def _lean_head(model):
     multiplied (checked once per model on a short input, not by a list of config names)."""
     if is_sharded(model):
         return None
-    base = _base(model)
+    base = unwrapped(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if not isinstance(head, torch.nn.Linear) or not hasattr(base, "get_decoder"):
         return None
@@ -135,18 +131,6 @@ def _head_reproduces_logits(model, base, head) -> bool:
     finally:
         model.train(was_training)
     return lean.shape == logits.shape and torch.allclose(lean, logits, rtol=1e-3, atol=1e-3 * float(logits.abs().max()))
-
-
-def _takes_logits_to_keep(model) -> bool:
-    return _forward_takes(type(_base(model)), "logits_to_keep")  # (peft passes **kwargs on)
-
-
-@functools.cache
-def _forward_takes(model_class, name: str) -> bool:
-    """Whether ``model_class.forward`` has a parameter ``name`` (read once per class)."""
-    import inspect
-
-    return name in inspect.signature(model_class.forward).parameters
 
 
 def micro_batches(rows: torch.Tensor, size: int | None, lengths: torch.Tensor | None = None,
@@ -212,7 +196,7 @@ def accumulated_step(optimizer, params: list[torch.nn.Parameter], parts: Iterabl
     # one flag, both read once after the last backward pass
     stats: dict[str, torch.Tensor] = {}
     parts = list(parts) if ranks is None else ranks.align(list(parts))
-    sharded, finite = ranks is not None and ranks.sharded, None
+    finite = None
     for part in parts:
         if part is None:  # a sharded policy's pass this rank has no rows for: one row, weighed 0
             padding, _, _ = loss_of(torch.zeros(1, dtype=torch.long))

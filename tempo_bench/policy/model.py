@@ -6,6 +6,8 @@ The adapter is saved with ``save_pretrained``: a standard peft adapter that vLLM
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -198,6 +200,21 @@ def merged_lora_weights(policy, every_weight: bool = False) -> Iterator[tuple[st
             yield base_name, weight.detach()
         elif every_weight:
             yield base_name, param.detach()
+
+
+def unwrapped(model):
+    """The model a peft wrapper holds (its forward takes **kwargs and passes them on), or ``model``."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def forward_takes(model, name: str) -> bool:
+    """Whether ``model``'s forward (under peft's wrapper) has a parameter ``name``: read once per class."""
+    return _class_forward_takes(type(unwrapped(model)), name)
+
+
+@functools.cache
+def _class_forward_takes(model_class, name: str) -> bool:
+    return name in inspect.signature(model_class.forward).parameters
 
 
 def is_lora(model) -> bool:

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 
 import torch
 
 from tempo_bench.core.errors import ConfigError
 from tempo_bench.policy import sharding
-from tempo_bench.policy.model import merged_lora_weights
+from tempo_bench.policy.model import forward_takes, merged_lora_weights
 from tempo_bench.rollout import llama_decode, static_decode
 from tempo_bench.rollout.base import Generation, RolloutBackend, SamplingParams
 
@@ -174,9 +173,7 @@ def _load_weights(copy: torch.nn.Module, weights) -> None:
 
 def _cache_keyword(model) -> str:
     """transformers 5 names the KV cache argument ``cache``; 4.x ``past_key_values``."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps as **kwargs
-    params = inspect.signature(inner.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    return "cache" if forward_takes(model, "cache") else "past_key_values"
 
 
 @functools.cache
@@ -228,10 +225,14 @@ def _growing_layer_class():
     return GrowingLayer
 
 
+def _text_config(model_config):
+    """The decoder's config (a multimodal config holds it as its text config)."""
+    return model_config.get_text_config(decoder=True) if hasattr(model_config, "get_text_config") else model_config
+
+
 def _full_attention_only(model_config) -> bool:
     """Whether every layer of a model with this config attends to the whole sequence."""
-    config = model_config.get_text_config(decoder=True) if hasattr(model_config, "get_text_config") else model_config
-    return all(t == "full_attention" for t in getattr(config, "layer_types", None) or [])
+    return all(t == "full_attention" for t in getattr(_text_config(model_config), "layer_types", None) or [])
 
 
 def _growing_cache(model):
@@ -245,9 +246,8 @@ def _growing_cache(model):
 
     if not _full_attention_only(model.config):
         return None  # sliding-window or linear-attention layers keep their own cache types
-    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
     try:
-        return Cache(layers=[layer() for _ in range(config.num_hidden_layers)])
+        return Cache(layers=[layer() for _ in range(_text_config(model.config).num_hidden_layers)])
     except TypeError:
         return None
 

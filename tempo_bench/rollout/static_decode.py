@@ -64,6 +64,11 @@ def available() -> bool:
 CAPACITY_STEP = 256
 
 
+def graph_capacity(length: int) -> int:
+    """The length of the cache kept for captured graphs that holds ``length`` positions."""
+    return -(-length // CAPACITY_STEP) * CAPACITY_STEP
+
+
 class StaticKV:
     """A static KV cache and its attention mask for up to ``rows`` rows and ``capacity`` positions:
     per layer keys and values [rows, kv heads, capacity, head_dim] and the written length; a batch
@@ -141,7 +146,7 @@ class CachePool:
         self.kv: StaticKV | None = None
 
     def get(self, shapes, rows: int, capacity: int, dtype, device) -> StaticKV:
-        capacity = -(-capacity // CAPACITY_STEP) * CAPACITY_STEP
+        capacity = graph_capacity(capacity)
         if self.kv is None or not self.kv.fits(shapes, rows, capacity, dtype, device):
             old = self.kv
             self.kv = None  # the old storage goes before the new one is made
@@ -164,8 +169,9 @@ def decode(forward, cache_kw: str, shapes, dtype, layers, attention: torch.Tenso
            pool: CachePool | None = None) -> list[tuple[list, list, bool]]:
     """Sample up to ``sampling.max_new_tokens`` tokens for R rows after a prefill, stepping with
     ``forward`` (the model, or its compiled step) and its cache keyword ``cache_kw``. The prefill:
-    ``shapes`` each layer's (kv heads, key dim, value dim) and ``dtype`` the cache's, ``layers`` yielding each layer's (keys,
-    values) [R, kv heads, L, head_dim], ``attention`` [R, L], ``logits`` [R, V] of the last prompt
+    ``shapes`` each layer's (kv heads, key dim, value dim) and ``dtype`` the cache's, ``layers``
+    yielding each layer's (keys, values) [R, kv heads, L, head_dim], ``attention`` [R, L],
+    ``logits`` [R, V] of the last prompt
     position, ``last_position`` [R] its RoPE position. ``uniforms`` [R, T] or None (greedy, or
     drawn here); ``next_tokens(logits, sampling, draws)`` the sampling rule; ``pool``: the cache
     kept between calls (graphs), else one made for this call. Returns (token ids, log-probs,

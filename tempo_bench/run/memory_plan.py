@@ -262,8 +262,7 @@ def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, note
                          f"is below its weights plus one {context}-token sequence's KV cache ({need:.1f} GiB): raise "
                          "rollout.vllm.gpu_memory_utilization or tensor_parallel_size")
         return {"vLLM share": share}
-    sampled = config.step_shape().sampled_rows
-    rows = -(-sampled // ranks)  # each rank samples its share of the step
+    sampled, rows = config.step_shape().sampled_rows, _sampled_rows_per_rank(config, ranks)
     if ranks > 1:
         notes.append(f"each of {ranks} ranks samples {rows} of the step's {sampled} sequences")
     if config.rollout.decode == "graphs":  # its cache is kept between rollouts: counted in every phase
@@ -276,15 +275,19 @@ def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, note
     return {"KV cache": kv_per_token * seq * rows / GiB}
 
 
+def _sampled_rows_per_rank(config, ranks: int) -> int:
+    """The sequences each rank samples in a step (its share of the step's)."""
+    return -(-config.step_shape().sampled_rows // ranks)
+
+
 def _kept_graph_cache(config, policy: ModelShape, seq: int, width: int, ranks: int, notes: list[str]) -> dict[str, float]:
     """rollout.decode=graphs keeps one static KV cache between rollouts (its captured graphs read
     its addresses): the bucket of a rank's rows at the step's length rounded up (static_decode)."""
     if config.rollout.backend != "hf" or config.rollout.decode != "graphs":
         return {}
-    from tempo_bench.rollout.static_decode import CAPACITY_STEP, bucket
+    from tempo_bench.rollout.static_decode import bucket, graph_capacity
 
-    rows = bucket(-(-config.step_shape().sampled_rows // ranks))
-    length = -(-seq // CAPACITY_STEP) * CAPACITY_STEP
+    rows, length = bucket(_sampled_rows_per_rank(config, ranks)), graph_capacity(seq)
     notes.append(f"rollout.decode=graphs: a KV cache for {rows} rows x {length} positions kept in every phase")
     return {"kept KV cache (graphs)": policy.kv_bytes_per_token(width) * length * rows / GiB}
 
