@@ -104,9 +104,9 @@ def test_a_non_finite_micro_batch_loss_stops_the_step_before_the_optimiser_moves
         return (weight * scale).sum(), 1.0, {"entropy": weight.sum().detach()}
 
     with pytest.raises(FloatingPointError, match="policy loss is not finite"):
-        accumulated_step(optimizer, [weight], [torch.tensor([0]), torch.tensor([1]), torch.tensor([2])], loss_of,
+        accumulated_step(optimizer, [torch.tensor([0]), torch.tensor([1]), torch.tensor([2])], loss_of,
                          3.0, 1.0, "policy loss")
     assert seen == [0, 1, 2] and weight.tolist() == [1.0, 2.0]
-    stats, _ = accumulated_step(optimizer, [weight], [torch.tensor([0]), torch.tensor([2])], loss_of, 2.0, 1e9,
+    stats, _ = accumulated_step(optimizer, [torch.tensor([0]), torch.tensor([2])], loss_of, 2.0, 1e9,
                                 "policy loss")
     assert stats == {"loss": 3.0, "entropy": 3.0} and weight.tolist() == [0.0, 1.0]  # float statistics, one step

@@ -75,6 +75,7 @@ class Critic:
         self.micro_batch_rows = micro_batch_rows  # rows per forward pass (memory), None: all
         self.length_buckets = length_buckets  # rows sorted by length into this many passes (padding)
         self.optimizer = torch.optim.AdamW(self._params(), lr=lr, weight_decay=weight_decay)
+        self.ranks = None  # set by shard(): the ranks the value model is sharded over
 
     @classmethod
     def from_pretrained(cls, path: str, cfg, model_cfg=None, lora_cfg=None) -> "Critic":
@@ -114,6 +115,36 @@ class Critic:
             critic._load_optimizer(saved)
         return critic
 
+    def shard(self, ranks, dtype: torch.dtype, offload: bool) -> None:
+        """Shard the value model over ``ranks`` with FSDP2, as the policy of a train.sharding=fsdp
+        run is (tempo_bench.policy.sharding), its optimiser state carried over. Its passes are then
+        collectives: every rank scores and fits the same rows (rank 0's), so the gradients are
+        averaged over ranks and the update is the unsharded one."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        from tempo_bench.policy.sharding import shard
+
+        whole = StateDictOptions(full_state_dict=True)
+        state = get_optimizer_state_dict(self.model, self.optimizer, options=whole) if self.optimizer.state else None
+        shard(self.model, dtype, offload, divide=float(ranks.world))
+        self.optimizer = torch.optim.AdamW(self._params(), lr=self.lr, weight_decay=self.weight_decay)
+        if state is not None:
+            set_optimizer_state_dict(self.model, self.optimizer, state, options=whole)
+        self.ranks = ranks
+
+    @property
+    def sharded(self) -> bool:
+        return self.ranks is not None
+
+    def _rank0s(self, value):
+        """Rank 0's ``value`` on every rank of a sharded critic (a collective pass needs the same
+        rows everywhere, and the ranks' samples may differ: e.g. vLLM engines draw their own)."""
+        return self.ranks.broadcast(value) if self.sharded else value
+
     def session(self):
         """What the value model needs active around a scoring pass or fit (the shared-base
         critic's adapter); the layout knows."""
@@ -141,7 +172,7 @@ class Critic:
     @torch.no_grad()
     def score(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(state values [B, T+1], value of the complete response [B]) without gradients."""
-
+        batch = self._rank0s(batch)
         was_training = self.model.training
         self.model.eval()
         states = StateIndex.of(batch)
@@ -169,6 +200,7 @@ class Critic:
         """``epochs`` passes of minibatch updates of the clipped value loss towards ``targets``
         [B] (+1/-1) at every state of each row. Rows with ``row_mask`` [B] = 0 (unlabeled rows in
         TEMPO's E-step) are dropped before any compute: they never affect the critic."""
+        batch, targets, row_mask, old_values = self._rank0s((batch, targets, row_mask, old_values))
         keep = torch.nonzero(row_mask > 0).squeeze(1)
         if keep.numel() == 0:
             return {"critic/value_loss": float("nan"), "tokens/critic_step": 0}
@@ -197,17 +229,23 @@ class Critic:
                     total = float(StateIndex.of(select_rows(batch, minibatch)).mask.sum())
                     parts = micro_batches(minibatch, self.micro_batch_rows, batch.attention.sum(1),
                                           self.length_buckets)
-                    step_stats, _ = accumulated_step(self.optimizer, self._params(), parts, loss_of, total,
+                    step_stats, _ = accumulated_step(self.optimizer, parts, loss_of, total,
                                                      self.grad_clip, "critic value loss")
                     losses.append(step_stats["loss"])
         self.model.eval()
         return {"critic/value_loss": sum(losses) / len(losses), "tokens/critic_step": tokens}
 
-    def save(self, out_dir: Path) -> Path:
-        """Backbone + head as safetensors (``save_pretrained``), plus the optimiser state."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out_dir, safe_serialization=True)
-        torch.save(self.optimizer.state_dict(), out_dir / "optimizer.pt")
+    def save(self, out_dir: Path, main: bool = True) -> Path:
+        """Backbone + head as safetensors (``save_pretrained``), plus the optimiser state. A sharded
+        critic is gathered first (every rank calls this then; rank 0, ``main``, writes), in the
+        format of an unsharded one: a run resumes on any number of ranks."""
+        model_state, optim_state = None, self.optimizer.state_dict()
+        if self.sharded:
+            model_state, optim_state = _gathered_state(self.model, self.optimizer)
+        if main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(out_dir, safe_serialization=True, **({"state_dict": model_state} if model_state else {}))
+            torch.save(optim_state, out_dir / "optimizer.pt")
         return out_dir
 
     @classmethod
@@ -234,6 +272,20 @@ class Critic:
         state = out_dir / "optimizer.pt"
         if state.is_file():
             self.optimizer.load_state_dict(torch.load(state, weights_only=True, map_location="cpu"))
+
+
+def _gathered_state(model, optimizer) -> tuple[dict, dict]:
+    """A sharded model's whole state dict and its optimiser's, on rank 0 (a collective), the
+    optimiser's keyed by parameter index as ``optimizer.state_dict()`` keys it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    whole = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(model, options=whole)
+    optim_state = get_optimizer_state_dict(model, optimizer, options=whole)
+    index = {name: i for i, name in enumerate(n for n, p in model.named_parameters() if p.requires_grad)}
+    groups = [{**group, "params": [index[name] for name in group["params"]]} for group in optim_state.get("param_groups", [])]
+    return model_state, {"state": {index[name]: value for name, value in optim_state.get("state", {}).items()},
+                         "param_groups": groups}
 
 
 def value_backbone(path: str, model_cfg):

@@ -222,6 +222,13 @@ def starting_critic(config, policy, backend: RolloutBackend, pad_id: int, pool: 
     return cache[key].clone()
 
 
+def sharded_like_policy(critic: Critic, config, ranks) -> Critic:
+    """``critic`` sharded over the ranks of a sharded policy (train.sharding=fsdp), else as it is."""
+    if ranks.sharded:
+        critic.shard(ranks, getattr(torch, config.model.dtype), config.train.offload)
+    return critic
+
+
 def save_once(critic: Critic, path) -> None:
     """Save a starting critic under ``path`` whole or not at all: written to a folder of this
     process, then renamed; where another process (a rank, a compare worker) built the same critic

@@ -180,8 +180,8 @@ def select_rows(batch: TrainBatch, rows: torch.Tensor) -> TrainBatch:
                       sub.response_ids[:, :resp], sub.mask[:, :resp])
 
 
-def accumulated_step(optimizer, params: list[torch.nn.Parameter], parts: Iterable, loss_of: Callable,
-                     total: float, grad_clip: float, what: str, ranks=None) -> tuple[dict[str, float], float]:
+def accumulated_step(optimizer, parts: Iterable, loss_of: Callable, total: float, grad_clip: float, what: str,
+                     ranks=None) -> tuple[dict[str, float], float]:
     """One optimiser step whose gradient equals the whole minibatch's: ``loss_of(part)`` returns
     (loss, units, stats) for one micro-batch, its loss a mean over its own ``units`` (tokens, rows
     or states); each is weighted by units / ``total`` before its backward pass. A statistic given
@@ -189,7 +189,12 @@ def accumulated_step(optimizer, params: list[torch.nn.Parameter], parts: Iterabl
     with the autograd graph). Returns the
     share-weighted statistics (the loss among them) and the gradient norm before clipping. With
     ``ranks`` (a data-parallel run), each rank's parts are its rows of the minibatch, and the
-    gradients and statistics are summed over ranks before clipping."""
+    gradients and statistics are summed over ranks before clipping.
+
+    The parameters clipped (and summed) are the optimiser's own: a module's ``parameters()`` can
+    name other tensors, e.g. an FSDP root's gathered ones after a no-grad pass, which never get a
+    gradient (measured: the sharded critic's clip norm then left out its embeddings and head)."""
+    params = [param for group in optimizer.param_groups for param in group["params"]]
     optimizer.zero_grad(set_to_none=True)
     # no host synchronisation inside the loop (a GPU keeps queueing work): statistics add up on
     # the device in float64 (what Python floats would give) and the finiteness of the losses is

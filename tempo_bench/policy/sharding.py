@@ -14,6 +14,8 @@ torchtitan use for models beyond one GPU.
   model cannot do (its collectives would not line up); each rank samples from a plain copy whose
   weights are gathered from the shards one parameter at a time after every update
   (``full_weights``), the role vLLM's per-rank engine plays in verl and TRL.
+- The critic of a sharded run is sharded the same way (``Critic.shard``), its gradients averaged:
+  every rank fits the same rows.
 - Checkpoints: torch.distributed.checkpoint, keyed by parameter name, so a run resumes on another
   number of ranks (2 -> 1 is tested); on one process the same format is written without a process
   group.
@@ -28,16 +30,18 @@ import torch
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:
-    """The transformer blocks of a causal LM (the units FSDP shards and gathers one at a time)."""
-    inner = getattr(model, "model", model)
-    layers = getattr(inner, "layers", None)
-    if layers is None:
-        raise ValueError(f"{type(model).__name__} has no .model.layers: train.sharding=fsdp does not know its blocks")
-    return list(layers)
+    """The transformer blocks of a causal LM or a value model, wrapped by peft or not (the units
+    FSDP shards and gathers one at a time): the first ``layers`` module list."""
+    for name, module in model.named_modules():
+        if name.rpartition(".")[2] == "layers" and isinstance(module, torch.nn.ModuleList):
+            return list(module)
+    raise ValueError(f"{type(model).__name__} has no .layers: train.sharding=fsdp does not know its blocks")
 
 
-def shard(model, model_dtype: torch.dtype, offload: bool = False):
-    """``model`` with every decoder layer and the whole sharded over the process group (in place)."""
+def shard(model, model_dtype: torch.dtype, offload: bool = False, divide: float = 1.0):
+    """``model`` with every decoder layer and the whole sharded over the process group (in place).
+    Gradients are reduced as a sum divided by ``divide``: 1 for the policy (module docstring), the
+    world size for a critic every rank fits on the same rows (the mean of equal gradients)."""
     from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 
     if not hasattr(FSDPModule, "set_force_sum_reduction_for_comms"):
@@ -54,7 +58,7 @@ def shard(model, model_dtype: torch.dtype, offload: bool = False):
     fully_shard(model, **options)
     for module in model.modules():
         if hasattr(module, "set_gradient_divide_factor"):
-            module.set_gradient_divide_factor(1.0)  # a sum over ranks (module docstring)
+            module.set_gradient_divide_factor(divide)  # a sum over ranks, divided by ``divide``
             module.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)
     return model
 

@@ -16,7 +16,6 @@ from tempo_bench.policy.batch import (
     response_logprobs,
     select_rows,
 )
-from tempo_bench.policy.model import trainable_parameters
 
 
 @torch.no_grad()
@@ -51,7 +50,6 @@ def policy_update(
     are summed over ranks before clipping and the step."""
     loss_fn = POLICY_LOSSES[train_cfg.loss]
     by_tokens = LOSS_AVERAGES_OVER[train_cfg.loss] == "tokens"
-    params = trainable_parameters(model)
     device = next(model.parameters()).device
     rows = batch.input_ids.shape[0]
     one_update = train_cfg.ppo_epochs == 1 and train_cfg.minibatches == 1
@@ -79,7 +77,7 @@ def policy_update(
             mine = minibatch if ranks is None else ranks.split(minibatch)
             parts = micro_batches(mine, train_cfg.micro_batch_rows, lengths, train_cfg.length_buckets,
                                   train_cfg.micro_batch_tokens)
-            step_stats, grad_norm = accumulated_step(optimizer, params, parts, loss_of, max(total, 1.0),
+            step_stats, grad_norm = accumulated_step(optimizer, parts, loss_of, max(total, 1.0),
                                                      train_cfg.grad_clip, "policy loss", ranks)
             for key, value in {**step_stats, "grad_norm": grad_norm}.items():
                 stats.setdefault(key, []).append(value)

@@ -49,10 +49,10 @@ def save_checkpoint(run_dir: Path, step: int, policy, optimizer, critic, state: 
         if ranks is not None:
             ranks.barrier()  # the folder exists before any rank writes into it
         save_full(policy, optimizer, tmp / "policy")  # returns on every rank once all shards are written
-        if not main:
-            return None
     if critic is not None:
-        critic.save(tmp / "critic")
+        critic.save(tmp / "critic", main)  # a sharded critic: gathered on every rank, written by rank 0
+    if not main:
+        return None
     (tmp / "state.json").write_text(json.dumps({**state, "step": step, "seeding": SEEDING}))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

@@ -10,9 +10,11 @@ ranks once per optimiser step (what DDP does at the end of gradient accumulation
 would reduce at every micro-batch and need the whole model wrapped). Clipping and the optimiser
 step then see the same gradient on every rank, so the replicas stay equal without broadcasting
 weights. Only rank 0 evaluates, logs to MLflow and writes checkpoints; every rank reads a
-checkpoint on ``--resume``. The critic's E-step, fits and probe run whole on every rank (not yet
-split); the scores rewards are made of come from rank 0's critic (``Ranks.from_main``), as do
-the label-free methods' confidence scores. With ``rollout.backend=vllm`` every rank runs an engine
+checkpoint on ``--resume``. The critic's E-step, fits and probe run whole on every rank (not
+split); with a replicated policy the scores rewards are made of come from rank 0's critic
+(``Ranks.from_main``), as do the label-free methods' confidence scores; with a sharded policy
+(``train.sharding=fsdp``) the critic is sharded too, and every rank scores and fits rank 0's rows
+(``Critic.shard``). With ``rollout.backend=vllm`` every rank runs an engine
 of its own (tensor parallel 1, on that rank's GPU) that serves the rank's share of the rollouts
 (tempo_bench.rollout.vllm). ``torchrun`` stops every rank when one dies; a
 collective that waits longer than ``TIMEOUT_S`` fails instead of hanging.

@@ -185,19 +185,7 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
     if method_class(config.method).uses_critic:
         self_critic = config.critic.path in (None, config.model.path)
         critic = policy if self_critic else model_shape(config.critic.path)
-        copy_gb = critic.params * width / GiB / gpus
-        if not config.critic_shares_base():
-            resident["critic weights"] = copy_gb
-        if config.critic.lora:
-            resident["critic LoRA+AdamW"] = critic.lora_params(config.lora.r, config.lora.target_modules) * lora_bytes
-        else:
-            resident["critic grads+AdamW"] = critic.params * (width + 8) / GiB / gpus
-        if config.critic_shares_base():
-            notes.append(f"the critic is a second LoRA adapter on the policy's base (critic.share_base): "
-                         f"no second copy of the base ({copy_gb:.1f} GiB saved)")
-        elif self_critic:
-            notes.append(f"the self-critic loads a second copy of the policy's base ({copy_gb:.1f} GiB)"
-                         + ("; critic.lora with critic.share_base would save it" if not config.critic.lora else ""))
+        resident.update(_critic(config, critic, self_critic, width, gpus, ranks, lora_bytes, notes))
 
     phases = [Phase("rollout", {**resident, **_rollout(config, policy, seq, width, card, notes, ranks)})]
     asleep = {} if vllm is None or vllm.sleep else {"vLLM (awake)": vllm.gpu_memory_utilization * card}
@@ -218,6 +206,32 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
     return MemoryPlan(card, gpus, phases, notes)
 
 
+def _critic(config, critic: ModelShape, self_critic: bool, width: int, gpus: int, ranks: int, lora_bytes: float,
+            notes: list[str]) -> dict[str, float]:
+    """The critic's resident items, GiB per GPU: its backbone (none where it shares the policy's
+    base), its trainable state, and with a sharded policy its own shards (Critic.shard)."""
+    items = {}
+    copy_gb = critic.params * width / GiB / gpus
+    # a sharded policy's critic is sharded too (Critic.shard): 1/ranks of it, a root and 2 layers whole
+    shards = ranks if config.train.sharding == "fsdp" and ranks > 1 else 1
+    if not config.critic_shares_base():
+        items["critic weights"] = copy_gb / shards
+    if config.critic.lora:
+        items["critic LoRA+AdamW"] = critic.lora_params(config.lora.r, config.lora.target_modules) * lora_bytes / shards
+    else:
+        items["critic grads+AdamW"] = critic.params * (width + 8) / GiB / gpus / shards
+    if shards > 1:
+        items["critic gathered root + 2 layers"] = _gathered_root_and_layers(critic, width)
+    if config.critic_shares_base():
+        notes.append(f"the critic is a second LoRA adapter on the policy's base (critic.share_base): "
+                     f"no second copy of the base ({copy_gb:.1f} GiB saved)")
+    elif self_critic:
+        sharded = f", sharded over {shards} ranks: {copy_gb / shards:.1f} GiB each" if shards > 1 else ""
+        notes.append(f"the self-critic loads a second copy of the policy's base ({copy_gb:.1f} GiB{sharded})"
+                     + ("; critic.lora with critic.share_base would save it" if not config.critic.lora else ""))
+    return items
+
+
 def _full_policy(config, policy, width: int, gpus: int, ranks: int, notes: list[str],
                  host_gb: float | None) -> dict[str, float]:
     """Full fine-tuning: float32 master weights (RunConfig.policy_model), their float32 gradients
@@ -229,14 +243,12 @@ def _full_policy(config, policy, width: int, gpus: int, ranks: int, notes: list[
     master, state = policy.params * 4 / GiB / gpus, policy.params * 12 / GiB / gpus
     if config.train.sharding != "fsdp" or ranks == 1:
         return {"policy weights": master, "policy grads+AdamW": state}
-    weights = policy.params * width / GiB
-    root = 2 * policy.vocab * policy.hidden * width / GiB  # embeddings and head (untied: the larger case)
     shards = {"policy weights": master / ranks, "policy grads+AdamW": state / ranks,
-              "FSDP gathered root + 2 layers": root + 2 * (weights - root) / policy.layers,
+              "FSDP gathered root + 2 layers": _gathered_root_and_layers(policy, width),
               # the weights reach the sampler one parameter at a time, each gathered whole in float32
               "one gathered float32 parameter": policy.vocab * policy.hidden * 4 / GiB}
     if config.rollout.backend == "hf":  # vLLM's engine holds its own copy, inside its share
-        shards["sampling copy (gathered)"] = weights
+        shards["sampling copy (gathered)"] = policy.params * width / GiB
     if config.train.offload:
         per_rank = shards["policy weights"] + shards["policy grads+AdamW"]
         node = per_rank * int(os.environ.get("LOCAL_WORLD_SIZE", ranks))  # this machine's ranks' shards
@@ -247,6 +259,15 @@ def _full_policy(config, policy, width: int, gpus: int, ranks: int, notes: list[
                          f"has {host:.1f} GiB; use more machines or leave train.offload off")
         shards["policy weights"] = shards["policy grads+AdamW"] = 0.0
     return shards
+
+
+def _gathered_root_and_layers(shape: ModelShape, width: int) -> float:
+    """What an FSDP-sharded model holds whole during a pass, GiB: the root (embeddings and head,
+    never resharded; untied, the larger case) and two decoder layers (the one computing and the
+    one prefetched)."""
+    weights = shape.params * width / GiB
+    root = 2 * shape.vocab * shape.hidden * width / GiB
+    return root + 2 * (weights - root) / shape.layers
 
 
 def _rollout(config, policy: ModelShape, seq: int, width: int, card: float, notes: list[str],

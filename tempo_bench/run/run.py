@@ -27,7 +27,7 @@ from tempo_bench.core.loggers import Logger
 from tempo_bench.core.processes import stop_requested
 from tempo_bench.core.seeds import Stream, questions_for_step, step_seed
 from tempo_bench.critic.model import Critic
-from tempo_bench.critic.ops import CriticOps, starting_critic
+from tempo_bench.critic.ops import CriticOps, sharded_like_policy, starting_critic
 from tempo_bench.grading.answers import Grader
 from tempo_bench.grading.pool import make_grader
 from tempo_bench.methods.base import Method, RolloutBatch
@@ -250,8 +250,8 @@ class Run:
         state = check_resumable(path, self.config)
         restore_policy(path, self.policy, self.optimizer)
         if self.critic_ops is not None:
-            self.critic_ops.critic = Critic.load(path / "critic", self.config.critic, self.config.model, self.policy,
-                                                 self.config.lora)
+            self.critic_ops.critic = sharded_like_policy(Critic.load(path / "critic", self.config.critic, self.config.model,
+                                                              self.policy, self.config.lora), self.config, self.ranks)
             self.critic_ops.estep_count = state["critic_counters"]["estep_count"]
             self.tokens.update(state["critic_counters"].get("tokens", {}))  # checkpoints before 2026-12
         self.method.load_state_dict(state["method"])
@@ -264,15 +264,15 @@ class Run:
         print(f"resuming {self.out_dir.name} after step {state['step']} (checkpoint {path.name})")
         return state["step"]
 
-    def finish(self, over_budget: bool, steps_done: int, policy_dir: Path) -> None:
+    def finish(self, over_budget: bool, steps_done: int, policy_dir: Path, critic_dir: Path | None) -> None:
         """What the analysis reads to tell a run that ran its course from one that stopped early,
         and the trained policy (export_policy's folder) and critic as artefacts."""
         self.logger.set_tags({"stop_reason": "token budget" if over_budget else "steps", "steps_done": str(steps_done)})
         self.logger.log_artifacts(policy_dir, policy_dir.name)
         if len(self.result.question_accuracy) == 2:  # which test questions the run gained and lost
             self.logger.log_text(question_table(self.result.question_accuracy), "per_question.csv")
-        if self.critic_ops is not None:
-            self.logger.log_artifacts(self.critic_ops.critic.save(self.out_dir / "critic"), "critic")
+        if critic_dir is not None:
+            self.logger.log_artifacts(critic_dir, "critic")
 
     def close(self) -> None:
         try:
@@ -315,8 +315,9 @@ class Run:
                 print(f"token budget reached after step {step} ({self.spent_tokens():,} >= {config.train.budget_tokens:,})")
                 break
         policy_dir = export_policy(self.policy, self.out_dir, main) if saves else None
+        critic_dir = self.critic_ops.critic.save(self.out_dir / "critic", main) if saves and self.critic_ops else None
         if main:
-            self.finish(over_budget, step, policy_dir)
+            self.finish(over_budget, step, policy_dir, critic_dir)
         return self.result
 
 
@@ -361,8 +362,9 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
                                + (("tokens/confidence",) if scores_confidence else ()), 0)
         ops = None
         if cls.uses_critic:
-            critic = starting_critic(config, policy, backend, tokenizer.pad_token_id, pool, sampling,
-                                     Path(config.out) / "critics", grader, caches.starting_critics)
+            critic = sharded_like_policy(starting_critic(config, policy, backend, tokenizer.pad_token_id, pool, sampling,
+                                                  Path(config.out) / "critics", grader, caches.starting_critics),
+                                  config, ranks)
             ops = CriticOps(critic, backend, tokenizer.pad_token_id, pool, probe_questions, config.critic, sampling,
                             config.seed, log_text=logger.log_text, grader=grader, tokens=tokens)
     except BaseException:
