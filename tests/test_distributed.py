@@ -115,14 +115,14 @@ def test_a_world_size_that_does_not_split_the_step_stops_every_rank(tmp_path):
 
 
 class FakeRanks(Ranks):
-    """Two ranks whose other member was launched with ``other``."""
+    """Rank 0 of ``world`` ranks whose other members were launched with ``other``."""
 
-    def __init__(self, other):
-        super().__init__(0, 2)
+    def __init__(self, other, world: int = 2):
+        super().__init__(0, world)
         object.__setattr__(self, "other", other)
 
     def gather(self, value):
-        return [value, self.other]
+        return [value] + [self.other] * (self.world - 1)
 
 
 def test_ranks_with_different_configs_or_an_engine_split_over_ranks_are_errors():
@@ -138,7 +138,20 @@ def test_ranks_with_different_configs_or_an_engine_split_over_ranks_are_errors()
         check_same_config(FakeRanks(flatten(plain.model_dump())), plain)
     served = load_config("toy-smoke", ["rollout.seeding=question", "rollout.backend=vllm"])
     check_same_config(FakeRanks(flatten(served.model_dump())), served)  # an engine per rank
+    spanning = load_config("toy-smoke", ["rollout.seeding=question", "rollout.backend=vllm",
+                                         "rollout.vllm.tensor_parallel_size=2"])
+    check_same_config(FakeRanks(flatten(spanning.model_dump())), spanning)  # one engine over both ranks
     split = load_config("toy-smoke", ["rollout.seeding=question", "rollout.backend=vllm",
-                                      "rollout.vllm.tensor_parallel_size=2"])
-    with pytest.raises(ConfigError, match="tensor_parallel_size=2 on 2 ranks.*set it to 1"):
+                                      "rollout.vllm.tensor_parallel_size=4"])
+    with pytest.raises(ConfigError, match="tensor_parallel_size=4 does not divide the 2 ranks"):
         check_same_config(FakeRanks(flatten(split.model_dump())), split)
+
+
+def test_a_ranks_share_and_its_engine_groups_share():
+    """Each rank's contiguous share of a step's questions; an engine spanning k ranks samples the
+    union of its ranks' shares (the rank's own share lies within it)."""
+    from tempo_bench.run.distributed import Ranks
+
+    assert [Ranks(r, 4).share(8) for r in range(4)] == [range(0, 2), range(2, 4), range(4, 6), range(6, 8)]
+    assert [Ranks(r, 4).share(8, group=2) for r in range(4)] == [range(0, 4), range(0, 4), range(4, 8), range(4, 8)]
+    assert Ranks(3, 4).share(8, group=4) == range(0, 8)

@@ -200,6 +200,31 @@ def test_the_14b_full_fine_tuning_preset_fits_eight_80gb_gpus_by_the_plan():
     assert any("does not fit" in note for note in hf.problems())
 
 
+def test_the_32b_full_fine_tuning_preset_fits_eight_80gb_gpus_with_engines_spanning_two_ranks():
+    from tempo_bench.config import flatten
+    from tempo_bench.run.distributed import check_same_config
+
+    from test_distributed import FakeRanks
+
+    config = load_config("qwen3-32b-aime24-full")
+    plan = plan_memory(config, cuda_gpus=1, card_gb=80.0, ranks=8, host_gb=1024.0)
+    assert not plan.problems(), plan.lines()
+    shape = model_shape("Qwen/Qwen3-32B")
+    rollout = {p.name: p for p in plan.phases}["rollout"]
+    assert rollout.items["critic weights"] == pytest.approx(shape.params * 2 / 2**30 / 8)
+    assert rollout.items["vLLM share"] > shape.params * 2 / 2**30 / 2  # its half of the weights, and a KV cache
+    # the node's host memory holds every rank's offloaded shards and its sleeping half of the weights
+    offloaded = shape.params * 16 / 2**30 / 8 + shape.params * 2 / 2**30 / 2
+    assert any(f"{offloaded * 8:.1f} GiB" in note for note in plan_memory(config, cuda_gpus=1, card_gb=80.0, ranks=8,
+                                                                          host_gb=64.0).problems())
+    # the 4 engines each sample their 2 ranks' shares of the 40 questions; 8 ranks launch it, 6 cannot
+    assert [Ranks(r, 8).share(config.step_shape().questions, 2) for r in (0, 1, 7)] == [range(0, 10)] * 2 + [range(30, 40)]
+    with pytest.raises(ConfigError, match="tensor_parallel_size=4 does not divide the 6 ranks"):
+        other = load_config("qwen3-32b-aime24-full", ["rollout.vllm.tensor_parallel_size=4", "train.offload=false",
+                                                      "model.device=auto", "train.prompts_per_step=32"])
+        check_same_config(FakeRanks(flatten(other.model_dump()), world=6), other)
+
+
 class PeerOf(Ranks):
     """Rank 0 of two sharded ranks whose peer answers every gather with ``peer(value)``."""
 

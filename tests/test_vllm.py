@@ -343,20 +343,24 @@ def test_a_vllm_run_killed_mid_way_resumes_and_logs_each_step_once(tiny_llama, t
 
 PER_RANK = ["run", *RUN, "--method", "tempo", "--set", "threads=1", "--set", "rollout.seeding=question",
             "--set", "rollout.backend=vllm", "--set", "train.minibatches=2"]
+SHARDED = ["--set", "train.mode=full", "--set", "train.sharding=fsdp", "--set", "train.lr=1e-5",
+           "--set", "rollout.vllm.sync=merged"]
 LAYOUTS = {  # a LoRA replica per rank, its adapter served; every weight trained and sharded, streamed
     "lora": ["--set", "rollout.vllm.sync=lora"],
-    "fsdp": ["--set", "train.mode=full", "--set", "train.sharding=fsdp", "--set", "train.lr=1e-5",
-             "--set", "rollout.vllm.sync=merged"],
+    "fsdp": SHARDED,
+    "fsdp-tp2": SHARDED,  # ... into one engine spanning both ranks (the 2-rank run only: tensor parallel 2)
 }
+ON_TWO_RANKS = {"fsdp-tp2": ["--set", "rollout.vllm.tensor_parallel_size=2"]}
 
 
 @served
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_an_engine_on_each_of_two_ranks_logs_what_one_rank_logs(tiny_llama, tmp_path, layout, created_store):
     """Each rank's engine serves its half of a step's questions (per-question seeds: the samples do
-    not depend on which engine drew them) and is given the new policy after every update: a 2-rank
-    run logs what a 1-rank run of the same global batch logs, at every step (a stale engine on one
-    rank would sample step 2 from the old policy)."""
+    not depend on which engine drew them), or one engine spans both ranks and serves the whole step
+    (each rank keeps its half), and is given the new policy after every update: a 2-rank run logs
+    what a 1-rank run of the same global batch logs, at every step (a stale engine on one rank would
+    sample step 2 from the old policy)."""
     from test_distributed import torchrun
     from test_fsdp import assert_same_logs, histories, ran
 
@@ -364,7 +368,7 @@ def test_an_engine_on_each_of_two_ranks_logs_what_one_rank_logs(tiny_llama, tmp_
     one, two = tmp_path / "one", tmp_path / "two"
     created_store(one), created_store(two)
     ran(cli(*args, "--out", str(one)))
-    ran(torchrun(*args, "--out", str(two)))
+    ran(torchrun(*args, *ON_TWO_RANKS.get(layout, []), "--out", str(two)))
     (_, logged_one), (run_two, logged_two) = histories(one), histories(two)
     assert run_two.info.status == "FINISHED"
     assert_same_logs(logged_one, logged_two)

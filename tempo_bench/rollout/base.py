@@ -65,6 +65,10 @@ class RolloutBackend(ABC):
     """Generates from the current policy. ``sync_weights`` is called after every policy update
     (a no-op where the backend shares the training model's weights)."""
 
+    # consecutive ranks that serve one engine together (vLLM tensor parallel across ranks): they
+    # make every generate call together, with the same prompts
+    ranks_per_engine: int = 1
+
     @classmethod
     def create(cls, config, policy, tokenizer, out_dir, longest_prompt: int | None = None) -> "RolloutBackend":
         """The backend for a run (config: RunConfig; policy: the peft model being trained;

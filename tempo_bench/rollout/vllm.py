@@ -15,7 +15,9 @@ ways (``rollout.vllm.sync``):
 On several ranks (torchrun, tempo_bench.run.distributed) every rank runs an engine of its own in
 its process, as TRL's colocate mode does: vLLM's ``external_launcher`` executor joins the ranks'
 process group, and each engine (tensor parallel 1) serves its rank's share of a step's questions
-on that rank's GPU. After each update every engine is given the new policy: each rank saves its
+on that rank's GPU; with ``tensor_parallel_size`` k > 1 each group of k consecutive ranks runs one
+engine spanning their GPUs (every rank of it makes the same calls: the group's shares together,
+and the whole evaluation on rank 0's group). After each update every engine is given the new policy: each rank saves its
 own copy of the adapter (``lora``; the replicas are equal), or streams the weights into its engine
 (``merged``), gathered from the shards one parameter at a time where the policy is FSDP-sharded
 (train.mode=full), which is a collective every rank joins.
@@ -32,10 +34,12 @@ plan checks against (tempo_bench.run.memory_plan), whatever the physical card; o
 samples at full length. Its context (``max_model_len``) is the run's longest prompt plus
 ``rollout.max_new_tokens`` unless set.
 
-Sampling noise: with ``rollout.seeding=step`` requests carry no seed and draw from torch's
-generator, which the loop seeds every step (the engine runs in this process); with
-``rollout.seeding=question`` every prompt carries its own seed (vLLM gives sample j of it
-seed + j), so its samples do not depend on the rest of the call. Log-probabilities are those of
+Sampling noise: every request carries a seed (vLLM gives sample j of it seed + j). With
+``rollout.seeding=question`` each prompt's is its own; otherwise (``seeding=step``, and the
+E-step's, probe's and evaluation's calls) they are drawn from torch's generator, which the loop
+seeds for every step and stream. So the samples depend neither on the rest of the call nor on
+how the engine is laid out: an engine spanning two ranks (tensor parallel) draws what one
+process's engine draws. Log-probabilities are those of
 the sampling distribution (``logprobs_mode="processed_logprobs"``, vLLM >= 0.10.2), as in the hf
 backend.
 """
@@ -48,6 +52,7 @@ import os
 import shutil
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -106,9 +111,11 @@ class VLLMBackend(RolloutBackend):
                   "runs (rollout.vllm.sleep applies on GPUs)", file=sys.stderr)
         llm = vllm.LLM(**kwargs)
         adapters = Path(out_dir) / "vllm_adapters"
-        if _several_ranks():  # each rank's engine loads its own copy: one folder per rank
+        if _several_ranks():  # each rank's engine (or its part of one) loads its own copy: one folder per rank
             adapters = adapters / f"rank{torch.distributed.get_rank()}"
-        return cls(policy, tokenizer, llm, cfg, adapters, sleeps=cfg.sleep and not on_cpu)
+        backend = cls(policy, tokenizer, llm, cfg, adapters, sleeps=cfg.sleep and not on_cpu)
+        backend.ranks_per_engine = cfg.tensor_parallel_size if _several_ranks() else 1
+        return backend
 
     @classmethod
     def check(cls, config, longest_prompt: int) -> None:
@@ -129,6 +136,8 @@ class VLLMBackend(RolloutBackend):
 
     # -- the interface ------------------------------------------------------------------------
     def generate(self, prompts: list[str], sampling: SamplingParams) -> Generation:
+        if sampling.seeds is None and not sampling.greedy:  # seeds from the loop's generator (module docstring)
+            sampling = replace(sampling, seeds=torch.randint(0, 2**31 - 1, (len(prompts),)).tolist())
         params = request_params(_import_vllm().SamplingParams, sampling, len(prompts))
         prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         self._wake()
@@ -241,7 +250,9 @@ def engine_arguments(config, longest_prompt: int | None, on_cpu: bool) -> dict:
         tensor_parallel_size=cfg.tensor_parallel_size, enable_sleep_mode=cfg.sleep and not on_cpu,  # CPU: refused
         enforce_eager=cfg.enforce_eager, logprobs_mode="processed_logprobs",
     )
-    if _several_ranks():  # an engine per rank, in the ranks' process group (one worker: this process)
+    if _several_ranks():  # an engine per rank, or per group of tensor_parallel_size consecutive ranks, in
+        # the ranks' process group (each rank's worker is this process). As in TRL's colocate mode, the
+        # engines are not told of each other (no vLLM data parallelism, which would step them in lockstep)
         kwargs["distributed_executor_backend"] = "external_launcher"
     if on_cpu:
         kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(config, model_config, context)
@@ -297,9 +308,10 @@ def check_servable(config, model_config, longest_prompt: int | None, on_cpu: boo
             raise ConfigError(f"vLLM's CPU build cannot serve model.path={model!r}: its attention has no kernel for "
                               f"head_dim {head} (it has {CPUAttentionBackend.get_supported_head_sizes()}); use "
                               "rollout.backend=hf, or a GPU")
-    if config.rollout.vllm.sync == "merged" and config.rollout.vllm.tensor_parallel_size > 1:
+    if config.rollout.vllm.sync == "merged" and config.rollout.vllm.tensor_parallel_size > 1 and not _several_ranks():
         raise ConfigError("rollout.vllm.sync=merged streams the merged weights into an engine in this process; with "
-                          "tensor_parallel_size > 1 they would cross to its workers whole: use rollout.vllm.sync=lora")
+                          "tensor_parallel_size > 1 they would cross to its workers whole: use rollout.vllm.sync=lora, "
+                          "or launch one rank per GPU with torchrun (each rank then streams into its part of the engine)")
     if config.rollout.vllm.sync == "lora" and config.lora.r > LORA_RANKS[-1]:
         raise ConfigError(f"lora.r={config.lora.r} exceeds vLLM's largest LoRA rank {LORA_RANKS[-1]}: lower lora.r, "
                           "or set rollout.vllm.sync=merged")

@@ -9,14 +9,16 @@ by its share of the *global* minibatch's tokens (or rows), and the LoRA gradient
 ranks once per optimiser step (what DDP does at the end of gradient accumulation; DDP's own hooks
 would reduce at every micro-batch and need the whole model wrapped). Clipping and the optimiser
 step then see the same gradient on every rank, so the replicas stay equal without broadcasting
-weights. Only rank 0 evaluates, logs to MLflow and writes checkpoints; every rank reads a
+weights. Only rank 0 evaluates (with the ranks its vLLM engine spans), logs to MLflow and writes
+checkpoints; every rank reads a
 checkpoint on ``--resume``. The critic's E-step, fits and probe run whole on every rank (not
 split); with a replicated policy the scores rewards are made of come from rank 0's critic
 (``Ranks.from_main``), as do the label-free methods' confidence scores; with a sharded policy
 (``train.sharding=fsdp``) the critic is sharded too, and every rank scores and fits rank 0's rows
-(``Critic.shard``). With ``rollout.backend=vllm`` every rank runs an engine
-of its own (tensor parallel 1, on that rank's GPU) that serves the rank's share of the rollouts
-(tempo_bench.rollout.vllm). ``torchrun`` stops every rank when one dies; a
+(``Critic.shard``). With ``rollout.backend=vllm`` every rank runs an engine of its own that serves
+the rank's share of the rollouts (tempo_bench.rollout.vllm), or with
+``rollout.vllm.tensor_parallel_size`` k > 1 every group of k consecutive ranks runs one engine
+spanning their GPUs, which samples the group's shares together. ``torchrun`` stops every rank when one dies; a
 collective that waits longer than ``TIMEOUT_S`` fails instead of hanging.
 """
 
@@ -93,13 +95,16 @@ class Ranks:
         clusters = [c for _, (_, share) in parts for c in share]
         return concat_generations([generation for generation, _ in parts]), answers, clusters
 
-    def share(self, count: int) -> range:
-        """This rank's contiguous share of ``count`` items (``count`` divisible by the world size)."""
+    def share(self, count: int, group: int = 1) -> range:
+        """This rank's contiguous share of ``count`` items (``count`` divisible by the world size),
+        or with ``group`` > 1 the share of its group of that many consecutive ranks (the ranks one
+        vLLM engine spans: they sample their shares together)."""
         if count % self.world:
             raise ConfigError(f"{count} questions per step do not split over {self.world} ranks: make "
                               "train.prompts_per_step (plus a method's labeled questions per step) a multiple of it")
-        per = count // self.world
-        return range(self.rank * per, (self.rank + 1) * per)
+        per = count // self.world * group
+        first = self.rank // group * per
+        return range(first, first + per)
 
     def gather(self, value) -> list:
         """Every rank's ``value`` (any picklable object), in rank order."""
@@ -188,10 +193,10 @@ def check_same_config(ranks: Ranks, config) -> None:
         raise ConfigError(f"rollout.backend={config.rollout.backend!r} has not been made to run on several ranks: use "
                           "hf or vllm with torchrun")
     tensor_parallel = config.rollout.vllm.tensor_parallel_size
-    if config.rollout.backend == "vllm" and tensor_parallel > 1:
-        raise ConfigError(f"rollout.vllm.tensor_parallel_size={tensor_parallel} on {ranks.world} ranks: each rank's "
-                          "engine serves its share of the step on that rank's one GPU; set it to 1, or run one "
-                          "process with vLLM's own tensor parallelism")
+    if config.rollout.backend == "vllm" and ranks.world % tensor_parallel:
+        raise ConfigError(f"rollout.vllm.tensor_parallel_size={tensor_parallel} does not divide the {ranks.world} "
+                          "ranks: each engine spans that many consecutive ranks (one GPU each); use a divisor of "
+                          "the number of ranks")
     if config.train.mode == "full" and config.train.sharding != "fsdp":
         raise ConfigError("train.mode=full on several ranks needs train.sharding=fsdp (a whole fully fine-tuned "
                           "replica per rank is not supported)")
@@ -199,6 +204,15 @@ def check_same_config(ranks: Ranks, config) -> None:
         raise ConfigError("a run on several ranks needs rollout.seeding=question (per-question seeds: samples "
                           "that do not depend on the number of ranks)")
     ranks.share(config.step_shape().questions)
+
+
+def generate_share(backend, ranks: Ranks, prompts: list[str], sampling, config, step: int):
+    """This rank's share of a step's rollouts (all of them on one rank). Its engine samples the
+    rank's share, or, where it spans several ranks, their shares together, each question with the
+    seed of its place in the step; the rank keeps its own."""
+    mine, drawn = ranks.share(len(prompts)), ranks.share(len(prompts), backend.ranks_per_engine)
+    local = backend.generate(prompts[drawn.start: drawn.stop], share_sampling(sampling, config, step, len(prompts), drawn))
+    return local if drawn == mine else local.prompts(range(mine.start - drawn.start, mine.stop - drawn.start))
 
 
 def share_sampling(sampling, config, step: int, count: int, mine: range):

@@ -251,12 +251,17 @@ def _full_policy(config, policy, width: int, gpus: int, ranks: int, notes: list[
         shards["sampling copy (gathered)"] = policy.params * width / GiB
     if config.train.offload:
         per_rank = shards["policy weights"] + shards["policy grads+AdamW"]
-        node = per_rank * int(os.environ.get("LOCAL_WORLD_SIZE", ranks))  # this machine's ranks' shards
+        vllm = config.rollout.vllm if config.rollout.backend == "vllm" else None
+        # a sleeping engine (level 1) keeps its part of the weights in host memory beside the shards
+        asleep = policy.params * width / GiB / vllm.tensor_parallel_size if vllm is not None and vllm.sleep else 0.0
+        node = (per_rank + asleep) * int(os.environ.get("LOCAL_WORLD_SIZE", ranks))  # this machine's ranks'
         host = host_gb if host_gb is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
-        notes.append(f"train.offload: {per_rank:.1f} GiB of shards per rank in host memory, not on the GPU")
+        notes.append(f"train.offload: {per_rank:.1f} GiB of shards per rank in host memory, not on the GPU"
+                     + (f", and {asleep:.1f} GiB of vLLM's sleeping weights" if asleep else ""))
         if node > host:
-            notes.append(f"does not fit: train.offload keeps {node:.1f} GiB of shards in this machine's memory, which "
-                         f"has {host:.1f} GiB; use more machines or leave train.offload off")
+            notes.append(f"does not fit: train.offload keeps {node:.1f} GiB of shards (and sleeping vLLM weights) in "
+                         f"this machine's memory, which has {host:.1f} GiB; use more machines or leave train.offload "
+                         "off")
         shards["policy weights"] = shards["policy grads+AdamW"] = 0.0
     return shards
 

@@ -42,7 +42,7 @@ from tempo_bench.rollout.base import RolloutBackend
 from tempo_bench.run.caches import RunCaches, initial_eval_key
 from tempo_bench.run.checkpoint import check_resumable, export_policy, latest_checkpoint, restore_policy, save_checkpoint
 from tempo_bench.run.checkpoint import hold_run_folder, set_aside_damaged
-from tempo_bench.run.distributed import Ranks, share_sampling
+from tempo_bench.run.distributed import Ranks, generate_share
 from tempo_bench.run.evaluation import evaluate, evaluate_extras, question_accuracy, question_table
 from tempo_bench.run.inputs import longest_prompt, prompted_task, split_labeled
 from tempo_bench.run.provenance import git_commit, run_name_of
@@ -90,10 +90,8 @@ class Run:
         config, method, ops, timer = self.config, self.method, self.critic_ops, PhaseTimer()
         torch.manual_seed(step_seed(config.seed, step, Stream.TRAIN))
         questions = self.questions_for(step)
-        mine = self.ranks.share(len(questions))  # all of them, unless several ranks split the step
-        with timer.phase("rollout"):
-            sampling = share_sampling(self.sampling, config, step, len(questions), mine)
-            local = self.backend.generate([questions[i].prompt for i in mine], sampling)
+        with timer.phase("rollout"):  # all of them, unless several ranks split the step
+            local = generate_share(self.backend, self.ranks, [q.prompt for q in questions], self.sampling, config, step)
         with timer.phase("grade"):
             generation, answers, clusters = self.ranks.gather_graded(local, self.grader.grade_generation(local))
             batch = RolloutBatch.from_answers(questions, generation, answers, clusters, self.grader, step)
@@ -286,11 +284,14 @@ class Run:
         checkpoints and the token budget; ``on_step(step, eval_metrics_or_None)`` after each."""
         config = self.config
         first_step = self.resume() + 1 if resume else 1
-        main = self.ranks.main  # only rank 0 evaluates, logs and checkpoints (every rank writes its shards)
+        main = self.ranks.main  # only rank 0 logs and checkpoints (every rank writes its shards)
         saves = main or self.ranks.sharded
-        if not resume and main:
-            self.start()
-            self.log(self.evaluate(0), 0)
+        evaluates = self.ranks.rank < self.backend.ranks_per_engine  # rank 0, with the ranks its engine spans
+        if not resume:
+            if main:
+                self.start()
+            if evaluates:
+                self.log(self.evaluate(0), 0)
         bar = tqdm(range(first_step, config.train.steps + 1), desc=f"{config.method} s{config.seed}",
                    disable=not progress, initial=first_step - 1, total=config.train.steps)
         step, over_budget = first_step - 1, False
@@ -298,7 +299,7 @@ class Run:
             values = self.step(step)
             self.result.steps[step] = values
             over_budget = self.over_budget()
-            if main and (step % config.eval.every == 0 or step == config.train.steps or over_budget):
+            if evaluates and (step % config.eval.every == 0 or step == config.train.steps or over_budget):
                 values = {**values, **self.evaluate(step)}
             self.log(values, step)
             bar.set_postfix(reward=f"{values['reward/mean']:.2f}", maj_ratio=f"{values['ttt/majority_ratio']:.2f}")
