@@ -303,3 +303,42 @@ def test_a_sharded_models_clip_norm_counts_every_parameter_after_a_no_grad_pass(
     done = ran([sys.executable, "-c", SHARDED_AFTER_A_NO_GRAD_PASS, str(tmp_path / "rendezvous")])
     plain, sharded = map(float, done.stdout.split())
     assert sharded == pytest.approx(plain, rel=1e-5)
+
+
+FROM_RANK0 = """
+import json, torch, torch.distributed as dist
+from tempo_bench.config import load_config
+from tempo_bench.policy.model import load_policy
+from tempo_bench.policy.sharding import shard_from_rank0
+
+dist.init_process_group("gloo")
+model_cfg = load_config("toy-smoke").model.model_copy(update={"device": "cpu"})
+built = []
+
+def build(empty):
+    built.append(empty)
+    return load_policy(model_cfg, None, empty=empty)
+
+sharded = shard_from_rank0(build, dist.get_rank() == 0, torch.float32)
+whole = load_policy(model_cfg, None)  # the reference: read from the checkpoint here
+weights = {name: param.full_tensor() for name, param in sharded.named_parameters()}
+gap = max(float((weights[name] - param).abs().max()) for name, param in whole.named_parameters())
+buffers = all(torch.equal(buffer, dict(whole.named_buffers())[name]) for name, buffer in sharded.named_buffers())
+print(json.dumps({"rank": dist.get_rank(), "built": built, "gap": gap, "buffers": buffers}))
+dist.destroy_process_group()
+"""
+
+
+def test_a_sharded_model_is_read_by_rank_0_alone_and_broadcast_into_every_ranks_shards(tmp_path):
+    """Every rank builds the model without weights and shards it; rank 0 alone also reads the
+    checkpoint, and its weights fill every rank's shards (a whole model in one host memory, none
+    on a GPU); the rotary tables, computed by the constructor, survive."""
+    import json
+
+    script = tmp_path / "from_rank0.py"
+    script.write_text(FROM_RANK0)
+    done = ran([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)])
+    reports = sorted((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")),
+                     key=lambda report: report["rank"])
+    assert [report["built"] for report in reports] == [[True, False], [True]]  # rank 1 reads no weights
+    assert all(report["gap"] == 0.0 and report["buffers"] for report in reports)

@@ -285,11 +285,13 @@ class RunConfig(Strict):
         return (self.train.mode == "lora" and critic.lora and critic.path in (None, self.model.path)
                 and critic.init is None)
 
-    def policy_model(self):
+    def policy_model(self, host: bool = False):
         """The ModelConfig the policy is loaded with: full fine-tuning keeps float32 master weights
         (AdamW's updates at lr ~1e-6 are below bfloat16's resolution); model.dtype is then the dtype
-        FSDP computes in and the sampling copy holds."""
-        return self.model if self.train.mode == "lora" else self.model.model_copy(update={"dtype": "float32"})
+        FSDP computes in and the sampling copy holds. ``host``: loaded in host memory (a sharded
+        run: sharding moves each layer's shards to the GPU)."""
+        update = ({} if self.train.mode == "lora" else {"dtype": "float32"}) | ({"device": "cpu"} if host else {})
+        return self.model.model_copy(update=update) if update else self.model
 
     def policy_lora(self):
         """The policy's LoRA settings, or None when it trains every parameter (train.mode=full)."""

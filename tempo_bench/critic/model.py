@@ -26,7 +26,7 @@ from tempo_bench.policy.batch import (
     model_inputs,
     select_rows,
 )
-from tempo_bench.policy.model import build_model, model_kwargs, resolve_model_path
+from tempo_bench.policy.model import build_model, pretrained, resolve_model_path
 
 
 @dataclass
@@ -75,26 +75,27 @@ class Critic:
         self.micro_batch_rows = micro_batch_rows  # rows per forward pass (memory), None: all
         self.length_buckets = length_buckets  # rows sorted by length into this many passes (padding)
         self.optimizer = torch.optim.AdamW(self._params(), lr=lr, weight_decay=weight_decay)
-        self.ranks = None  # set by shard(): the ranks the value model is sharded over
+        self.ranks = None  # the ranks the value model is sharded over (Critic.sharded)
 
     @classmethod
-    def from_pretrained(cls, path: str, cfg, model_cfg=None, lora_cfg=None) -> "Critic":
+    def from_pretrained(cls, path: str, cfg, model_cfg=None, lora_cfg=None, empty: bool = False) -> "Critic":
         """A fresh value head on the backbone at ``path`` ('toy' = the shipped model), on the
         device and in the dtype of ``model_cfg`` (default: CPU, float32). With ``cfg.lora`` the
-        backbone is trained through a LoRA adapter (``lora_cfg``) and the head in full."""
+        backbone is trained through a LoRA adapter (``lora_cfg``) and the head in full. ``empty``:
+        its frame without weights (policy.model.pretrained), for sharding."""
         from transformers.utils import logging as hf_logging
 
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the new head's "newly initialized weights" notice
         try:
-            model = value_backbone(resolve_model_path(path), model_cfg)
+            model = value_backbone(resolve_model_path(path), model_cfg, empty)
         finally:
             hf_logging.set_verbosity(verbosity)
-        verdict = getattr(cfg, "head_init", "random") == "verdict"
+        verdict = getattr(cfg, "head_init", "random") == "verdict" and not empty  # (an empty frame: no values to set)
         model = build_model(model, model_cfg, lora_cfg if getattr(cfg, "lora", False) else None, "TOKEN_CLS",
                             prepare=(lambda m: verdict_head(m, resolve_model_path(path), cfg.head_scale)) if verdict
                             else None)
-        if getattr(cfg, "lora", False):
+        if getattr(cfg, "lora", False) and not empty:
             lora_a = [p for name, p in model.named_parameters() if "lora_A" in name]
             _seeded_init(lora_a, model, cfg, resolve_model_path(path))
         return cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.micro_batch_rows, cfg.length_buckets)
@@ -115,35 +116,30 @@ class Critic:
             critic._load_optimizer(saved)
         return critic
 
-    def shard(self, ranks, dtype: torch.dtype, offload: bool) -> None:
-        """Shard the value model over ``ranks`` with FSDP2, as the policy of a train.sharding=fsdp
-        run is (tempo_bench.policy.sharding), its optimiser state carried over. Its passes are then
-        collectives: every rank scores and fits the same rows (rank 0's), so the gradients are
-        averaged over ranks and the update is the unsharded one."""
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_optimizer_state_dict,
-            set_optimizer_state_dict,
-        )
+    @classmethod
+    def sharded(cls, build, cfg, ranks, dtype: torch.dtype, offload: bool, saved: Path | None = None) -> "Critic":
+        """A critic whose value model ``build(empty)`` makes, sharded over ``ranks`` with FSDP2 as
+        the policy of a train.sharding=fsdp run is: never whole on a GPU, filled from rank 0's copy
+        (policy.sharding.shard_from_rank0), its AdamW state the one saved in ``saved`` where given.
+        Its passes are then collectives: every rank scores and fits the same rows (rank 0's), so the
+        gradients are averaged over ranks and the update is the unsharded one."""
+        from tempo_bench.policy.sharding import shard_from_rank0
 
-        from tempo_bench.policy.sharding import shard
-
-        whole = StateDictOptions(full_state_dict=True)
-        state = get_optimizer_state_dict(self.model, self.optimizer, options=whole) if self.optimizer.state else None
-        shard(self.model, dtype, offload, divide=float(ranks.world))
-        self.optimizer = torch.optim.AdamW(self._params(), lr=self.lr, weight_decay=self.weight_decay)
-        if state is not None:
-            set_optimizer_state_dict(self.model, self.optimizer, state, options=whole)
-        self.ranks = ranks
+        model = shard_from_rank0(build, ranks.main, dtype, offload, divide=float(ranks.world))
+        critic = cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.micro_batch_rows, cfg.length_buckets)
+        critic.ranks = ranks
+        if saved is not None and (saved / "optimizer.pt").is_file():
+            critic._load_optimizer(saved)
+        return critic
 
     @property
-    def sharded(self) -> bool:
+    def is_sharded(self) -> bool:
         return self.ranks is not None
 
     def _rank0s(self, value):
         """Rank 0's ``value`` on every rank of a sharded critic (a collective pass needs the same
         rows everywhere, and the ranks' samples may differ: e.g. vLLM engines draw their own)."""
-        return self.ranks.broadcast(value) if self.sharded else value
+        return self.ranks.broadcast(value) if self.is_sharded else value
 
     def session(self):
         """What the value model needs active around a scoring pass or fit (the shared-base
@@ -240,7 +236,7 @@ class Critic:
         critic is gathered first (every rank calls this then; rank 0, ``main``, writes), in the
         format of an unsharded one: a run resumes on any number of ranks."""
         model_state, optim_state = None, self.optimizer.state_dict()
-        if self.sharded:
+        if self.is_sharded:
             model_state, optim_state = _gathered_state(self.model, self.optimizer)
         if main:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -270,8 +266,20 @@ class Critic:
 
     def _load_optimizer(self, out_dir: Path) -> None:
         state = out_dir / "optimizer.pt"
-        if state.is_file():
+        if not state.is_file():
+            return
+        if not self.is_sharded:
             self.optimizer.load_state_dict(torch.load(state, weights_only=True, map_location="cpu"))
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        # every rank maps the saved (unsharded, keyed by parameter index) state and keeps its shards of it
+        saved = torch.load(state, weights_only=True, map_location="cpu", mmap=True)
+        names = [name for name, p in self.model.named_parameters() if p.requires_grad]
+        whole = {"state": {names[i]: value for i, value in saved["state"].items()},
+                 "param_groups": [{**group, "params": [names[i] for i in group["params"]]}
+                                  for group in saved["param_groups"]]}
+        set_optimizer_state_dict(self.model, self.optimizer, whole, options=StateDictOptions(full_state_dict=True))
 
 
 def _gathered_state(model, optimizer) -> tuple[dict, dict]:
@@ -288,15 +296,16 @@ def _gathered_state(model, optimizer) -> tuple[dict, dict]:
                          "param_groups": groups}
 
 
-def value_backbone(path: str, model_cfg):
+def value_backbone(path: str, model_cfg, empty: bool = False):
     """A token-classification model (one output: the value) of the checkpoint at ``path``, without
     dropout before the head (transformers defaults it to 0.1): a regression target and
-    reproducible updates. A saved critic's own head is read back; a backbone's is new."""
+    reproducible updates. A saved critic's own head is read back; a backbone's is new. ``empty``:
+    its frame without weights (policy.model.pretrained)."""
     from transformers import AutoConfig, AutoModelForTokenClassification
 
     config = AutoConfig.from_pretrained(path, num_labels=1)
     config.classifier_dropout = 0.0
-    return AutoModelForTokenClassification.from_pretrained(path, config=config, **model_kwargs(model_cfg))
+    return pretrained(AutoModelForTokenClassification, path, model_cfg, empty, config=config)
 
 
 def _seeded_init(lora_a: list[torch.Tensor], model, cfg, backbone_dir: str) -> None:

@@ -183,64 +183,84 @@ def starting_critic_key(config, pool: list[LabeledQuestion] = ()) -> str:
 
 def starting_critic(config, policy, backend: RolloutBackend, pad_id: int, pool: list[LabeledQuestion],
                     sampling: SamplingParams, cache_dir, grader: Grader = GENERIC,
-                    cache: dict[str, Critic] | None = None) -> Critic:
+                    cache: dict[str, Critic] | None = None, ranks=None) -> Critic:
     """The critic every critic method starts from: a trained critic (``critic.init``: the RLVR
     stage's, as in the paper), or else a fresh value head on the backbone, warmed up on labeled
     rollouts of the initial policy. Built once per key (starting_critic_key) and cached in memory
     (``cache``, shared by the runs of one process) and under ``cache_dir``; each run gets its own
     copy. A critic sharing the policy's base (critic.share_base) is built on ``policy`` and, for
-    later runs, loaded from its saved folder onto theirs."""
+    later runs, loaded from its saved folder onto theirs. With ``ranks`` of a sharded run it is
+    sharded before any pass (sharded_critic) and warmed up sharded."""
     from pathlib import Path
 
     cfg = config.critic
     key = starting_critic_key(config, pool)
     path = Path(cache_dir) / key
     cache = {} if cache is None else cache
+    init = Path(resolve_model_path(cfg.init, part="critic")) if cfg.init is not None else None
+    if init is not None and not (init / "config.json").is_file():
+        raise FileNotFoundError(f"critic.init: no saved critic in {init} (config.json missing)")
+    saved = init or (path if (path / "config.json").is_file() else None)
 
     def warmed_and_saved(critic: Critic) -> Critic:
         if cfg.warmup_epochs:
             warm_up(critic, cfg, backend, pad_id, pool, sampling, grader)
-        save_once(critic, path)
+        save_once(critic, path, main=ranks is None or ranks.main)
         return critic
 
+    if ranks is not None and ranks.sharded:  # one run per process: no cache, no copy
+        critic = sharded_critic(config, ranks, saved)
+        return critic if saved is not None else warmed_and_saved(critic)
     if config.critic_shares_base():
         if is_shared_base_folder(path):
             return Critic.load(path, cfg, config.model, policy=policy, lora_cfg=config.lora)
         return warmed_and_saved(Critic.sharing_base(policy, cfg, config.lora))
     if key not in cache:
-        if cfg.init is not None:
-            init = Path(resolve_model_path(cfg.init, part="critic"))
-            if not (init / "config.json").is_file():
-                raise FileNotFoundError(f"critic.init: no saved critic in {init} (config.json missing)")
-            critic = Critic.load(init, cfg, config.model, lora_cfg=config.lora)
-        elif (path / "config.json").is_file():  # on the run's device and in its dtype, like a fresh one
-            critic = Critic.load(path, cfg, config.model, lora_cfg=config.lora)
+        if saved is not None:  # on the run's device and in its dtype, like a fresh one
+            cache[key] = Critic.load(saved, cfg, config.model, lora_cfg=config.lora)
         else:
-            critic = warmed_and_saved(Critic.from_pretrained(cfg.path or config.model.path, cfg, config.model,
-                                                             config.lora))
-        cache[key] = critic
+            cache[key] = warmed_and_saved(Critic.from_pretrained(cfg.path or config.model.path, cfg, config.model,
+                                                                 config.lora))
     return cache[key].clone()
 
 
-def sharded_like_policy(critic: Critic, config, ranks) -> Critic:
-    """``critic`` sharded over the ranks of a sharded policy (train.sharding=fsdp), else as it is."""
-    if ranks.sharded:
-        critic.shard(ranks, getattr(torch, config.model.dtype), config.train.offload)
-    return critic
+def sharded_critic(config, ranks, saved=None) -> Critic:
+    """A sharded run's critic (train.sharding=fsdp): the one saved in the folder ``saved`` (weights
+    and AdamW state) or a fresh value head on critic.path, built in host memory and filled from rank
+    0's copy (Critic.sharded: no GPU holds it whole). A saved LoRA critic's frame is a fresh adapter
+    of the run's lora settings on its base."""
+    cfg, host = config.critic, config.model.model_copy(update={"device": "cpu"})
+    backbone = cfg.path or config.model.path
+    if saved is not None:
+        from peft import PeftConfig
+
+        lora = (saved / "adapter_config.json").is_file()
+        backbone = PeftConfig.from_pretrained(saved).base_model_name_or_path if lora else str(saved)
+
+    def build(empty: bool):
+        if saved is not None and not empty:
+            return Critic.load(saved, cfg, host, lora_cfg=config.lora).model
+        return Critic.from_pretrained(backbone, cfg, host, config.lora, empty=empty).model
+
+    return Critic.sharded(build, cfg, ranks, getattr(torch, config.model.dtype), config.train.offload, saved)
 
 
-def save_once(critic: Critic, path) -> None:
+def save_once(critic: Critic, path, main: bool = True) -> None:
     """Save a starting critic under ``path`` whole or not at all: written to a folder of this
     process, then renamed; where another process (a rank, a compare worker) built the same critic
-    first, its folder stays."""
+    first, its folder stays. A sharded critic is gathered on every rank and written by rank 0
+    (``main``)."""
     import os
     import shutil
     from pathlib import Path
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    critic.save(tmp)
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    critic.save(tmp, main)
+    if not main:
+        return
     try:
         os.replace(tmp, path)
     except OSError:  # the other process's copy is in place (a non-empty folder is not replaced)

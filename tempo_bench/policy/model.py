@@ -82,8 +82,28 @@ def spread_over_gpus(model_cfg) -> bool:
 
 
 def place(model, model_cfg):
-    """Move a loaded model to its device, unless accelerate already spread it over GPUs."""
-    return model if spread_over_gpus(model_cfg) else model.to(resolve_device(model_cfg.device if model_cfg else "cpu"))
+    """Move a loaded model to its device, unless accelerate already spread it over GPUs or it was
+    built without weights (on the meta device: sharding gives it its place)."""
+    if spread_over_gpus(model_cfg) or next(model.parameters()).is_meta:
+        return model
+    return model.to(resolve_device(model_cfg.device if model_cfg else "cpu"))
+
+
+def pretrained(model_class, path: str, model_cfg, empty: bool = False, **kwargs):
+    """``model_class.from_pretrained(path)`` with ``model_cfg``'s settings, or with ``empty`` the
+    same architecture with its parameters on the meta device (nothing read; buffers such as rotary
+    tables computed): the frame a sharded run fills with rank 0's weights."""
+    kwargs = {**model_kwargs(model_cfg), **kwargs}
+    if not empty:
+        return model_class.from_pretrained(path, **kwargs)
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path)
+    with init_empty_weights():
+        model = model_class.from_config(config, **kwargs)
+    model.tie_weights()  # from_pretrained ties the embeddings and the head where the config says so; from_config not
+    return model
 
 
 def model_kwargs(model_cfg) -> dict:
@@ -157,23 +177,23 @@ def build_model(base, model_cfg, lora_cfg=None, task_type: str = "CAUSAL_LM", ad
     return place(model, model_cfg)
 
 
-def load_policy(model_cfg, lora_cfg, cache: dict | None = None):
+def load_policy(model_cfg, lora_cfg, cache: dict | None = None, empty: bool = False):
     """Base model with a fresh LoRA adapter (initialised so the policy starts equal to the base),
     on ``model_cfg.device``. On CPU, with a ``cache`` (shared by the runs of one process: sweep
     trials, compare), the base weights are read once and copied for each run; on a GPU, where a
-    second copy may not fit, each run reads them."""
+    second copy may not fit, each run reads them. ``empty``: without weights (``pretrained``)."""
     import copy
 
     from transformers import AutoModelForCausalLM
 
     device = resolve_device(model_cfg.device)
     key = (resolve_model_path(model_cfg.path), model_cfg.dtype, model_cfg.attn_implementation, device)
-    if device == "cpu" and cache is not None:
+    if device == "cpu" and cache is not None and not empty:
         if key not in cache:
-            cache[key] = AutoModelForCausalLM.from_pretrained(key[0], **model_kwargs(model_cfg))
+            cache[key] = pretrained(AutoModelForCausalLM, key[0], model_cfg)
         base = copy.deepcopy(cache[key])
     else:
-        base = AutoModelForCausalLM.from_pretrained(key[0], **model_kwargs(model_cfg))
+        base = pretrained(AutoModelForCausalLM, key[0], model_cfg, empty)
     return build_model(base, model_cfg, lora_cfg)
 
 

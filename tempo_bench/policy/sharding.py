@@ -63,6 +63,29 @@ def shard(model, model_dtype: torch.dtype, offload: bool = False, divide: float 
     return model
 
 
+def shard_from_rank0(build, main: bool, model_dtype: torch.dtype, offload: bool = False, divide: float = 1.0):
+    """The model ``build(empty)`` makes, sharded, without a whole copy on any GPU or in any host
+    memory but rank 0's (``main``). Every rank builds it without weights (``empty``: parameters on
+    the meta device) and shards it; rank 0 alone also builds it whole, in host memory, and its
+    weights are broadcast into every rank's shards (torch.distributed.checkpoint's
+    ``broadcast_from_rank0``). Buffers (rotary tables) are computed by the constructor on every rank
+    and put back after the shards are allocated."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    model = build(True)
+    buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
+    whole = build(False).state_dict() if main else {}
+    shard(model, model_dtype, offload, divide)
+    mesh = next(model.parameters()).device_mesh.device_type
+    compute = torch.device(mesh, torch.cuda.current_device()) if mesh == "cuda" else torch.device(mesh)
+    model.to_empty(device="cpu" if offload else compute)  # offloaded shards live in host memory
+    set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for name, buffer in buffers.items():
+        owner, _, leaf = name.rpartition(".")
+        model.get_submodule(owner)._buffers[leaf] = buffer.to(compute)
+    return model
+
+
 def is_sharded(model) -> bool:
     from torch.distributed.fsdp import FSDPModule
 

@@ -27,14 +27,14 @@ from tempo_bench.core.loggers import Logger
 from tempo_bench.core.processes import stop_requested
 from tempo_bench.core.seeds import Stream, questions_for_step, step_seed
 from tempo_bench.critic.model import Critic
-from tempo_bench.critic.ops import CriticOps, sharded_like_policy, starting_critic
+from tempo_bench.critic.ops import CriticOps, sharded_critic, starting_critic
 from tempo_bench.grading.answers import Grader
 from tempo_bench.grading.pool import make_grader
 from tempo_bench.methods.base import Method, RolloutBatch
 from tempo_bench.methods.catalog import method_class
 from tempo_bench.policy.batch import generation_batch
 from tempo_bench.policy.model import load_policy, load_tokenizer, trainable_parameters
-from tempo_bench.policy.sharding import shard
+from tempo_bench.policy.sharding import shard_from_rank0
 from tempo_bench.policy.scoring import confidence_scores
 from tempo_bench.policy.update import policy_update
 from tempo_bench.rollout import SamplingParams, get_backend
@@ -248,8 +248,8 @@ class Run:
         state = check_resumable(path, self.config)
         restore_policy(path, self.policy, self.optimizer)
         if self.critic_ops is not None:
-            self.critic_ops.critic = sharded_like_policy(Critic.load(path / "critic", self.config.critic, self.config.model,
-                                                              self.policy, self.config.lora), self.config, self.ranks)
+            self.critic_ops.critic = sharded_critic(self.config, self.ranks, path / "critic") if self.ranks.sharded \
+                else Critic.load(path / "critic", self.config.critic, self.config.model, self.policy, self.config.lora)
             self.critic_ops.estep_count = state["critic_counters"]["estep_count"]
             self.tokens.update(state["critic_counters"].get("tokens", {}))  # checkpoints before 2026-12
         self.method.load_state_dict(state["method"])
@@ -349,9 +349,11 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
     grader = make_grader(task.grader, config.grading.workers, config.grading.timeout_s)
     backend = None
     try:  # a failure past this point closes the grading workers and the engine it opened
-        policy = load_policy(config.policy_model(), config.policy_lora(), caches.base_models)
-        if ranks.sharded:
-            shard(policy, getattr(torch, config.model.dtype), config.train.offload)
+        if ranks.sharded:  # built in host memory, rank 0's weights broadcast into the shards
+            policy = shard_from_rank0(lambda empty: load_policy(config.policy_model(host=True), None, empty=empty),
+                                      ranks.main, getattr(torch, config.model.dtype), config.train.offload)
+        else:
+            policy = load_policy(config.policy_model(), config.policy_lora(), caches.base_models)
         backend = get_backend(config.rollout.backend).create(config, policy, tokenizer, out_dir,
                                                              longest_prompt=longest_prompt(tokenizer, task, *extras))
         optimizer = torch.optim.AdamW(trainable_parameters(policy), lr=config.train.lr,
@@ -363,9 +365,8 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
                                + (("tokens/confidence",) if scores_confidence else ()), 0)
         ops = None
         if cls.uses_critic:
-            critic = sharded_like_policy(starting_critic(config, policy, backend, tokenizer.pad_token_id, pool, sampling,
-                                                  Path(config.out) / "critics", grader, caches.starting_critics),
-                                  config, ranks)
+            critic = starting_critic(config, policy, backend, tokenizer.pad_token_id, pool, sampling,
+                                     Path(config.out) / "critics", grader, caches.starting_critics, ranks)
             ops = CriticOps(critic, backend, tokenizer.pad_token_id, pool, probe_questions, config.critic, sampling,
                             config.seed, log_text=logger.log_text, grader=grader, tokens=tokens)
     except BaseException:
