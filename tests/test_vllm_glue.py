@@ -27,6 +27,7 @@ class RecordingEngine:
     def generate(self, prompts, params, lora_request=None, use_tqdm=False):
         self.calls.append(("generate", lora_request.lora_int_id if lora_request else None))
         texts = [self.hf.tokenizer.decode(p["prompt_token_ids"]) for p in prompts]
+        params = params[0] if isinstance(params, list) else params  # one per prompt where seeded: alike but for the seed
         gen = self.hf.generate(texts, SamplingParams(n=params.n, greedy=params.temperature == 0,
                                                      temperature=params.temperature or 1.0,
                                                      max_new_tokens=params.max_tokens))
