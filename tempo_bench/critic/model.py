@@ -275,10 +275,7 @@ class Critic:
 
         # every rank maps the saved (unsharded, keyed by parameter index) state and keeps its shards of it
         saved = torch.load(state, weights_only=True, map_location="cpu", mmap=True)
-        names = [name for name, p in self.model.named_parameters() if p.requires_grad]
-        whole = {"state": {names[i]: value for i, value in saved["state"].items()},
-                 "param_groups": [{**group, "params": [names[i] for i in group["params"]]}
-                                  for group in saved["param_groups"]]}
+        whole = _rekeyed(saved, dict(enumerate(_trainable_names(self.model))))
         set_optimizer_state_dict(self.model, self.optimizer, whole, options=StateDictOptions(full_state_dict=True))
 
 
@@ -289,11 +286,21 @@ def _gathered_state(model, optimizer) -> tuple[dict, dict]:
 
     whole = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_state = get_model_state_dict(model, options=whole)
-    optim_state = get_optimizer_state_dict(model, optimizer, options=whole)
-    index = {name: i for i, name in enumerate(n for n, p in model.named_parameters() if p.requires_grad)}
-    groups = [{**group, "params": [index[name] for name in group["params"]]} for group in optim_state.get("param_groups", [])]
-    return model_state, {"state": {index[name]: value for name, value in optim_state.get("state", {}).items()},
-                         "param_groups": groups}
+    index = {name: i for i, name in enumerate(_trainable_names(model))}
+    return model_state, _rekeyed(get_optimizer_state_dict(model, optimizer, options=whole), index)
+
+
+def _trainable_names(model) -> list[str]:
+    """The names of the parameters a critic's optimiser holds, in its order (Critic._params)."""
+    return [name for name, param in model.named_parameters() if param.requires_grad]
+
+
+def _rekeyed(optim_state: dict, keys: dict) -> dict:
+    """An optimiser state dict with its parameters' keys mapped by ``keys``: from index to name
+    (torch.distributed.checkpoint's full state dicts) or back (``optimizer.state_dict()``'s)."""
+    return {"state": {keys[key]: value for key, value in optim_state.get("state", {}).items()},
+            "param_groups": [{**group, "params": [keys[key] for key in group["params"]]}
+                             for group in optim_state.get("param_groups", [])]}
 
 
 def value_backbone(path: str, model_cfg, empty: bool = False):
