@@ -125,7 +125,7 @@ class FakeRanks(Ranks):
         return [value] + [self.other] * (self.world - 1)
 
 
-def test_ranks_with_different_configs_or_an_engine_split_over_ranks_are_errors():
+def test_ranks_with_different_configs_or_an_engine_size_that_does_not_divide_them_are_errors():
     from tempo_bench.config import flatten
 
     config = load_config("toy-smoke", ["rollout.seeding=question"])
