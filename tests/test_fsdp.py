@@ -16,7 +16,7 @@ from tempo_bench.config import load_config
 from tempo_bench.core.errors import ConfigError
 from tempo_bench.run.checkpoint import latest_checkpoint, load_state
 from tempo_bench.run.distributed import Ranks
-from tempo_bench.run.memory_plan import model_shape, plan_memory
+from tempo_bench.run.memory_plan import OFFLOADED, model_shape, plan_memory
 
 from test_distributed import ABS, ENV, REL, RESUMED_NOISE, histories, kill_one_rank_after_a_checkpoint, torchrun
 
@@ -177,9 +177,15 @@ def test_offload_needs_a_gpu_and_host_memory_for_the_shards():
     small = plan_memory(config, cuda_gpus=1, card_gb=80.0, ranks=8, host_gb=64.0)
     training = {p.name: p for p in roomy.phases}["policy training"]
     assert training.items["policy weights"] == training.items["policy grads+AdamW"] == 0.0  # in host memory
-    # 8 ranks on this machine, each 1/8 of 14.8e9 x (4 + 12) bytes: 220 GiB in all, more than 64
+    # 8 ranks on this machine, each 1/8 of 14.8e9 x (4 + 12) bytes (220 GiB in all) and of the
+    # critic's bf16 base, LoRA and AdamW: more than 64
+    kept = {p.name: p for p in plan_memory(load_config("qwen3-14b-aime24", [
+        "train.mode=full", "train.sharding=fsdp", "critic.share_base=false", "rollout.backend=hf"]),
+        cuda_gpus=1, card_gb=80.0, ranks=8).phases}["policy training"].items
+    assert 8 * (kept["policy weights"] + kept["policy grads+AdamW"]) == pytest.approx(220.1, abs=0.1)
+    node = 8 * sum(kept[name] for name in OFFLOADED if name in kept)
     assert not any("train.offload keeps" in n for n in roomy.problems())
-    assert any("train.offload keeps 220." in n and "has 64.0 GiB" in n for n in small.problems())
+    assert any(f"train.offload keeps {node:.1f}" in n and "has 64.0 GiB" in n for n in small.problems())
 
 
 def test_the_14b_full_fine_tuning_preset_fits_eight_80gb_gpus_by_the_plan():
@@ -190,8 +196,11 @@ def test_the_14b_full_fine_tuning_preset_fits_eight_80gb_gpus_by_the_plan():
     # vLLM's engine holds its copy of the weights inside its share: no gathered sampling copy besides
     assert all("sampling copy (gathered)" not in phase.items for phase in plan.phases)
     assert phases["rollout"].items["vLLM share"] == pytest.approx(0.7 * plan.card_gb)
-    # the critic's base is sharded with the policy: an eighth of it per rank
-    assert phases["rollout"].items["critic weights"] == pytest.approx(model_shape("Qwen/Qwen3-14B").params * 2 / 2**30 / 8)
+    # the critic is sharded with the policy and, like it, offloaded: none of its shards on the GPU
+    on_gpu = {p.name: p for p in plan_memory(load_config("qwen3-14b-aime24-full", ["train.offload=false"]),
+                                             cuda_gpus=1, card_gb=80.0, ranks=8).phases}
+    assert on_gpu["rollout"].items["critic weights"] == pytest.approx(model_shape("Qwen/Qwen3-14B").params * 2 / 2**30 / 8)
+    assert "critic weights" not in {name for name, gib in phases["rollout"].items.items() if gib}
     assert max(phase.total for phase in plan.phases) <= plan.card_gb
     assert Ranks(0, 8).share(config.step_shape().questions) == range(0, 5)  # 30 + 10 questions, 5 per rank
     # the same run with hf rollouts: the sampling copy (27.5 GiB) comes back and it no longer fits
@@ -211,12 +220,17 @@ def test_the_32b_full_fine_tuning_preset_fits_eight_80gb_gpus_with_engines_spann
     assert not plan.problems(), plan.lines()
     shape = model_shape("Qwen/Qwen3-32B")
     rollout = {p.name: p for p in plan.phases}["rollout"]
-    assert rollout.items["critic weights"] == pytest.approx(shape.params * 2 / 2**30 / 8)
     assert rollout.items["vLLM share"] > shape.params * 2 / 2**30 / 2  # its half of the weights, and a KV cache
-    # the node's host memory holds every rank's offloaded shards and its sleeping half of the weights
-    offloaded = shape.params * 16 / 2**30 / 8 + shape.params * 2 / 2**30 / 2
-    assert any(f"{offloaded * 8:.1f} GiB" in note for note in plan_memory(config, cuda_gpus=1, card_gb=80.0, ranks=8,
-                                                                          host_gb=64.0).problems())
+    # offload moves the policy's and the critic's shards (what the GPU would hold without it) to host
+    # memory, where each rank's sleeping half of the weights joins them: 8 ranks on the node
+    kept = {p.name: p for p in plan_memory(load_config("qwen3-32b-aime24-full", ["train.offload=false"]), cuda_gpus=1,
+                                           card_gb=80.0, ranks=8).phases}["rollout"].items
+    shards = sum(kept[name] for name in OFFLOADED if name in kept)
+    assert kept["critic weights"] == pytest.approx(shape.params * 2 / 2**30 / 8) and rollout.total == pytest.approx(
+        kept["vLLM share"] + sum(gib for name, gib in kept.items() if name not in OFFLOADED and name != "vLLM share"))
+    node = 8 * (shards + shape.params * 2 / 2**30 / 2)
+    assert any(f"{node:.1f} GiB" in note for note in plan_memory(config, cuda_gpus=1, card_gb=80.0, ranks=8,
+                                                                 host_gb=64.0).problems())
     # the 4 engines each sample their 2 ranks' shares of the 40 questions; 8 ranks launch it, 6 cannot
     assert [Ranks(r, 8).share(config.step_shape().questions, 2) for r in (0, 1, 7)] == [range(0, 10)] * 2 + [range(30, 40)]
     with pytest.raises(ConfigError, match="tensor_parallel_size=4 does not divide the 6 ranks"):

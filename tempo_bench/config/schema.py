@@ -289,7 +289,7 @@ class RunConfig(Strict):
         """The ModelConfig the policy is loaded with: full fine-tuning keeps float32 master weights
         (AdamW's updates at lr ~1e-6 are below bfloat16's resolution); model.dtype is then the dtype
         FSDP computes in and the sampling copy holds. ``host``: loaded in host memory (a sharded
-        run: sharding moves each layer's shards to the GPU)."""
+        run: rank 0 reads the weights there, and they are broadcast into every rank's shards)."""
         update = ({} if self.train.mode == "lora" else {"dtype": "float32"}) | ({"device": "cpu"} if host else {})
         return self.model.model_copy(update=update) if update else self.model
 

@@ -26,7 +26,7 @@ from tempo_bench.policy.batch import (
     model_inputs,
     select_rows,
 )
-from tempo_bench.policy.model import build_model, pretrained, resolve_model_path
+from tempo_bench.policy.model import build_model, compute_device, pretrained, resolve_model_path
 
 
 @dataclass
@@ -160,7 +160,7 @@ class Critic:
     def state_values(self, batch: TrainBatch, states: StateIndex | None = None) -> torch.Tensor:
         """V at every state: [B, T+1] (zero where ``states.mask`` is 0)."""
         states = states or StateIndex.of(batch)
-        device = next(self.model.parameters()).device
+        device = compute_device(self.model)
         out = self.model(**model_inputs(batch, device))
         values = out.logits.squeeze(-1).float()  # [B, L]
         return values.gather(1, states.index.to(device)) * states.mask.to(device)
@@ -275,6 +275,8 @@ class Critic:
 
         # every rank maps the saved (unsharded, keyed by parameter index) state and keeps its shards of it
         saved = torch.load(state, weights_only=True, map_location="cpu", mmap=True)
+        if not saved["state"]:  # nothing learned yet (torch's setter would take a zero-lr step to create the state)
+            return
         whole = _rekeyed(saved, dict(enumerate(_trainable_names(self.model))))
         set_optimizer_state_dict(self.model, self.optimizer, whole, options=StateDictOptions(full_state_dict=True))
 
@@ -284,8 +286,11 @@ def _gathered_state(model, optimizer) -> tuple[dict, dict]:
     optimiser's keyed by parameter index as ``optimizer.state_dict()`` keys it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
-    whole = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    # a LoRA critic's save keeps its adapter and head: its frozen base is not gathered
+    whole = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=hasattr(model, "peft_config"))
     model_state = get_model_state_dict(model, options=whole)
+    if not optimizer.state:  # (torch's getter would take a zero-lr step to create the state: AdamW's step count moves)
+        return model_state, optimizer.state_dict()
     index = {name: i for i, name in enumerate(_trainable_names(model))}
     return model_state, _rekeyed(get_optimizer_state_dict(model, optimizer, options=whole), index)
 

@@ -51,13 +51,17 @@ def critic_quality(final_values: np.ndarray, correct: np.ndarray) -> dict[str, f
 
 def rollout_labeled(
     backend: RolloutBackend, questions: list[LabeledQuestion], n: int, sampling: SamplingParams,
-    grader: Grader = GENERIC,
+    grader: Grader = GENERIC, ranks=None,
 ) -> tuple[Generation, np.ndarray]:
-    """n rollouts of the current policy per labeled question, and their true correctness [G, n]."""
+    """n rollouts of the current policy per labeled question, and their true correctness [G, n].
+    On several ranks (``ranks``) every rank draws them (an engine may span ranks) and keeps rank
+    0's: the critic's data, and the decisions taken on it (an E-step due, a budget spent), are then
+    the same on every rank, whose passes of a sharded critic are collectives."""
     generation = backend.generate([q.prompt for q in questions], SamplingParams(
         n=n, temperature=sampling.temperature, top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens))
     answers, _ = grader.grade_generation(generation)
-    return generation, grader.correctness([q.answer for q in questions], answers)
+    drawn = generation, grader.correctness([q.answer for q in questions], answers)
+    return ranks.broadcast(drawn) if ranks is not None else drawn
 
 
 @dataclass
@@ -85,9 +89,10 @@ class CriticOps:
     # the run's compute counter, shared: E-step rollouts and critic passes add to it
     tokens: dict[str, int] = field(default_factory=lambda: {"tokens/critic": 0, "tokens/estep_rollout": 0})
     estep_count: int = 0
+    ranks: object = None  # a run's ranks (tempo_bench.run.distributed.Ranks): rank 0's labeled rollouts on every rank
 
     def _rollout_labeled(self, questions: list[LabeledQuestion], n: int) -> tuple[Generation, np.ndarray]:
-        return rollout_labeled(self.backend, questions, n, self.sampling, self.grader)
+        return rollout_labeled(self.backend, questions, n, self.sampling, self.grader, self.ranks)
 
     def estep(self, step: int, probe: StepProbe | None = None) -> dict[str, float]:
         """Recalibrate on fresh current-policy rollouts of ``cfg.estep_questions`` labeled
@@ -204,11 +209,12 @@ def starting_critic(config, policy, backend: RolloutBackend, pad_id: int, pool: 
 
     def warmed_and_saved(critic: Critic) -> Critic:
         if cfg.warmup_epochs:
-            warm_up(critic, cfg, backend, pad_id, pool, sampling, grader)
+            warm_up(critic, cfg, backend, pad_id, pool, sampling, grader, ranks)
         save_once(critic, path, main=ranks is None or ranks.main)
         return critic
 
     if ranks is not None and ranks.sharded:  # one run per process: no cache, no copy
+        saved = ranks.broadcast(saved)  # rank 0's view of the folder: every rank takes the same (collective) path
         critic = sharded_critic(config, ranks, saved)
         return critic if saved is not None else warmed_and_saved(critic)
     if config.critic_shares_base():
@@ -268,12 +274,12 @@ def save_once(critic: Critic, path, main: bool = True) -> None:
 
 
 def warm_up(critic: Critic, cfg, backend: RolloutBackend, pad_id: int, pool: list[LabeledQuestion],
-            sampling: SamplingParams, grader: Grader) -> None:
+            sampling: SamplingParams, grader: Grader, ranks=None) -> None:
     """Fit a fresh critic to the outcomes of labeled rollouts of the initial policy."""
     with torch.random.fork_rng():
         torch.manual_seed(step_seed(cfg.seed, 0, Stream.CRITIC_WARMUP))
         generation, correct = rollout_labeled(backend, pool[: cfg.warmup_questions], cfg.warmup_samples, sampling,
-                                              grader)
+                                              grader, ranks)
     targets = torch.as_tensor(correct.reshape(-1), dtype=torch.float) * 2 - 1
     critic.fit(generation_batch(generation, pad_id), targets, torch.ones(len(targets)), cfg.warmup_epochs,
                cfg.warmup_cliprange, cfg.minibatch_rows, torch.Generator().manual_seed(step_seed(cfg.seed, 0, Stream.CRITIC_WARMUP)))

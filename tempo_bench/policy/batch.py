@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from tempo_bench.core.algos import CHUNK_ENTRIES, token_logprobs_entropy
-from tempo_bench.policy.model import forward_takes, unwrapped
+from tempo_bench.policy.model import compute_device, forward_takes, unwrapped
 from tempo_bench.policy.sharding import grad_norm_value, is_sharded
 from tempo_bench.rollout.base import Generation
 
@@ -64,7 +64,7 @@ def response_logits(model, batch: TrainBatch) -> torch.Tensor:
     """Logits predicting each response token: [B, T, V]. Where the model's forward takes
     ``logits_to_keep`` (transformers' causal LMs), the language-model head runs only from the
     first response's first position on: no logits for the prompts before it."""
-    device = next(model.parameters()).device
+    device = compute_device(model)
     inputs, width = model_inputs(batch, device), batch.input_ids.shape[1]
     index = batch.response_index
     offset = 0
@@ -88,7 +88,7 @@ def response_states(model, batch: TrainBatch):
     if head is None:
         logits = response_logits(model, batch)
         return logits, None, logits.shape[-1]
-    device = next(model.parameters()).device
+    device = compute_device(model)
     hidden = unwrapped(model).get_decoder()(**model_inputs(batch, device)).last_hidden_state
     index = batch.response_index.to(device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
     return hidden.gather(1, index), head, head.out_features

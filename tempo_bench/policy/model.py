@@ -81,6 +81,16 @@ def spread_over_gpus(model_cfg) -> bool:
             and launched_world_size() == 1)
 
 
+def compute_device(model) -> torch.device:
+    """Where ``model``'s passes run: its parameters' device, or an FSDP-sharded model's mesh device
+    (with train.offload its shards live in host memory, and every pass runs on the GPU)."""
+    param = next(model.parameters())
+    mesh = getattr(param, "device_mesh", None)
+    if mesh is None:
+        return param.device
+    return torch.device("cuda", torch.cuda.current_device()) if mesh.device_type == "cuda" else torch.device(mesh.device_type)
+
+
 def place(model, model_cfg):
     """Move a loaded model to its device, unless accelerate already spread it over GPUs or it was
     built without weights (on the meta device: sharding gives it its place)."""
@@ -102,7 +112,14 @@ def pretrained(model_class, path: str, model_cfg, empty: bool = False, **kwargs)
     config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path)
     with init_empty_weights():
         model = model_class.from_config(config, **kwargs)
-    model.tie_weights()  # from_pretrained ties the embeddings and the head where the config says so; from_config not
+    model.tie_weights()  # as from_pretrained does where the config says so (measured: not tied here without it)
+    if model.can_generate():  # the checkpoint's generation settings (EOS ids, sampling defaults), as exported
+        from transformers import GenerationConfig
+
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(path)
+        except OSError:  # a checkpoint without generation_config.json: from_pretrained derives it too
+            pass
     return model
 
 

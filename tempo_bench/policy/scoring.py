@@ -13,6 +13,7 @@ from tempo_bench.policy.batch import (
     response_states,
     select_rows,
 )
+from tempo_bench.policy.model import compute_device
 
 
 @torch.no_grad()
@@ -23,7 +24,7 @@ def confidence_scores(model, batch: TrainBatch, temperature: float, micro_rows: 
     out = {"self_certainty": torch.zeros(rows), "entropy": torch.zeros(rows)}
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = compute_device(model)
     try:
         for part in micro_batches(torch.arange(rows), micro_rows):
             mb = select_rows(batch, part)

@@ -14,7 +14,7 @@ torchtitan use for models beyond one GPU.
   model cannot do (its collectives would not line up); each rank samples from a plain copy whose
   weights are gathered from the shards one parameter at a time after every update
   (``full_weights``), the role vLLM's per-rank engine plays in verl and TRL.
-- The critic of a sharded run is sharded the same way (``Critic.shard``), its gradients averaged:
+- The critic of a sharded run is sharded the same way (``Critic.sharded``), its gradients averaged:
   every rank fits the same rows.
 - Checkpoints: torch.distributed.checkpoint, keyed by parameter name, so a run resumes on another
   number of ranks (2 -> 1 is tested); on one process the same format is written without a process
@@ -68,22 +68,36 @@ def shard_from_rank0(build, main: bool, model_dtype: torch.dtype, offload: bool 
     memory but rank 0's (``main``). Every rank builds it without weights (``empty``: parameters on
     the meta device) and shards it; rank 0 alone also builds it whole, in host memory, and its
     weights are broadcast into every rank's shards (torch.distributed.checkpoint's
-    ``broadcast_from_rank0``). Buffers (rotary tables) are computed by the constructor on every rank
-    and put back after the shards are allocated."""
+    ``broadcast_from_rank0``). Buffers the checkpoint does not hold (rotary tables) are computed by
+    the constructor on every rank and put back on the compute device."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+    from tempo_bench.policy.model import compute_device
+
     model = build(True)
-    buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
+    computed = {name: buffer.detach().clone() for name, buffer in _non_persistent_buffers(model)}
     whole = build(False).state_dict() if main else {}
     shard(model, model_dtype, offload, divide)
-    mesh = next(model.parameters()).device_mesh.device_type
-    compute = torch.device(mesh, torch.cuda.current_device()) if mesh == "cuda" else torch.device(mesh)
-    model.to_empty(device="cpu" if offload else compute)  # offloaded shards live in host memory
+    device = compute_device(model)
+    model.to_empty(device="cpu" if offload else device)  # offloaded shards live in host memory
     set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    for name, buffer in buffers.items():
+    del whole
+    for module in model.modules():  # buffers stay on the compute device, offloaded shards or not
+        for leaf, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[leaf] = buffer.to(device)
+    for name, buffer in computed.items():
         owner, _, leaf = name.rpartition(".")
-        model.get_submodule(owner)._buffers[leaf] = buffer.to(compute)
+        model.get_submodule(owner)._buffers[leaf] = buffer.to(device)
     return model
+
+
+def _non_persistent_buffers(model):
+    """(name, buffer) of every buffer a state dict leaves out, each owner's (shared ones too)."""
+    for owner_name, owner in model.named_modules(remove_duplicate=False):
+        for leaf in owner._non_persistent_buffers_set:
+            if owner._buffers.get(leaf) is not None:
+                yield f"{owner_name}.{leaf}" if owner_name else leaf, owner._buffers[leaf]
 
 
 def is_sharded(model) -> bool:

@@ -16,6 +16,7 @@ from tempo_bench.policy.batch import (
     response_logprobs,
     select_rows,
 )
+from tempo_bench.policy.model import compute_device
 
 
 @torch.no_grad()
@@ -50,7 +51,7 @@ def policy_update(
     are summed over ranks before clipping and the step."""
     loss_fn = POLICY_LOSSES[train_cfg.loss]
     by_tokens = LOSS_AVERAGES_OVER[train_cfg.loss] == "tokens"
-    device = next(model.parameters()).device
+    device = compute_device(model)
     rows = batch.input_ids.shape[0]
     one_update = train_cfg.ppo_epochs == 1 and train_cfg.minibatches == 1
     lengths = batch.attention.sum(1)

@@ -69,8 +69,7 @@ INSTALL_HINT = ("install it with pip install 'tempo-bench[vllm]' on a GPU machin
 
 def _import_vllm():
     # read by vLLM when it is first imported:
-    # the engine in this process: merged weights can then be streamed into its model directly,
-    # and unseeded requests draw from the torch generator the loop seeds
+    # the engine in this process: merged weights can then be streamed into its model directly
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     # vLLM logs several INFO lines per call (scheduler pauses, prefix cache resets) between the
     # progress bar's lines; its warnings and errors still show

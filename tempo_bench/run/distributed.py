@@ -15,7 +15,7 @@ checkpoint on ``--resume``. The critic's E-step, fits and probe run whole on eve
 split); with a replicated policy the scores rewards are made of come from rank 0's critic
 (``Ranks.from_main``), as do the label-free methods' confidence scores; with a sharded policy
 (``train.sharding=fsdp``) the critic is sharded too, and every rank scores and fits rank 0's rows
-(``Critic.shard``). With ``rollout.backend=vllm`` every rank runs an engine of its own that serves
+(``Critic.sharded``). With ``rollout.backend=vllm`` every rank runs an engine of its own that serves
 the rank's share of the rollouts (tempo_bench.rollout.vllm), or with
 ``rollout.vllm.tensor_parallel_size`` k > 1 every group of k consecutive ranks runs one engine
 spanning their GPUs, which samples the group's shares together. ``torchrun`` stops every rank when one dies; a
@@ -34,7 +34,7 @@ from tempo_bench.core.errors import ConfigError
 from tempo_bench.core.processes import launched_world_size
 
 # a collective no peer joins for this long raises (a stuck rank; torchrun itself stops every rank
-# when one dies). Long, because rank 0 evaluates alone while the others wait at the next step.
+# when one dies). Long, because rank 0 (with its engine's ranks) evaluates while the others wait at the next step.
 TIMEOUT_S = int(os.environ.get("TEMPO_BENCH_DIST_TIMEOUT_S", 3 * 3600))
 
 

@@ -180,12 +180,13 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
     if config.train.mode == "lora":
         resident["policy LoRA+AdamW"] = policy.lora_params(config.lora.r, config.lora.target_modules) * lora_bytes
     else:
-        resident.update(_full_policy(config, policy, width, gpus, ranks, notes, host_gb))
+        resident.update(_full_policy(config, policy, width, gpus, ranks))
     critic = None
     if method_class(config.method).uses_critic:
         self_critic = config.critic.path in (None, config.model.path)
         critic = policy if self_critic else model_shape(config.critic.path)
         resident.update(_critic(config, critic, self_critic, width, gpus, ranks, lora_bytes, notes))
+    _offload(config, policy, resident, ranks, width, notes, host_gb)
 
     phases = [Phase("rollout", {**resident, **_rollout(config, policy, seq, width, card, notes, ranks)})]
     asleep = {} if vllm is None or vllm.sleep else {"vLLM (awake)": vllm.gpu_memory_utilization * card}
@@ -209,10 +210,10 @@ def plan_memory(config, cuda_gpus: int | None = None, card_gb: float | None = No
 def _critic(config, critic: ModelShape, self_critic: bool, width: int, gpus: int, ranks: int, lora_bytes: float,
             notes: list[str]) -> dict[str, float]:
     """The critic's resident items, GiB per GPU: its backbone (none where it shares the policy's
-    base), its trainable state, and with a sharded policy its own shards (Critic.shard)."""
+    base), its trainable state, and with a sharded policy its own shards (Critic.sharded)."""
     items = {}
     copy_gb = critic.params * width / GiB / gpus
-    # a sharded policy's critic is sharded too (Critic.shard): 1/ranks of it, a root and 2 layers whole
+    # a sharded policy's critic is sharded too (Critic.sharded): 1/ranks of it, a root and 2 layers whole
     shards = ranks if config.train.sharding == "fsdp" and ranks > 1 else 1
     if not config.critic_shares_base():
         items["critic weights"] = copy_gb / shards
@@ -232,14 +233,13 @@ def _critic(config, critic: ModelShape, self_critic: bool, width: int, gpus: int
     return items
 
 
-def _full_policy(config, policy, width: int, gpus: int, ranks: int, notes: list[str],
-                 host_gb: float | None) -> dict[str, float]:
+def _full_policy(config, policy, width: int, gpus: int, ranks: int) -> dict[str, float]:
     """Full fine-tuning: float32 master weights (RunConfig.policy_model), their float32 gradients
     and AdamW's two float32 moments; with FSDP each rank holds 1/ranks of them, plus what is whole
     in the compute dtype during a pass (the root's embeddings and head, never resharded, and two
     decoder layers: the one computing and the one prefetched) and, with hf rollouts, the plain copy
     it samples from (tempo_bench.policy.sharding; vLLM's engine holds its own inside its share);
-    offload moves the shards to host memory."""
+    offload moves the shards to host memory (_offload)."""
     master, state = policy.params * 4 / GiB / gpus, policy.params * 12 / GiB / gpus
     if config.train.sharding != "fsdp" or ranks == 1:
         return {"policy weights": master, "policy grads+AdamW": state}
@@ -249,21 +249,31 @@ def _full_policy(config, policy, width: int, gpus: int, ranks: int, notes: list[
               "one gathered float32 parameter": policy.vocab * policy.hidden * 4 / GiB}
     if config.rollout.backend == "hf":  # vLLM's engine holds its own copy, inside its share
         shards["sampling copy (gathered)"] = policy.params * width / GiB
-    if config.train.offload:
-        per_rank = shards["policy weights"] + shards["policy grads+AdamW"]
-        vllm = config.rollout.vllm if config.rollout.backend == "vllm" else None
-        # a sleeping engine (level 1) keeps its part of the weights in host memory beside the shards
-        asleep = policy.params * width / GiB / vllm.tensor_parallel_size if vllm is not None and vllm.sleep else 0.0
-        node = (per_rank + asleep) * int(os.environ.get("LOCAL_WORLD_SIZE", ranks))  # this machine's ranks'
-        host = host_gb if host_gb is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
-        notes.append(f"train.offload: {per_rank:.1f} GiB of shards per rank in host memory, not on the GPU"
-                     + (f", and {asleep:.1f} GiB of vLLM's sleeping weights" if asleep else ""))
-        if node > host:
-            notes.append(f"does not fit: train.offload keeps {node:.1f} GiB of shards (and sleeping vLLM weights) in "
-                         f"this machine's memory, which has {host:.1f} GiB; use more machines or leave train.offload "
-                         "off")
-        shards["policy weights"] = shards["policy grads+AdamW"] = 0.0
     return shards
+
+
+OFFLOADED = ("policy weights", "policy grads+AdamW", "critic weights", "critic LoRA+AdamW", "critic grads+AdamW")
+
+
+def _offload(config, policy: ModelShape, resident: dict[str, float], ranks: int, width: int, notes: list[str],
+             host_gb: float | None) -> None:
+    """train.offload on a sharded run: the policy's and the critic's shards (``resident``'s
+    OFFLOADED items) live in host memory between passes, not on the GPU; so does a sleeping vLLM
+    engine's part of the weights. The node's ranks' total must fit this machine's memory."""
+    if not (config.train.offload and config.train.sharding == "fsdp" and ranks > 1):
+        return
+    per_rank = sum(resident.get(name, 0.0) for name in OFFLOADED)
+    resident.update({name: 0.0 for name in OFFLOADED if name in resident})
+    vllm = config.rollout.vllm if config.rollout.backend == "vllm" else None
+    # a sleeping engine (level 1) keeps its part of the weights in host memory beside the shards
+    asleep = policy.params * width / GiB / vllm.tensor_parallel_size if vllm is not None and vllm.sleep else 0.0
+    node = (per_rank + asleep) * int(os.environ.get("LOCAL_WORLD_SIZE", ranks))  # this machine's ranks'
+    host = host_gb if host_gb is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
+    notes.append(f"train.offload: {per_rank:.1f} GiB of shards per rank in host memory, not on the GPU"
+                 + (f", and {asleep:.1f} GiB of vLLM's sleeping weights" if asleep else ""))
+    if node > host:
+        notes.append(f"does not fit: train.offload keeps {node:.1f} GiB of shards (and sleeping vLLM weights) in "
+                     f"this machine's memory, which has {host:.1f} GiB; use more machines or leave train.offload off")
 
 
 def _gathered_root_and_layers(shape: ModelShape, width: int) -> float:

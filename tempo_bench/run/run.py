@@ -368,7 +368,7 @@ def build_run(config: RunConfig, logger: Logger, task: TaskData | None = None, o
             critic = starting_critic(config, policy, backend, tokenizer.pad_token_id, pool, sampling,
                                      Path(config.out) / "critics", grader, caches.starting_critics, ranks)
             ops = CriticOps(critic, backend, tokenizer.pad_token_id, pool, probe_questions, config.critic, sampling,
-                            config.seed, log_text=logger.log_text, grader=grader, tokens=tokens)
+                            config.seed, log_text=logger.log_text, grader=grader, tokens=tokens, ranks=ranks)
     except BaseException:
         if backend is not None:
             backend.close()
