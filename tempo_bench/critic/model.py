@@ -121,8 +121,9 @@ class Critic:
         """A critic whose value model ``build(empty)`` makes, sharded over ``ranks`` with FSDP2 as
         the policy of a train.sharding=fsdp run is: never whole on a GPU, filled from rank 0's copy
         (policy.sharding.shard_from_rank0), its AdamW state the one saved in ``saved`` where given.
-        Its passes are then collectives: every rank scores and fits the same rows (rank 0's), so the
-        gradients are averaged over ranks and the update is the unsharded one."""
+        Its passes are then collectives: every rank scores and fits the same rows (the step's
+        gathered batch, and rank 0's labeled rollouts: critic.ops.rollout_labeled), so the gradients
+        are averaged over ranks and the update is the unsharded one."""
         from tempo_bench.policy.sharding import shard_from_rank0
 
         model = shard_from_rank0(build, ranks.main, dtype, offload, divide=float(ranks.world))
@@ -135,11 +136,6 @@ class Critic:
     @property
     def is_sharded(self) -> bool:
         return self.ranks is not None
-
-    def _rank0s(self, value):
-        """Rank 0's ``value`` on every rank of a sharded critic (a collective pass needs the same
-        rows everywhere, and the ranks' samples may differ: e.g. vLLM engines draw their own)."""
-        return self.ranks.broadcast(value) if self.is_sharded else value
 
     def session(self):
         """What the value model needs active around a scoring pass or fit (the shared-base
@@ -168,7 +164,6 @@ class Critic:
     @torch.no_grad()
     def score(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(state values [B, T+1], value of the complete response [B]) without gradients."""
-        batch = self._rank0s(batch)
         was_training = self.model.training
         self.model.eval()
         states = StateIndex.of(batch)
@@ -196,7 +191,6 @@ class Critic:
         """``epochs`` passes of minibatch updates of the clipped value loss towards ``targets``
         [B] (+1/-1) at every state of each row. Rows with ``row_mask`` [B] = 0 (unlabeled rows in
         TEMPO's E-step) are dropped before any compute: they never affect the critic."""
-        batch, targets, row_mask, old_values = self._rank0s((batch, targets, row_mask, old_values))
         keep = torch.nonzero(row_mask > 0).squeeze(1)
         if keep.numel() == 0:
             return {"critic/value_loss": float("nan"), "tokens/critic_step": 0}
@@ -252,14 +246,7 @@ class Critic:
             if policy is None:
                 raise ConfigError(f"{out_dir} holds a critic that shares its policy's base: load it with the policy")
             return cls.sharing_base(policy, cfg, lora_cfg, saved=out_dir)
-        if (out_dir / "adapter_config.json").is_file():  # a LoRA critic: its base, then its adapter
-            from peft import PeftConfig
-
-            base_path = PeftConfig.from_pretrained(out_dir).base_model_name_or_path
-            model = build_model(value_backbone(base_path, model_cfg), model_cfg, lora_cfg, "TOKEN_CLS",
-                                adapter_dir=out_dir)
-        else:
-            model = build_model(value_backbone(str(out_dir), model_cfg), model_cfg)
+        model = saved_value_model(out_dir, model_cfg, lora_cfg)
         critic = cls(model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.micro_batch_rows, cfg.length_buckets)
         critic._load_optimizer(out_dir)
         return critic
@@ -306,6 +293,19 @@ def _rekeyed(optim_state: dict, keys: dict) -> dict:
     return {"state": {keys[key]: value for key, value in optim_state.get("state", {}).items()},
             "param_groups": [{**group, "params": [keys[key] for key in group["params"]]}
                              for group in optim_state.get("param_groups", [])]}
+
+
+def saved_value_model(out_dir: Path, model_cfg, lora_cfg=None, empty: bool = False):
+    """The value model of a critic saved on its own base (Critic.save): a full model, or a LoRA
+    adapter plus head on its base. ``empty``: its frame without weights (policy.model.pretrained),
+    a LoRA critic's with a fresh adapter of ``lora_cfg`` in place of the saved one."""
+    if (out_dir / "adapter_config.json").is_file():  # a LoRA critic: its base, then its adapter
+        from peft import PeftConfig
+
+        base_path = PeftConfig.from_pretrained(out_dir).base_model_name_or_path
+        return build_model(value_backbone(base_path, model_cfg, empty), model_cfg, lora_cfg, "TOKEN_CLS",
+                           adapter_dir=None if empty else out_dir)
+    return build_model(value_backbone(str(out_dir), model_cfg, empty), model_cfg)
 
 
 def value_backbone(path: str, model_cfg, empty: bool = False):

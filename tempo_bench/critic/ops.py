@@ -25,7 +25,7 @@ import torch
 from tempo_bench.core.effects import computed_by
 from tempo_bench.core import metrics as M
 from tempo_bench.core.seeds import SEEDING, Stream, step_seed
-from tempo_bench.critic.model import Critic, values_to_prob
+from tempo_bench.critic.model import Critic, saved_value_model, values_to_prob
 from tempo_bench.critic.shared_base import is_shared_base_folder
 from tempo_bench.grading.answers import GENERIC, Grader
 from tempo_bench.policy.batch import TrainBatch, generation_batch
@@ -236,17 +236,11 @@ def sharded_critic(config, ranks, saved=None) -> Critic:
     0's copy (Critic.sharded: no GPU holds it whole). A saved LoRA critic's frame is a fresh adapter
     of the run's lora settings on its base."""
     cfg, host = config.critic, config.model.model_copy(update={"device": "cpu"})
-    backbone = cfg.path or config.model.path
-    if saved is not None:
-        from peft import PeftConfig
-
-        lora = (saved / "adapter_config.json").is_file()
-        backbone = PeftConfig.from_pretrained(saved).base_model_name_or_path if lora else str(saved)
 
     def build(empty: bool):
-        if saved is not None and not empty:
-            return Critic.load(saved, cfg, host, lora_cfg=config.lora).model
-        return Critic.from_pretrained(backbone, cfg, host, config.lora, empty=empty).model
+        if saved is not None:  # (its AdamW state is read by Critic.sharded)
+            return saved_value_model(saved, host, config.lora, empty)
+        return Critic.from_pretrained(cfg.path or config.model.path, cfg, host, config.lora, empty=empty).model
 
     return Critic.sharded(build, cfg, ranks, getattr(torch, config.model.dtype), config.train.offload, saved)
 

@@ -75,29 +75,25 @@ def shard_from_rank0(build, main: bool, model_dtype: torch.dtype, offload: bool 
     from tempo_bench.policy.model import compute_device
 
     model = build(True)
-    computed = {name: buffer.detach().clone() for name, buffer in _non_persistent_buffers(model)}
+    computed = {name: buffer.detach().clone() for name, _, _, buffer in _buffers(model, non_persistent=True)}
     whole = build(False).state_dict() if main else {}
     shard(model, model_dtype, offload, divide)
     device = compute_device(model)
     model.to_empty(device="cpu" if offload else device)  # offloaded shards live in host memory
     set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     del whole
-    for module in model.modules():  # buffers stay on the compute device, offloaded shards or not
-        for leaf, buffer in module._buffers.items():
-            if buffer is not None:
-                module._buffers[leaf] = buffer.to(device)
-    for name, buffer in computed.items():
-        owner, _, leaf = name.rpartition(".")
-        model.get_submodule(owner)._buffers[leaf] = buffer.to(device)
+    for name, owner, leaf, buffer in _buffers(model):  # on the compute device, offloaded shards or not
+        owner._buffers[leaf] = computed.get(name, buffer).to(device)
     return model
 
 
-def _non_persistent_buffers(model):
-    """(name, buffer) of every buffer a state dict leaves out, each owner's (shared ones too)."""
+def _buffers(model, non_persistent: bool = False):
+    """(name, owner, leaf, buffer) of every buffer of ``model``, each owner's (shared ones too), or
+    only those a state dict leaves out."""
     for owner_name, owner in model.named_modules(remove_duplicate=False):
-        for leaf in owner._non_persistent_buffers_set:
-            if owner._buffers.get(leaf) is not None:
-                yield f"{owner_name}.{leaf}" if owner_name else leaf, owner._buffers[leaf]
+        for leaf, buffer in owner._buffers.items():
+            if buffer is not None and (not non_persistent or leaf in owner._non_persistent_buffers_set):
+                yield f"{owner_name}.{leaf}" if owner_name else leaf, owner, leaf, buffer
 
 
 def is_sharded(model) -> bool:
